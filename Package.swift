@@ -1,0 +1,88 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "switchboard",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "switchboard", targets: ["switchboard"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.30.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.0.0"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.10.0"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.3.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
+    ],
+    targets: [
+        // System libraries: libexpat (XML tokenising) and libsqlite3 (embedded storage).
+        .systemLibrary(name: "CExpat", path: "Sources/CExpat", providers: [.apt(["libexpat1-dev"])]),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", providers: [.apt(["libsqlite3-dev"])]),
+
+        // Layer 1: bytes -> XML elements. Depends on nothing but NIOCore and expat.
+        .target(
+            name: "XMLStream",
+            dependencies: ["CExpat", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // Layer 2: XMPP vocabulary: JIDs, stanzas, errors, SASL mechanisms. Pure.
+        .target(
+            name: "XMPPCore",
+            dependencies: [
+                "XMLStream",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
+        // Layer 3: one store protocol per aggregate; no database code.
+        .target(name: "Storage", dependencies: ["XMPPCore"]),
+        // Layer 4: the SQLite implementation of the stores.
+        .target(
+            name: "SQLiteStorage",
+            dependencies: ["Storage", "CSQLite", .product(name: "Logging", package: "swift-log")]
+        ),
+        // Layer 5: NIO pipelines, sessions, router, module registry, listeners.
+        .target(
+            name: "Server",
+            dependencies: [
+                "XMLStream", "XMPPCore", "Storage",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        // Layer 6: features, one module type each.
+        .target(name: "Modules", dependencies: ["Server", "Storage", "XMPPCore", "XMLStream"]),
+        // The executable: serve, user, bench ...
+        .executableTarget(
+            name: "switchboard",
+            dependencies: [
+                "Server", "Modules", "SQLiteStorage",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // Starts the real server on port 0 with a temporary data directory, for tests.
+        .target(
+            name: "SwitchboardTestSupport",
+            dependencies: ["Server", "Modules", "SQLiteStorage", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl")]
+        ),
+        .testTarget(name: "XMLStreamTests", dependencies: ["XMLStream"]),
+        .testTarget(name: "XMPPCoreTests", dependencies: ["XMPPCore"]),
+        .testTarget(name: "ServerTests", dependencies: ["SwitchboardTestSupport", "SQLiteStorage", "Server", "Modules"]),
+    ]
+)
