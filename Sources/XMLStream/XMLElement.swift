@@ -1,3 +1,5 @@
+import NIOCore
+
 /// An XML element as XMPP uses it: a resolved namespace, attributes and ordered children.
 ///
 /// Stanzas are small trees; a value type keeps them cheap to pass between event loops
@@ -146,4 +148,18 @@ public enum XMLNamespace {
     public static let xml = "http://www.w3.org/XML/1998/namespace"
     public static let streams = "http://etherx.jabber.org/streams"
     public static let framing = "urn:ietf:params:xml:ns:xmpp-framing"
+}
+
+extension XMLElement {
+    /// Parses one standalone element (e.g. a stanza from storage). Each element must declare
+    /// its namespace (`xmlns`), as `XMLSerializer.string` writes it.
+    public static func parse(_ text: String, limits: XMLStreamLimits = XMLStreamLimits(maxStanzaBytes: 16 * 1024 * 1024)) throws -> XMLElement {
+        let parser = XMLStreamParser(limits: limits, framing: .framed)
+        var result: XMLElement?
+        try parser.feed(ByteBuffer(string: text)) { event in
+            if result == nil, case .element(let element) = event { result = element }
+        }
+        guard let result else { throw XMLStreamError(.badFormat, "no complete element") }
+        return result
+    }
 }

@@ -1,0 +1,54 @@
+import Storage
+
+/// Versioned schema: migration N brings `PRAGMA user_version` from N-1 to N. Append only.
+enum Migrations {
+    static let steps: [String] = [
+        // 1: accounts, rosters, offline messages, private XML.
+        """
+        CREATE TABLE accounts (
+            username TEXT PRIMARY KEY,
+            credentials BLOB NOT NULL,
+            disabled INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE roster_versions (
+            user TEXT PRIMARY KEY,
+            version INTEGER NOT NULL
+        );
+        CREATE TABLE roster_items (
+            user TEXT NOT NULL,
+            contact TEXT NOT NULL,
+            item BLOB NOT NULL,
+            PRIMARY KEY (user, contact)
+        );
+        CREATE TABLE offline_messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user TEXT NOT NULL,
+            stanza TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX offline_messages_user ON offline_messages (user, id);
+        CREATE TABLE private_xml (
+            user TEXT NOT NULL,
+            key TEXT NOT NULL,
+            xml TEXT NOT NULL,
+            PRIMARY KEY (user, key)
+        );
+        """
+    ]
+
+    static func migrate(_ connection: Connection) throws {
+        let current = try connection.query("PRAGMA user_version") { Int($0.int(0)) }.first ?? 0
+        guard current <= steps.count else {
+            throw StorageError.backend(
+                "database schema version \(current) is newer than this build knows (\(steps.count)); upgrade switchboard"
+            )
+        }
+        for version in current..<steps.count {
+            try connection.transaction {
+                try connection.execute(steps[version])
+                try connection.execute("PRAGMA user_version = \(version + 1)")
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+import CSQLite
+import Dispatch
+import Foundation
+import Storage
+
+/// One SQLite connection, used from one serial queue.
+///
+/// Every call runs on `queue`, so the connection needs no SQLite-level mutex and the
+/// event loops never block on disk. WAL journal with `synchronous=FULL`: a call that
+/// returned has been committed to disk.
+public final class SQLiteDatabase: @unchecked Sendable {
+    // @unchecked: all mutable state (the connection and the statement cache) is touched only on `queue`.
+    private let queue: DispatchQueue
+    private var connection: Connection
+
+    /// Opens (creating if needed) the database at `path` and migrates it to the current schema.
+    public init(path: String) throws {
+        queue = DispatchQueue(label: "switchboard.sqlite")
+        connection = try Connection(path: path)
+        try connection.execute("PRAGMA journal_mode=WAL")
+        try connection.execute("PRAGMA synchronous=FULL")
+        try connection.execute("PRAGMA foreign_keys=ON")
+        try connection.execute("PRAGMA busy_timeout=10000")
+        try Migrations.migrate(connection)
+        chmod(path, 0o600)
+    }
+
+    /// Runs `body` on the database queue.
+    @discardableResult
+    public func run<T: Sendable>(_ body: @escaping @Sendable (Connection) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            queue.async {
+                continuation.resume(with: Result { try body(self.connection) })
+            }
+        }
+    }
+
+    /// Runs `body` inside one transaction on the database queue.
+    public func transaction<T: Sendable>(_ body: @escaping @Sendable (Connection) throws -> T) async throws -> T {
+        try await run { connection in try connection.transaction { try body(connection) } }
+    }
+
+    /// Synchronous access for command-line tools that own the process.
+    public func runSync<T>(_ body: (Connection) throws -> T) throws -> T {
+        try queue.sync { try body(connection) }
+    }
+}
+
+/// A raw SQLite connection with a prepared-statement cache.
+public final class Connection {
+    private var handle: OpaquePointer?
+    private var cache: [String: Statement] = [:]
+
+    init(path: String) throws {
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        var db: OpaquePointer?
+        let rc = sqlite3_open_v2(path, &db, flags, nil)
+        guard rc == SQLITE_OK, let db else {
+            let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close(db)
+            throw StorageError.backend("cannot open database \(path): \(message)")
+        }
+        handle = db
+    }
+
+    deinit {
+        for statement in cache.values { statement.finalize() }
+        sqlite3_close_v2(handle)
+    }
+
+    var errorMessage: String { handle.map { String(cString: sqlite3_errmsg($0)) } ?? "closed" }
+
+    /// Executes one or more statements without results.
+    public func execute(_ sql: String) throws {
+        var error: UnsafeMutablePointer<CChar>?
+        if sqlite3_exec(handle, sql, nil, nil, &error) != SQLITE_OK {
+            let message = error.map { String(cString: $0) } ?? errorMessage
+            sqlite3_free(error)
+            throw StorageError.backend(message)
+        }
+    }
+
+    /// A cached prepared statement, reset and with bindings cleared.
+    public func prepare(_ sql: String) throws -> Statement {
+        if let statement = cache[sql] {
+            statement.reset()
+            return statement
+        }
+        var raw: OpaquePointer?
+        guard sqlite3_prepare_v2(handle, sql, -1, &raw, nil) == SQLITE_OK, let raw else {
+            throw StorageError.backend("\(errorMessage) in: \(sql)")
+        }
+        let statement = Statement(raw, connection: self)
+        cache[sql] = statement
+        return statement
+    }
+
+    /// Runs a statement that returns no rows.
+    @discardableResult
+    public func run(_ sql: String, _ values: [SQLValue] = []) throws -> Int {
+        let statement = try prepare(sql)
+        try statement.bind(values)
+        while try statement.step() {}
+        return Int(sqlite3_changes(handle))
+    }
+
+    /// Runs a query and maps each row.
+    public func query<T>(_ sql: String, _ values: [SQLValue] = [], _ map: (Statement) throws -> T) throws -> [T] {
+        let statement = try prepare(sql)
+        try statement.bind(values)
+        var rows: [T] = []
+        while try statement.step() {
+            rows.append(try map(statement))
+        }
+        return rows
+    }
+
+    public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
+
+    /// Runs `body` in `BEGIN IMMEDIATE … COMMIT`, rolling back if it throws.
+    public func transaction<T>(_ body: () throws -> T) throws -> T {
+        try execute("BEGIN IMMEDIATE")
+        do {
+            let result = try body()
+            try execute("COMMIT")
+            return result
+        } catch {
+            try? execute("ROLLBACK")
+            throw error
+        }
+    }
+}
+
+/// A value bound to a statement parameter.
+public enum SQLValue: Sendable {
+    case int(Int64)
+    case double(Double)
+    case text(String)
+    case blob([UInt8])
+    case null
+
+    public static func optional(_ text: String?) -> SQLValue { text.map { .text($0) } ?? .null }
+}
+
+/// A prepared statement owned by its connection's cache.
+public final class Statement {
+    private let raw: OpaquePointer
+    private unowned let connection: Connection
+    private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+    init(_ raw: OpaquePointer, connection: Connection) {
+        self.raw = raw
+        self.connection = connection
+    }
+
+    func finalize() { sqlite3_finalize(raw) }
+
+    func reset() {
+        sqlite3_reset(raw)
+        sqlite3_clear_bindings(raw)
+    }
+
+    func bind(_ values: [SQLValue]) throws {
+        for (offset, value) in values.enumerated() {
+            let index = Int32(offset + 1)
+            let rc: Int32
+            switch value {
+            case .int(let v): rc = sqlite3_bind_int64(raw, index, v)
+            case .double(let v): rc = sqlite3_bind_double(raw, index, v)
+            case .text(let v): rc = sqlite3_bind_text(raw, index, v, -1, Self.transient)
+            case .blob(let v):
+                rc = v.withUnsafeBytes { sqlite3_bind_blob(raw, index, $0.baseAddress, Int32($0.count), Self.transient) }
+            case .null: rc = sqlite3_bind_null(raw, index)
+            }
+            guard rc == SQLITE_OK else { throw StorageError.backend(connection.errorMessage) }
+        }
+    }
+
+    /// Advances; true while a row is available.
+    func step() throws -> Bool {
+        switch sqlite3_step(raw) {
+        case SQLITE_ROW: return true
+        case SQLITE_DONE: return false
+        case SQLITE_CONSTRAINT: throw StorageError.conflict(connection.errorMessage)
+        default: throw StorageError.backend(connection.errorMessage)
+        }
+    }
+
+    public func int(_ column: Int32) -> Int64 { sqlite3_column_int64(raw, column) }
+    public func double(_ column: Int32) -> Double { sqlite3_column_double(raw, column) }
+    public func isNull(_ column: Int32) -> Bool { sqlite3_column_type(raw, column) == SQLITE_NULL }
+
+    public func text(_ column: Int32) -> String? {
+        guard let pointer = sqlite3_column_text(raw, column) else { return nil }
+        return String(cString: pointer)
+    }
+
+    public func blob(_ column: Int32) -> [UInt8] {
+        let count = Int(sqlite3_column_bytes(raw, column))
+        guard count > 0, let pointer = sqlite3_column_blob(raw, column) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: pointer, count: count))
+    }
+}

@@ -1,0 +1,193 @@
+import Foundation
+import Storage
+import XMPPCore
+
+/// All stores on one SQLite database file.
+public final class SQLiteStores: Sendable {
+    public let database: SQLiteDatabase
+
+    /// Opens `directory/switchboard.sqlite`, creating the directory (mode 0700) if needed.
+    public init(directory: String) throws {
+        try FileManager.default.createDirectory(
+            atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]
+        )
+        database = try SQLiteDatabase(path: directory + "/switchboard.sqlite")
+    }
+
+    public var stores: Stores {
+        Stores(accounts: self, rosters: self, offline: self, privateXML: self)
+    }
+}
+
+private let encoder = JSONEncoder()
+private let decoder = JSONDecoder()
+
+private func encode<T: Encodable>(_ value: T) throws -> [UInt8] { Array(try encoder.encode(value)) }
+private func decode<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) throws -> T {
+    do {
+        return try decoder.decode(type, from: Data(bytes))
+    } catch {
+        throw StorageError.corrupt("undecodable \(T.self) record: \(error)")
+    }
+}
+
+extension SQLiteStores: AccountStore {
+    public func account(_ username: String) async throws -> Account? {
+        try await database.run { db in
+            try db.query("SELECT username, credentials, disabled, created_at FROM accounts WHERE username = ?", [.text(username)]) {
+                Account(
+                    username: $0.text(0) ?? username,
+                    credentials: try decode(StoredCredentials.self, $0.blob(1)),
+                    disabled: $0.int(2) != 0,
+                    createdAt: $0.double(3)
+                )
+            }.first
+        }
+    }
+
+    public func createAccount(_ account: Account) async throws {
+        let blob = try encode(account.credentials)
+        try await database.run { db in
+            do {
+                try db.run(
+                    "INSERT INTO accounts (username, credentials, disabled, created_at) VALUES (?, ?, ?, ?)",
+                    [.text(account.username), .blob(blob), .int(account.disabled ? 1 : 0), .double(account.createdAt)]
+                )
+            } catch let error as StorageError where error.isConflict {
+                throw StorageError.conflict("account \(account.username) already exists")
+            }
+        }
+    }
+
+    public func setCredentials(_ username: String, _ credentials: StoredCredentials) async throws -> Bool {
+        let blob = try encode(credentials)
+        return try await database.run { db in
+            try db.run("UPDATE accounts SET credentials = ? WHERE username = ?", [.blob(blob), .text(username)]) > 0
+        }
+    }
+
+    public func deleteAccount(_ username: String) async throws -> Bool {
+        try await database.transaction { db in
+            let removed = try db.run("DELETE FROM accounts WHERE username = ?", [.text(username)]) > 0
+            // Everything else is keyed by bare JID "username@domain": match that exact prefix
+            // (not LIKE, whose `_` and `%` wildcards could hit other users).
+            let prefix = SQLValue.text(username + "@")
+            for table in ["roster_items", "roster_versions", "offline_messages", "private_xml"] {
+                try db.run("DELETE FROM \(table) WHERE substr(user, 1, length(?1)) = ?1", [prefix])
+            }
+            return removed
+        }
+    }
+
+    public func listAccounts() async throws -> [String] {
+        try await database.run { db in
+            try db.query("SELECT username FROM accounts ORDER BY username") { $0.text(0) ?? "" }
+        }
+    }
+
+    public func accountCount() async throws -> Int {
+        try await database.run { db in
+            Int(try db.query("SELECT count(*) FROM accounts") { $0.int(0) }.first ?? 0)
+        }
+    }
+}
+
+extension SQLiteStores: RosterStore {
+    public func roster(of user: String) async throws -> Roster {
+        try await database.run { db in
+            let version = try db.query("SELECT version FROM roster_versions WHERE user = ?", [.text(user)]) { $0.int(0) }.first ?? 0
+            let items = try db.query("SELECT item FROM roster_items WHERE user = ? ORDER BY contact", [.text(user)]) {
+                try decode(RosterItem.self, $0.blob(0))
+            }
+            return Roster(version: version, items: items)
+        }
+    }
+
+    public func item(of user: String, contact: String) async throws -> RosterItem? {
+        try await database.run { db in
+            try db.query("SELECT item FROM roster_items WHERE user = ? AND contact = ?", [.text(user), .text(contact)]) {
+                try decode(RosterItem.self, $0.blob(0))
+            }.first
+        }
+    }
+
+    public func put(_ item: RosterItem, of user: String) async throws -> Int64 {
+        let blob = try encode(item)
+        return try await database.transaction { db in
+            try db.run(
+                "INSERT INTO roster_items (user, contact, item) VALUES (?, ?, ?) ON CONFLICT (user, contact) DO UPDATE SET item = excluded.item",
+                [.text(user), .text(item.jid), .blob(blob)]
+            )
+            return try Self.bumpVersion(db, user)
+        }
+    }
+
+    public func remove(_ contact: String, of user: String) async throws -> Int64 {
+        try await database.transaction { db in
+            if try db.run("DELETE FROM roster_items WHERE user = ? AND contact = ?", [.text(user), .text(contact)]) > 0 {
+                return try Self.bumpVersion(db, user)
+            }
+            return try db.query("SELECT version FROM roster_versions WHERE user = ?", [.text(user)]) { $0.int(0) }.first ?? 0
+        }
+    }
+
+    private static func bumpVersion(_ db: Connection, _ user: String) throws -> Int64 {
+        try db.run(
+            "INSERT INTO roster_versions (user, version) VALUES (?, 1) ON CONFLICT (user) DO UPDATE SET version = version + 1",
+            [.text(user)]
+        )
+        return try db.query("SELECT version FROM roster_versions WHERE user = ?", [.text(user)]) { $0.int(0) }.first ?? 1
+    }
+}
+
+extension SQLiteStores: OfflineStore {
+    public func store(_ stanza: String, for user: String, at time: Double) async throws {
+        try await database.run { db in
+            try db.run("INSERT INTO offline_messages (user, stanza, created_at) VALUES (?, ?, ?)", [.text(user), .text(stanza), .double(time)])
+        }
+    }
+
+    public func messages(for user: String) async throws -> [OfflineMessage] {
+        try await database.run { db in
+            try db.query("SELECT id, stanza, created_at FROM offline_messages WHERE user = ? ORDER BY id", [.text(user)]) {
+                OfflineMessage(id: $0.int(0), stanza: $0.text(1) ?? "", time: $0.double(2))
+            }
+        }
+    }
+
+    public func remove(ids: [Int64], for user: String) async throws {
+        guard !ids.isEmpty else { return }
+        try await database.transaction { db in
+            for id in ids {
+                try db.run("DELETE FROM offline_messages WHERE id = ? AND user = ?", [.int(id), .text(user)])
+            }
+        }
+    }
+
+    public func count(for user: String) async throws -> Int {
+        try await database.run { db in
+            Int(try db.query("SELECT count(*) FROM offline_messages WHERE user = ?", [.text(user)]) { $0.int(0) }.first ?? 0)
+        }
+    }
+}
+
+extension SQLiteStores: PrivateXMLStore {
+    public func document(of user: String, key: String) async throws -> String? {
+        try await database.run { db in
+            try db.query("SELECT xml FROM private_xml WHERE user = ? AND key = ?", [.text(user), .text(key)]) { $0.text(0) }.first ?? nil
+        }
+    }
+
+    public func setDocument(_ xml: String?, of user: String, key: String) async throws {
+        try await database.run { db in
+            if let xml {
+                try db.run(
+                    "INSERT INTO private_xml (user, key, xml) VALUES (?, ?, ?) ON CONFLICT (user, key) DO UPDATE SET xml = excluded.xml",
+                    [.text(user), .text(key), .text(xml)]
+                )
+            } else {
+                try db.run("DELETE FROM private_xml WHERE user = ? AND key = ?", [.text(user), .text(key)])
+            }
+        }
+    }
+}

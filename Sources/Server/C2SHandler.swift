@@ -1,0 +1,796 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOSSL
+import Storage
+import XMLStream
+import XMPPCore
+
+/// How a client connection reaches us.
+enum C2STransport: Equatable {
+    /// RFC 6120 TCP stream; `directTLS` when TLS started before any XMPP (XEP-0368).
+    case tcp(directTLS: Bool)
+    /// RFC 7395 XMPP over WebSocket; each element travels in its own text frame.
+    case websocket
+}
+
+/// One client connection: stream negotiation (STARTTLS, SASL, bind), then stanza handling.
+///
+/// All state belongs to the channel's event loop. Stanzas are processed strictly in order:
+/// most complete synchronously (message routing to online sessions is fully synchronous);
+/// those that need storage or a module's async handler pause the queue until they finish.
+final class C2SHandler: ChannelInboundHandler, StanzaSink {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let server: ServerContext
+    private let transport: C2STransport
+    private let tlsContext: NIOSSLContext?
+    private var logger: Logger
+    private var context: ChannelHandlerContext?
+    private var parser: XMLStreamParser
+    private var streamOpen = false
+    private var secure: Bool
+    private var username: String?
+    private var sasl: SASLState = .idle
+    private var authFailures = 0
+    private(set) var session: SessionHandle?
+    private var pending = CircularBuffer<XMLElement>(initialCapacity: 4)
+    private var busy = false
+    private var flushScheduled = false
+    private var closing = false
+    private var pingOutstanding = false
+    private var loginTimeout: Scheduled<Void>?
+    private var remoteAddress: String?
+    private let streamID = UUID().uuidString.lowercased()
+
+    private enum SASLState {
+        case idle
+        case lookingUp
+        case scram(SCRAMServer, username: String, disabled: Bool)
+    }
+
+    /// Stanzas queued behind an async one; beyond this the client is flooding us.
+    private static let maxPending = 1000
+
+    init(server: ServerContext, transport: C2STransport, tlsContext: NIOSSLContext?) {
+        self.server = server
+        self.transport = transport
+        self.tlsContext = tlsContext
+        self.logger = server.logger
+        self.secure = transport == .tcp(directTLS: true)
+        self.parser = Self.makeParser(server: server, transport: transport)
+    }
+
+    private static func makeParser(server: ServerContext, transport: C2STransport) -> XMLStreamParser {
+        XMLStreamParser(
+            limits: XMLStreamLimits(
+                maxStanzaBytes: server.configuration.limits.maxStanzaBytes,
+                maxDepth: server.configuration.limits.maxDepth
+            ),
+            framing: transport == .websocket ? .framed : .stream
+        )
+    }
+
+    // MARK: - Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        remoteAddress = context.channel.remoteAddress?.ipAddress
+        logger[metadataKey: "xmpp.remote"] = "\(context.channel.remoteAddress?.description ?? "?")"
+        server.metrics.connectionOpened()
+        let seconds = Int64(server.configuration.limits.loginTimeoutSeconds)
+        loginTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(seconds)) { [weak self] in
+            guard let self, self.session == nil else { return }
+            self.terminate(StreamError(.connectionTimeout, text: "login took too long"))
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        loginTimeout?.cancel()
+        server.metrics.connectionClosed()
+        if let session {
+            self.session = nil
+            server.metrics.sessionsBound.decrement()
+            let stillBound = server.router.unbind(session)
+            if stillBound {
+                let server = self.server
+                Task { await server.sessionEnded(session) }
+            }
+            logger.debug("session ended", metadata: ["xmpp.jid": "\(session.jid)"])
+        }
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closing else { return }
+        pingOutstanding = false
+        let buffer = unwrapInboundIn(data)
+        let parser = self.parser
+        do {
+            try parser.feed(buffer) { event in
+                // A stream restart (STARTTLS, SASL success) replaces the parser; the old one's
+                // remaining events belong to a finished stream and are ignored.
+                guard parser === self.parser, !self.closing else { return }
+                self.handle(event)
+            }
+        } catch let error as XMLStreamError {
+            if parser === self.parser {
+                logger.debug("refused XML", metadata: ["error": "\(error)"])
+                terminate(StreamError(error))
+            }
+        } catch {
+            terminate(StreamError(.internalServerError))
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? IdleStateHandler.IdleStateEvent, event == .read {
+            guard let session else { return }
+            if pingOutstanding {
+                terminate(StreamError(.connectionTimeout))
+            } else {
+                pingOutstanding = true
+                var ping = XMLElement("iq", xmlns: NS.client, ["type": "get", "id": "s2c-ping", "from": server.domain, "to": session.jid.description])
+                ping.append(XMLElement("ping", xmlns: NS.ping))
+                send(ping)
+            }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    // MARK: - Output
+
+    /// Serialises and writes one element; flushes once per event-loop tick.
+    func send(_ element: XMLElement) {
+        guard let context, !closing else { return }
+        var buffer = context.channel.allocator.buffer(capacity: 512)
+        if transport == .websocket {
+            XMLSerializer.write(element, into: &buffer, defaultNamespace: "", streamPrefixDeclared: false)
+        } else {
+            XMLSerializer.write(element, into: &buffer, defaultNamespace: NS.client)
+        }
+        if element.isStanza { server.metrics.stanzasOut.increment() }
+        context.write(wrapOutboundOut(buffer), promise: nil)
+        scheduleFlush()
+    }
+
+    private func sendRaw(_ text: String) {
+        guard let context else { return }
+        context.write(wrapOutboundOut(context.channel.allocator.buffer(string: text)), promise: nil)
+        scheduleFlush()
+    }
+
+    private func scheduleFlush() {
+        guard !flushScheduled, let context else { return }
+        flushScheduled = true
+        context.eventLoop.assumeIsolated().execute { [weak self] in
+            guard let self else { return }
+            self.flushScheduled = false
+            self.context?.flush()
+        }
+    }
+
+    /// Sends a stream error and closes the stream (RFC 6120 §4.9).
+    func terminate(_ error: StreamError) {
+        guard let context, !closing else { return }
+        if !streamOpen { sendStreamHeader() }
+        send(error.element)
+        server.metrics.streamErrors.increment()
+        closeStream(context: context)
+    }
+
+    private func closeStream(context: ChannelHandlerContext) {
+        guard !closing else { return }
+        if transport == .websocket {
+            sendRaw("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>")
+        } else {
+            sendRaw("</stream:stream>")
+        }
+        closing = true
+        context.flush()
+        context.close(promise: nil)
+    }
+
+    private func sendStreamHeader() {
+        streamOpen = true
+        let domain = server.domain
+        if transport == .websocket {
+            sendRaw(
+                "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' id='\(streamID)' from='\(domain)' version='1.0' xml:lang='en'/>"
+            )
+        } else {
+            sendRaw(
+                "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='\(streamID)' from='\(domain)' version='1.0' xml:lang='en'>"
+            )
+        }
+    }
+
+    private func sendFeatures() {
+        var features = XMLElement("features", xmlns: NS.streams)
+        let requireTLS = transport != .websocket && server.configuration.c2s.requireTLS
+        if username == nil {
+            if !secure, transport != .websocket, tlsContext != nil {
+                var starttls = XMLElement("starttls", xmlns: NS.tls)
+                if requireTLS { starttls.append(XMLElement("required", xmlns: NS.tls)) }
+                features.append(starttls)
+            }
+            if secure || transport == .websocket || !requireTLS {
+                var mechanisms = XMLElement("mechanisms", xmlns: NS.sasl)
+                for name in offeredMechanisms {
+                    mechanisms.append(XMLElement("mechanism", xmlns: NS.sasl).withText(name))
+                }
+                features.append(mechanisms)
+                if server.configuration.registration.enabled {
+                    features.append(XMLElement("register", xmlns: NS.registerFeature))
+                }
+            }
+        } else {
+            features.append(XMLElement("bind", xmlns: NS.bind))
+            var session = XMLElement("session", xmlns: NS.session)
+            session.append(XMLElement("optional", xmlns: NS.session))
+            features.append(session)
+            for feature in server.modules.streamFeatures { features.append(feature) }
+        }
+        send(features)
+    }
+
+    /// SCRAM always; PLAIN only where the channel is encrypted (or loopback WebSocket behind a TLS proxy).
+    private var offeredMechanisms: [String] {
+        var names = [SCRAMHash.sha256.mechanismName, SCRAMHash.sha1.mechanismName]
+        if secure || transport == .websocket { names.append("PLAIN") }
+        return names
+    }
+
+    // MARK: - Stream events
+
+    private func handle(_ event: XMLStreamEvent) {
+        switch event {
+        case .streamOpened(let root):
+            openStream(root)
+        case .streamClosed:
+            if let context { closeStream(context: context) }
+        case .element(let element):
+            if transport == .websocket, element.namespace == XMLNamespace.framing {
+                if element.name == "open" {
+                    openStream(element)
+                } else if element.name == "close", let context {
+                    closeStream(context: context)
+                } else {
+                    terminate(StreamError(.badFormat))
+                }
+                return
+            }
+            guard streamOpen else {
+                terminate(StreamError(.badFormat, text: "stream not opened"))
+                return
+            }
+            guard pending.count < Self.maxPending else {
+                terminate(StreamError(.policyViolation, text: "too many stanzas in flight"))
+                return
+            }
+            pending.append(element)
+            drain()
+        }
+    }
+
+    private func openStream(_ root: XMLElement) {
+        if transport != .websocket {
+            guard root.name == "stream", root.namespace == NS.streams else {
+                terminate(StreamError(.invalidNamespace))
+                return
+            }
+        }
+        sendStreamHeader()
+        if let to = root[attribute: "to"], (try? JID(to))?.description != server.domain {
+            terminate(StreamError(.hostUnknown, text: "this server serves \(server.domain)"))
+            return
+        }
+        if let version = root[attribute: "version"], !version.hasPrefix("1.") {
+            terminate(StreamError(.unsupportedVersion))
+            return
+        }
+        sendFeatures()
+    }
+
+    /// Processes queued elements in order; an async one pauses the queue until it completes.
+    private func drain() {
+        while !busy, !closing, let element = pending.popFirst() {
+            if let future = process(element) {
+                busy = true
+                future.assumeIsolated().whenComplete { [weak self] _ in
+                    guard let self else { return }
+                    self.busy = false
+                    self.drain()
+                }
+            }
+        }
+    }
+
+    /// Handles one top-level element; returns a future when the work continues asynchronously.
+    private func process(_ element: XMLElement) -> EventLoopFuture<Void>? {
+        switch element.namespace {
+        case NS.tls:
+            startTLS(element)
+            return nil
+        case NS.sasl:
+            return handleSASL(element)
+        case NS.client:
+            break
+        default:
+            terminate(StreamError(.unsupportedStanzaType, text: "unexpected element in \(element.namespace)"))
+            return nil
+        }
+        guard element.name == "message" || element.name == "presence" || element.name == "iq" else {
+            terminate(StreamError(.unsupportedStanzaType))
+            return nil
+        }
+        if let session {
+            return handleStanza(element, session: session)
+        }
+        if username != nil, element.name == "iq" {
+            return handlePreBindIQ(element)
+        }
+        if username == nil, element.name == "iq", server.configuration.registration.enabled,
+            element.child("query", namespace: NS.register) != nil
+        {
+            return handleRegistration(element)
+        }
+        terminate(StreamError(.notAuthorized))
+        return nil
+    }
+
+    // MARK: - STARTTLS
+
+    private func startTLS(_ element: XMLElement) {
+        guard element.name == "starttls", let context, let tlsContext, !secure, username == nil,
+            transport == .tcp(directTLS: false)
+        else {
+            terminate(StreamError(.policyViolation, text: "STARTTLS not allowed here"))
+            return
+        }
+        send(XMLElement("proceed", xmlns: NS.tls))
+        context.flush()
+        do {
+            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext), position: .first)
+        } catch {
+            logger.error("could not start TLS", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+            return
+        }
+        secure = true
+        restartStream()
+    }
+
+    private func restartStream() {
+        parser = Self.makeParser(server: server, transport: transport)
+        streamOpen = false
+        pending.removeAll()
+    }
+
+    // MARK: - SASL
+
+    private func handleSASL(_ element: XMLElement) -> EventLoopFuture<Void>? {
+        guard username == nil else {
+            terminate(StreamError(.policyViolation, text: "already authenticated"))
+            return nil
+        }
+        switch element.name {
+        case "auth":
+            return startAuthentication(element)
+        case "response":
+            return continueAuthentication(element)
+        case "abort":
+            sasl = .idle
+            saslFailure(.aborted, account: nil, countsAsFailure: false)
+            return nil
+        default:
+            terminate(StreamError(.unsupportedStanzaType))
+            return nil
+        }
+    }
+
+    private func decodePayload(_ element: XMLElement) -> [UInt8]? {
+        let text = element.text.trimmingCharacters(in: .whitespacesAndNewlines)
+        if text.isEmpty || text == "=" { return [] }
+        guard let data = Data(base64Encoded: text) else { return nil }
+        return Array(data)
+    }
+
+    private func startAuthentication(_ element: XMLElement) -> EventLoopFuture<Void>? {
+        guard case .idle = sasl else {
+            saslFailure(.malformedRequest, account: nil, countsAsFailure: false)
+            return nil
+        }
+        let mechanism = element[attribute: "mechanism"] ?? ""
+        guard offeredMechanisms.contains(mechanism) else {
+            if mechanism == "PLAIN" && !secure {
+                saslFailure(.encryptionRequired, account: nil, countsAsFailure: false)
+            } else {
+                saslFailure(.invalidMechanism, account: nil, countsAsFailure: false)
+            }
+            return nil
+        }
+        if let wait = server.throttle.retryAfter(account: nil, address: remoteAddress) {
+            server.metrics.loginsThrottled.increment()
+            saslFailure(SASLError(.temporaryAuthFailure, text: "Too many failed logins; try again in \(Int(wait.rounded(.up))) s"), account: nil, countsAsFailure: false)
+            return nil
+        }
+        guard let payload = decodePayload(element) else {
+            saslFailure(.incorrectEncoding, account: nil, countsAsFailure: false)
+            return nil
+        }
+        if mechanism == "PLAIN" {
+            return authenticatePLAIN(payload)
+        }
+        guard let hash = SCRAMHash(mechanismName: mechanism) else {
+            saslFailure(.invalidMechanism, account: nil, countsAsFailure: false)
+            return nil
+        }
+        var scram = SCRAMServer(hash: hash)
+        let username: String
+        do {
+            let first = try scram.receiveClientFirst(payload)
+            username = try normalizeUsername(first.username, authzid: first.authzid)
+        } catch let error as SASLError {
+            saslFailure(error, account: nil, countsAsFailure: false)
+            return nil
+        } catch {
+            saslFailure(.malformedRequest, account: nil, countsAsFailure: false)
+            return nil
+        }
+        if let wait = server.throttle.retryAfter(account: username, address: nil) {
+            server.metrics.loginsThrottled.increment()
+            saslFailure(SASLError(.temporaryAuthFailure, text: "Too many failed logins; try again in \(Int(wait.rounded(.up))) s"), account: nil, countsAsFailure: false)
+            return nil
+        }
+        sasl = .lookingUp
+        let accounts = server.stores.accounts
+        return runAsync({ try await accounts.account(username) }) { [self] result in
+            switch result {
+            case .success(let account):
+                let challenge = scram.serverFirst(
+                    credentials: account?.credentials.credentials(for: hash), fakeSaltKey: server.fakeSaltKey)
+                sasl = .scram(scram, username: username, disabled: account?.disabled ?? false)
+                send(XMLElement("challenge", xmlns: NS.sasl).withText(Data(challenge).base64EncodedString()))
+            case .failure(let error):
+                logger.error("account lookup failed", metadata: ["error": "\(error)"])
+                sasl = .idle
+                saslFailure(.temporaryAuthFailure, account: nil, countsAsFailure: false)
+            }
+        }
+    }
+
+    private func continueAuthentication(_ element: XMLElement) -> EventLoopFuture<Void>? {
+        guard case .scram(var scram, let username, let disabled) = sasl else {
+            saslFailure(.malformedRequest, account: nil, countsAsFailure: false)
+            return nil
+        }
+        sasl = .idle
+        guard let payload = decodePayload(element) else {
+            saslFailure(.incorrectEncoding, account: username, countsAsFailure: true)
+            return nil
+        }
+        do {
+            let serverFinal = try scram.receiveClientFinal(payload)
+            if disabled {
+                saslFailure(.accountDisabled, account: username, countsAsFailure: false)
+                return nil
+            }
+            authenticated(username, additionalData: serverFinal)
+        } catch {
+            saslFailure(error, account: username, countsAsFailure: true)
+        }
+        return nil
+    }
+
+    private func authenticatePLAIN(_ payload: [UInt8]) -> EventLoopFuture<Void>? {
+        let username: String
+        let password: String
+        do {
+            let message = try PLAINMessage.parse(payload)
+            username = try normalizeUsername(message.authcid, authzid: message.authzid)
+            password = message.password
+        } catch let error as SASLError {
+            saslFailure(error, account: nil, countsAsFailure: false)
+            return nil
+        } catch {
+            saslFailure(.malformedRequest, account: nil, countsAsFailure: false)
+            return nil
+        }
+        if let wait = server.throttle.retryAfter(account: username, address: nil) {
+            server.metrics.loginsThrottled.increment()
+            saslFailure(SASLError(.temporaryAuthFailure, text: "Too many failed logins; try again in \(Int(wait.rounded(.up))) s"), account: nil, countsAsFailure: false)
+            return nil
+        }
+        sasl = .lookingUp
+        let accounts = server.stores.accounts
+        return runAsync({ () -> SASLError? in
+            guard let account = try await accounts.account(username),
+                account.credentials.sha256.verify(password: password)
+            else { return .notAuthorized }
+            return account.disabled ? .accountDisabled : nil
+        }) { [self] result in
+            sasl = .idle
+            switch result {
+            case .success(nil):
+                authenticated(username, additionalData: nil)
+            case .success(let error?):
+                saslFailure(error, account: username, countsAsFailure: error.condition == .notAuthorized)
+            case .failure(let error):
+                logger.error("account lookup failed", metadata: ["error": "\(error)"])
+                saslFailure(.temporaryAuthFailure, account: nil, countsAsFailure: false)
+            }
+        }
+    }
+
+    /// The SASL authcid as a JID localpart; an authzid must name the same account.
+    private func normalizeUsername(_ authcid: String, authzid: String?) throws -> String {
+        guard let local = (try? JID(localpart: authcid, domainpart: server.domain, resourcepart: nil))?.localpart else {
+            throw SASLError.notAuthorized
+        }
+        if let authzid, !authzid.isEmpty {
+            guard let requested = try? JID(authzid), requested.bare.description == "\(local)@\(server.domain)" else {
+                throw SASLError.invalidAuthzid
+            }
+        }
+        return local
+    }
+
+    private func authenticated(_ username: String, additionalData: [UInt8]?) {
+        self.username = username
+        server.throttle.recordSuccess(account: username)
+        server.metrics.loginsSucceeded.increment()
+        logger[metadataKey: "xmpp.user"] = "\(username)"
+        logger.debug("authenticated")
+        var success = XMLElement("success", xmlns: NS.sasl)
+        if let additionalData { success.append(text: Data(additionalData).base64EncodedString()) }
+        send(success)
+        restartStream()
+    }
+
+    private func saslFailure(_ error: SASLError, account: String?, countsAsFailure: Bool) {
+        var failure = XMLElement("failure", xmlns: NS.sasl)
+        failure.append(XMLElement(error.elementName, xmlns: NS.sasl))
+        if let text = error.text { failure.append(XMLElement("text", xmlns: NS.sasl).withText(text)) }
+        send(failure)
+        guard countsAsFailure else { return }
+        server.metrics.loginsFailed.increment()
+        server.throttle.recordFailure(account: account, address: remoteAddress)
+        logger.info("authentication failed", metadata: ["xmpp.user": "\(account ?? "?")", "sasl.condition": "\(error.condition.rawValue)"])
+        authFailures += 1
+        if authFailures >= 3 {
+            terminate(StreamError(.notAuthorized, text: "too many failed attempts"))
+        }
+    }
+
+    // MARK: - Registration (XEP-0077), before authentication
+
+    private func handleRegistration(_ element: XMLElement) -> EventLoopFuture<Void>? {
+        let request = element
+        let server = self.server
+        let secure = self.secure || transport == .websocket
+        return runAsync({ () -> XMLElement in
+            do {
+                return try await InBandRegistration.handle(request, server: server, secure: secure)
+            } catch let error as StanzaError {
+                return error.reply(to: request)
+            }
+        }) { [self] result in
+            switch result {
+            case .success(let reply): send(reply)
+            case .failure: send(StanzaError.internalServerError.reply(to: request))
+            }
+        }
+    }
+
+    // MARK: - Resource binding
+
+    private func handlePreBindIQ(_ element: XMLElement) -> EventLoopFuture<Void>? {
+        guard element.stanzaType == "set" || element.stanzaType == "get" else { return nil }
+        if let bind = element.child("bind", namespace: NS.bind), element.stanzaType == "set" {
+            bindResource(element, bind: bind)
+        } else if element.child("session", namespace: NS.session) != nil {
+            send(element.iqResult())
+        } else {
+            send(StanzaError(.notAuthorized, text: "bind a resource first").reply(to: element))
+        }
+        return nil
+    }
+
+    private func bindResource(_ iq: XMLElement, bind: XMLElement) {
+        guard let username, let context else { return }
+        var resource = bind.child("resource", namespace: NS.bind)?.text ?? ""
+        if resource.isEmpty {
+            resource = "sb-" + String(UInt64.random(in: .min ... .max), radix: 36)
+        }
+        let jid: JID
+        do {
+            jid = try JID(localpart: username, domainpart: server.domain, resourcepart: resource)
+        } catch {
+            send(StanzaError(.badRequest, text: "invalid resource").reply(to: iq))
+            return
+        }
+        let handle = SessionHandle(jid: jid, id: server.router.nextID(), eventLoop: context.eventLoop, sink: self)
+        if let replaced = server.router.bind(handle) {
+            replaced.close(StreamError(.conflict, text: "replaced by a new session with the same resource"))
+        }
+        session = handle
+        loginTimeout?.cancel()
+        loginTimeout = nil
+        server.metrics.sessionsBound.increment()
+        logger[metadataKey: "xmpp.jid"] = "\(jid)"
+        let idle = Int64(server.configuration.limits.idleTimeoutSeconds)
+        try? context.pipeline.syncOperations.addHandler(
+            IdleStateHandler(readTimeout: .seconds(idle)), position: .before(self))
+        var result = XMLElement("bind", xmlns: NS.bind)
+        result.append(XMLElement("jid", xmlns: NS.bind).withText(jid.description))
+        var reply = iq.iqResult(result)
+        reply[attribute: "from"] = nil
+        reply[attribute: "to"] = nil
+        send(reply)
+    }
+
+    // MARK: - Stanzas of a bound session
+
+    private func handleStanza(_ element: XMLElement, session: SessionHandle) -> EventLoopFuture<Void>? {
+        server.metrics.stanzasIn.increment()
+        var stanza = element
+        stanza[attribute: "from"] = session.jid.description
+        var to: JID?
+        if let toString = element[attribute: "to"] {
+            do {
+                to = try JID(toString)
+            } catch {
+                bounce(stanza, StanzaError(.jidMalformed))
+                return nil
+            }
+        }
+        switch element.name {
+        case "message":
+            return routeMessage(stanza, to: to ?? session.jid.bare, session: session)
+        case "presence":
+            return handlePresence(stanza, to: to, session: session)
+        default:
+            return handleIQ(stanza, to: to, session: session)
+        }
+    }
+
+    /// Sends an error reply unless the stanza is itself an error (no error loops).
+    private func bounce(_ stanza: XMLElement, _ error: StanzaError) {
+        guard stanza.stanzaType != "error" else { return }
+        server.metrics.stanzaErrors.increment()
+        send(error.reply(to: stanza))
+    }
+
+    private func routeMessage(_ stanza: XMLElement, to: JID, session: SessionHandle) -> EventLoopFuture<Void>? {
+        switch server.deliverMessage(stanza, to: to) {
+        case .delivered, .dropped:
+            return nil
+        case .error(let error):
+            bounce(stanza, error)
+            return nil
+        case .undeliverable(let bare):
+            let server = self.server
+            return runAsync({ await server.handleUndeliverable(stanza, to: bare, session: session) }) { [self] result in
+                if case .success(let error?) = result { bounce(stanza, error) }
+            }
+        }
+    }
+
+    private func handlePresence(_ stanza: XMLElement, to: JID?, session: SessionHandle) -> EventLoopFuture<Void>? {
+        let server = self.server
+        let hooks = server.modules.presenceHooks
+        guard !hooks.isEmpty else { return nil }
+        return runAsync({ () -> StanzaError? in
+            let context = StanzaHookContext(stanza: stanza, to: to, session: session, server: server)
+            do {
+                for (_, hook) in hooks where try await hook(context) == .handled { break }
+                return nil
+            } catch let error as StanzaError {
+                return error
+            }
+        }) { [self] result in
+            switch result {
+            case .success(let error?): bounce(stanza, error)
+            case .success(nil): break
+            case .failure(let error):
+                logger.error("presence handling failed", metadata: ["error": "\(error)"])
+                bounce(stanza, .internalServerError)
+            }
+        }
+    }
+
+    private func handleIQ(_ stanza: XMLElement, to: JID?, session: SessionHandle) -> EventLoopFuture<Void>? {
+        let type = stanza.stanzaType ?? ""
+        if type == "result" || type == "error" {
+            if let to, to.resourcepart != nil, server.isLocal(to) {
+                server.router.session(to)?.deliver(stanza)
+            }
+            return nil
+        }
+        guard type == "get" || type == "set" else {
+            bounce(stanza, .badRequest)
+            return nil
+        }
+        let children = Array(stanza.elements)
+        guard children.count == 1, let payload = children.first else {
+            bounce(stanza, StanzaError(.badRequest, text: "an IQ request has exactly one payload"))
+            return nil
+        }
+        let target: IQTarget
+        let addressee: JID
+        if let to {
+            guard server.isLocal(to) else {
+                bounce(stanza, StanzaError(.remoteServerNotFound))
+                return nil
+            }
+            if to.resourcepart != nil {
+                if let recipient = server.router.session(to) {
+                    recipient.deliver(stanza)
+                } else {
+                    bounce(stanza, .serviceUnavailable)
+                }
+                return nil
+            }
+            target = to.localpart == nil ? .server : .account
+            addressee = to
+        } else {
+            target = .account
+            addressee = session.jid.bare
+        }
+        guard let handler = server.modules.iqHandler(payload.namespace, target) else {
+            bounce(stanza, .serviceUnavailable)
+            return nil
+        }
+        let request = IQRequest(
+            stanza: stanza, payload: payload, from: session.jid, to: addressee,
+            isSet: type == "set", session: session, server: server)
+        return runAsync({ () -> XMLElement in
+            do {
+                var result = stanza.iqResult(try await handler(request))
+                if stanza[attribute: "to"] == nil { result[attribute: "from"] = nil }
+                return result
+            } catch let error as StanzaError {
+                return error.reply(to: stanza)
+            }
+        }) { [self] result in
+            switch result {
+            case .success(let reply):
+                if reply.stanzaType == "error" { server.metrics.stanzaErrors.increment() }
+                send(reply)
+            case .failure(let error):
+                logger.error("IQ handler failed", metadata: ["error": "\(error)", "xmpp.ns": "\(payload.namespace)"])
+                bounce(stanza, .internalServerError)
+            }
+        }
+    }
+
+    // MARK: - Async bridge
+
+    /// Runs `body` as a task and `completion` back on this event loop; the returned future
+    /// completes after `completion` ran, which is what the ordered queue waits for.
+    private func runAsync<T: Sendable>(
+        _ body: @escaping @Sendable () async throws -> T,
+        _ completion: @escaping (Result<T, any Error>) -> Void
+    ) -> EventLoopFuture<Void>? {
+        guard let context else { return nil }
+        let promise = context.eventLoop.makePromise(of: T.self)
+        promise.completeWithTask(body)
+        return promise.futureResult.assumeIsolated().map { value in
+            completion(.success(value))
+        }.flatMapErrorThrowing { error in
+            completion(.failure(error))
+        }.nonisolated()
+    }
+}

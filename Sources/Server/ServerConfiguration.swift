@@ -1,0 +1,277 @@
+import Foundation
+import Yams
+
+/// Everything an administrator can set, with the embedded defaults.
+///
+/// Loaded from YAML (`switchboard serve --config FILE`); every key is optional. Unknown keys
+/// and bad values stop start-up with a message naming the key (see `ConfigurationError`).
+public struct ServerConfiguration: Sendable, Codable, Hashable {
+    /// The XMPP domain this server serves: the part after `@` in every address.
+    public var domain: String = "localhost"
+    /// Where the database, certificate and files live.
+    public var dataDir: String = "./data"
+    /// trace, debug, info, notice, warning, error, critical.
+    public var logLevel: String = "info"
+    /// On first start with no accounts, create `admin@domain` and print its one-time password.
+    public var bootstrapAdmin: Bool = true
+    public var c2s: Listener = Listener(bind: "0.0.0.0", port: 5222)
+    public var c2sDirectTLS: Listener = Listener(bind: "0.0.0.0", port: 5223)
+    public var http: Listener = Listener(bind: "127.0.0.1", port: 5280)
+    public var tls: TLS = TLS()
+    public var limits: Limits = Limits()
+    public var registration: Registration = Registration()
+
+    public init() {}
+
+    public struct Listener: Sendable, Codable, Hashable {
+        public var enabled: Bool = true
+        /// Address to listen on.
+        public var bind: String
+        /// TCP port; 0 picks a free one (tests).
+        public var port: Int
+        /// Only for `c2s`: refuse authentication before STARTTLS.
+        public var requireTLS: Bool = true
+
+        public init(enabled: Bool = true, bind: String, port: Int, requireTLS: Bool = true) {
+            self.enabled = enabled
+            self.bind = bind
+            self.port = port
+            self.requireTLS = requireTLS
+        }
+    }
+
+    public struct TLS: Sendable, Codable, Hashable {
+        /// PEM certificate chain; when unset, a self-signed one is generated in `data_dir` on first start.
+        public var certificate: String?
+        /// PEM private key for `certificate`.
+        public var privateKey: String?
+        public init() {}
+    }
+
+    public struct Limits: Sendable, Codable, Hashable {
+        /// Largest stanza a client may send, in bytes.
+        public var maxStanzaBytes: Int = 262_144
+        /// Deepest XML nesting inside the stream.
+        public var maxDepth: Int = 64
+        /// Seconds a connection may take to authenticate and bind.
+        public var loginTimeoutSeconds: Int = 60
+        /// Seconds of silence after which the server pings the client; twice that and it disconnects.
+        public var idleTimeoutSeconds: Int = 300
+        /// Failed logins allowed per account or per address within `login_failure_window_seconds` before throttling.
+        public var maxLoginFailures: Int = 5
+        public var loginFailureWindowSeconds: Int = 300
+        public init() {}
+    }
+
+    public struct Registration: Sendable, Codable, Hashable {
+        /// In-band registration (XEP-0077). Off: enterprise accounts come from the back office.
+        public var enabled: Bool = false
+        public init() {}
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case domain, dataDir = "data_dir", logLevel = "log_level", bootstrapAdmin = "bootstrap_admin"
+        case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration
+    }
+}
+
+extension ServerConfiguration.Listener {
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case enabled, bind, port, requireTLS = "require_tls"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        enabled = try container.decodeIfPresent(Bool.self, forKey: .enabled) ?? true
+        bind = try container.decodeIfPresent(String.self, forKey: .bind) ?? "0.0.0.0"
+        port = try container.decodeIfPresent(Int.self, forKey: .port) ?? 0
+        requireTLS = try container.decodeIfPresent(Bool.self, forKey: .requireTLS) ?? true
+    }
+}
+
+extension ServerConfiguration.TLS {
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case certificate, privateKey = "private_key"
+    }
+}
+
+extension ServerConfiguration.Limits {
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case maxStanzaBytes = "max_stanza_bytes", maxDepth = "max_depth", loginTimeoutSeconds = "login_timeout_seconds"
+        case idleTimeoutSeconds = "idle_timeout_seconds", maxLoginFailures = "max_login_failures"
+        case loginFailureWindowSeconds = "login_failure_window_seconds"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let defaults = Self()
+        maxStanzaBytes = try container.decodeIfPresent(Int.self, forKey: .maxStanzaBytes) ?? defaults.maxStanzaBytes
+        maxDepth = try container.decodeIfPresent(Int.self, forKey: .maxDepth) ?? defaults.maxDepth
+        loginTimeoutSeconds = try container.decodeIfPresent(Int.self, forKey: .loginTimeoutSeconds) ?? defaults.loginTimeoutSeconds
+        idleTimeoutSeconds = try container.decodeIfPresent(Int.self, forKey: .idleTimeoutSeconds) ?? defaults.idleTimeoutSeconds
+        maxLoginFailures = try container.decodeIfPresent(Int.self, forKey: .maxLoginFailures) ?? defaults.maxLoginFailures
+        loginFailureWindowSeconds =
+            try container.decodeIfPresent(Int.self, forKey: .loginFailureWindowSeconds) ?? defaults.loginFailureWindowSeconds
+    }
+}
+
+extension ServerConfiguration.Registration {
+    enum CodingKeys: String, CodingKey, CaseIterable { case enabled }
+}
+
+extension ServerConfiguration {
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let defaults = Self()
+        domain = try container.decodeIfPresent(String.self, forKey: .domain) ?? defaults.domain
+        dataDir = try container.decodeIfPresent(String.self, forKey: .dataDir) ?? defaults.dataDir
+        logLevel = try container.decodeIfPresent(String.self, forKey: .logLevel) ?? defaults.logLevel
+        bootstrapAdmin = try container.decodeIfPresent(Bool.self, forKey: .bootstrapAdmin) ?? defaults.bootstrapAdmin
+        c2s = try Self.listener(container, .c2s, defaults.c2s)
+        c2sDirectTLS = try Self.listener(container, .c2sDirectTLS, defaults.c2sDirectTLS)
+        http = try Self.listener(container, .http, defaults.http)
+        tls = try container.decodeIfPresent(TLS.self, forKey: .tls) ?? defaults.tls
+        limits = try container.decodeIfPresent(Limits.self, forKey: .limits) ?? defaults.limits
+        registration = try container.decodeIfPresent(Registration.self, forKey: .registration) ?? defaults.registration
+    }
+
+    /// A listener section falls back to the defaults key by key, so `c2s: {port: 0}` keeps `bind`.
+    private static func listener(
+        _ container: KeyedDecodingContainer<CodingKeys>, _ key: CodingKeys, _ fallback: Listener
+    ) throws -> Listener {
+        guard container.contains(key) else { return fallback }
+        let nested = try container.nestedContainer(keyedBy: Listener.CodingKeys.self, forKey: key)
+        return Listener(
+            enabled: try nested.decodeIfPresent(Bool.self, forKey: .enabled) ?? fallback.enabled,
+            bind: try nested.decodeIfPresent(String.self, forKey: .bind) ?? fallback.bind,
+            port: try nested.decodeIfPresent(Int.self, forKey: .port) ?? fallback.port,
+            requireTLS: try nested.decodeIfPresent(Bool.self, forKey: .requireTLS) ?? fallback.requireTLS
+        )
+    }
+}
+
+/// A configuration problem, worded for the administrator: which key, what is wrong.
+public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+extension ServerConfiguration {
+    /// Known keys per section, for the unknown-key check.
+    private static let knownKeys: [String: Set<String>] = [
+        "": Set(CodingKeys.allCases.map(\.rawValue)),
+        "c2s": Set(Listener.CodingKeys.allCases.map(\.rawValue)),
+        "c2s_direct_tls": Set(Listener.CodingKeys.allCases.map(\.rawValue)),
+        "http": Set(Listener.CodingKeys.allCases.map(\.rawValue)),
+        "tls": Set(TLS.CodingKeys.allCases.map(\.rawValue)),
+        "limits": Set(Limits.CodingKeys.allCases.map(\.rawValue)),
+        "registration": Set(Registration.CodingKeys.allCases.map(\.rawValue)),
+    ]
+
+    /// Parses and validates YAML text. `source` names the file in messages.
+    public static func parse(yaml text: String, source: String) throws -> ServerConfiguration {
+        let node: Node?
+        do {
+            node = try Yams.compose(yaml: text)
+        } catch {
+            throw ConfigurationError("\(source): not valid YAML: \(error)")
+        }
+        guard let node else { return ServerConfiguration() }
+        guard let mapping = node.mapping else {
+            throw ConfigurationError("\(source): the top level must be a mapping of keys to values")
+        }
+        try checkKeys(mapping, section: "", source: source)
+        let configuration: ServerConfiguration
+        do {
+            configuration = try YAMLDecoder().decode(ServerConfiguration.self, from: node)
+        } catch let DecodingError.typeMismatch(type, context) {
+            throw ConfigurationError("\(source): key '\(path(context.codingPath))' must be \(describe(type))")
+        } catch let DecodingError.dataCorrupted(context) {
+            throw ConfigurationError("\(source): key '\(path(context.codingPath))': \(context.debugDescription)")
+        } catch {
+            throw ConfigurationError("\(source): \(error)")
+        }
+        try configuration.validate(source: source)
+        return configuration
+    }
+
+    /// Reads and validates a configuration file.
+    public static func load(path: String) throws -> ServerConfiguration {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigurationError("cannot read configuration file \(path): \(error.localizedDescription)")
+        }
+        return try parse(yaml: text, source: path)
+    }
+
+    private static func checkKeys(_ mapping: Node.Mapping, section: String, source: String) throws {
+        let known = knownKeys[section] ?? []
+        for (keyNode, value) in mapping {
+            guard let key = keyNode.string else { continue }
+            let qualified = section.isEmpty ? key : "\(section).\(key)"
+            guard known.contains(key) else {
+                let hint = known.sorted().joined(separator: ", ")
+                throw ConfigurationError("\(source): unknown key '\(qualified)' (known keys here: \(hint))")
+            }
+            if section.isEmpty, knownKeys[key] != nil {
+                guard let nested = value.mapping else {
+                    throw ConfigurationError("\(source): key '\(key)' must be a mapping")
+                }
+                try checkKeys(nested, section: key, source: source)
+            }
+        }
+    }
+
+    private static func path(_ codingPath: [any CodingKey]) -> String {
+        codingPath.map(\.stringValue).joined(separator: ".")
+    }
+
+    private static func describe(_ type: Any.Type) -> String {
+        switch type {
+        case is Int.Type: return "an integer"
+        case is Bool.Type: return "true or false"
+        case is String.Type: return "a string"
+        default: return "of type \(type)"
+        }
+    }
+
+    /// Checks values that decode but make no sense.
+    public func validate(source: String = "configuration") throws {
+        func fail(_ key: String, _ problem: String) -> ConfigurationError {
+            ConfigurationError("\(source): key '\(key)' \(problem)")
+        }
+        if domain.isEmpty || domain.contains(where: { $0 == "@" || $0 == "/" || $0 == " " }) {
+            throw fail("domain", "must be a host name such as example.com (got '\(domain)')")
+        }
+        if dataDir.isEmpty { throw fail("data_dir", "must not be empty") }
+        let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+        if !levels.contains(logLevel) {
+            throw fail("log_level", "must be one of \(levels.joined(separator: ", ")) (got '\(logLevel)')")
+        }
+        for (name, listener) in [("c2s", c2s), ("c2s_direct_tls", c2sDirectTLS), ("http", http)] {
+            if !(0...65535).contains(listener.port) {
+                throw fail("\(name).port", "must be between 0 and 65535 (got \(listener.port))")
+            }
+            if listener.bind.isEmpty { throw fail("\(name).bind", "must be an address such as 0.0.0.0 or 127.0.0.1") }
+        }
+        if (tls.certificate == nil) != (tls.privateKey == nil) {
+            throw fail(tls.certificate == nil ? "tls.certificate" : "tls.private_key", "must be set together with the other")
+        }
+        if limits.maxStanzaBytes < 1024 || limits.maxStanzaBytes > 16 * 1024 * 1024 {
+            throw fail("limits.max_stanza_bytes", "must be between 1024 and 16777216 (got \(limits.maxStanzaBytes))")
+        }
+        if limits.maxDepth < 4 || limits.maxDepth > 1000 {
+            throw fail("limits.max_depth", "must be between 4 and 1000 (got \(limits.maxDepth))")
+        }
+        for (key, value) in [
+            ("limits.login_timeout_seconds", limits.loginTimeoutSeconds),
+            ("limits.idle_timeout_seconds", limits.idleTimeoutSeconds),
+            ("limits.max_login_failures", limits.maxLoginFailures),
+            ("limits.login_failure_window_seconds", limits.loginFailureWindowSeconds),
+        ] where value < 1 {
+            throw fail(key, "must be at least 1 (got \(value))")
+        }
+    }
+}

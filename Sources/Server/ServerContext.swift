@@ -1,0 +1,151 @@
+import Foundation
+import Logging
+import NIOCore
+import Storage
+import XMLStream
+import XMPPCore
+
+/// What every session and module shares: configuration, stores, router and modules.
+public final class ServerContext: Sendable {
+    public let configuration: ServerConfiguration
+    public let domain: String
+    public let domainJID: JID
+    public let stores: Stores
+    public let router: Router
+    public let modules: ModuleRegistry
+    public let logger: Logger
+    public let metrics: ServerMetrics
+    let throttle: LoginThrottle
+    /// Secret for deterministic fake SCRAM salts of unknown users.
+    let fakeSaltKey: [UInt8]
+
+    public init(configuration: ServerConfiguration, stores: Stores, modules: [any ServerModule], logger: Logger) throws {
+        self.configuration = configuration
+        self.domain = configuration.domain
+        self.domainJID = try JID(configuration.domain)
+        self.stores = stores
+        self.router = Router()
+        var registry = ModuleRegistry()
+        for module in modules { registry.register(module) }
+        self.modules = registry
+        self.logger = logger
+        self.metrics = ServerMetrics()
+        self.throttle = LoginThrottle(
+            maxFailures: configuration.limits.maxLoginFailures,
+            window: Double(configuration.limits.loginFailureWindowSeconds)
+        )
+        var generator = SystemRandomNumberGenerator()
+        self.fakeSaltKey = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+    }
+
+    /// Whether `jid` is in the served domain.
+    public func isLocal(_ jid: JID) -> Bool { jid.domainpart == domain }
+
+    /// Whether a local account exists for a bare JID (routing to unknown users gets an error).
+    public func accountExists(_ jid: JID) async throws -> Bool {
+        guard isLocal(jid), let local = jid.localpart else { return false }
+        if !router.sessions(of: jid.bare.description).isEmpty { return true }
+        return try await stores.accounts.account(local) != nil
+    }
+
+    // MARK: - Local delivery, used by sessions and modules
+
+    /// Outcome of trying to deliver a message synchronously.
+    enum MessageDelivery {
+        case delivered
+        /// No session takes it: run the undeliverable-message hooks (offline storage).
+        case undeliverable(JID)
+        case error(StanzaError)
+        case dropped
+    }
+
+    /// Delivers a message to local sessions per RFC 6121 §8.5, without touching storage.
+    func deliverMessage(_ stanza: XMLElement, to: JID) -> MessageDelivery {
+        guard isLocal(to) else { return .error(StanzaError(.remoteServerNotFound)) }
+        guard to.localpart != nil else { return .dropped }
+        let type = stanza.stanzaType ?? "normal"
+        if to.resourcepart != nil, let session = router.session(to) {
+            session.deliver(stanza)
+            return .delivered
+        }
+        switch type {
+        case "groupchat":
+            return .error(.serviceUnavailable)
+        case "error":
+            return .dropped
+        case "headline":
+            for session in router.bareMessageTargets(to.bare.description) { session.deliver(stanza) }
+            return .delivered
+        default:
+            let targets = router.bareMessageTargets(to.bare.description)
+            if targets.isEmpty { return .undeliverable(to.bare) }
+            for session in targets { session.deliver(stanza) }
+            return .delivered
+        }
+    }
+
+    /// Delivers a message, running the undeliverable hooks (offline storage) when needed.
+    /// Returns an error to bounce to the sender, if any.
+    public func routeMessage(_ stanza: XMLElement, to: JID, from session: SessionHandle?) async -> StanzaError? {
+        switch deliverMessage(stanza, to: to) {
+        case .delivered, .dropped: return nil
+        case .error(let error): return error
+        case .undeliverable(let bare): return await handleUndeliverable(stanza, to: bare, session: session)
+        }
+    }
+
+    func handleUndeliverable(_ stanza: XMLElement, to bare: JID, session: SessionHandle?) async -> StanzaError? {
+        do {
+            guard try await accountExists(bare) else { return .serviceUnavailable }
+            let context = StanzaHookContext(stanza: stanza, to: bare, session: session, server: self)
+            for (_, hook) in modules.undeliverableMessageHooks where try await hook(context) == .handled {
+                return nil
+            }
+            return .serviceUnavailable
+        } catch {
+            logger.error("undeliverable message handling failed", metadata: ["error": "\(error)"])
+            return .internalServerError
+        }
+    }
+
+    /// Delivers presence: to one full JID if bound, or to every available session of a bare JID.
+    public func deliverPresence(_ stanza: XMLElement, to: JID) {
+        guard isLocal(to) else { return }
+        if to.resourcepart != nil {
+            router.session(to)?.deliver(stanza)
+        } else {
+            for session in router.availableSessions(of: to.bare.description) { session.deliver(stanza) }
+        }
+    }
+
+    /// Sends a stanza to every session of a bare JID that wants roster pushes.
+    public func deliverToInterested(_ stanza: XMLElement, bare: String) {
+        for session in router.sessions(of: bare) where session.presence.interestedInRoster {
+            var copy = stanza
+            copy[attribute: "to"] = session.jid.description
+            session.deliver(copy)
+        }
+    }
+
+    /// Runs the hooks for a session's initial presence.
+    public func sessionBecameAvailable(_ session: SessionHandle) async {
+        for (_, hook) in modules.availableHooks {
+            do {
+                try await hook(session, self)
+            } catch {
+                logger.error("session-available hook failed", metadata: ["error": "\(error)", "xmpp.jid": "\(session.jid)"])
+            }
+        }
+    }
+
+    /// Runs the hooks for an ended session.
+    func sessionEnded(_ session: SessionHandle) async {
+        for (_, hook) in modules.sessionEndHooks {
+            do {
+                try await hook(session, self)
+            } catch {
+                logger.error("session-end hook failed", metadata: ["error": "\(error)", "xmpp.jid": "\(session.jid)"])
+            }
+        }
+    }
+}

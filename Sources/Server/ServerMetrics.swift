@@ -1,0 +1,62 @@
+import NIOConcurrencyHelpers
+import Prometheus
+
+/// The server's counters and gauges, exposed in Prometheus text format at `/metrics`.
+///
+/// One registry per server instance (not the process-global `MetricsSystem`), so several
+/// servers in one test process do not mix their figures.
+public final class ServerMetrics: Sendable {
+    public let registry = PrometheusCollectorRegistry()
+    private let connectionsOpen: Gauge
+    private let openConnections = NIOLockedValueBox(0)
+    let connectionsTotal: Counter
+    let sessionsBound: Gauge
+    let loginsSucceeded: Counter
+    let loginsFailed: Counter
+    let loginsThrottled: Counter
+    let stanzasIn: Counter
+    let stanzasOut: Counter
+    let streamErrors: Counter
+    let stanzaErrors: Counter
+    let offlineStored: Counter
+
+    init() {
+        connectionsOpen = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "connections_open", unitName: "", helpText: "Client connections currently open"))
+        connectionsTotal = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "connections", unitName: "total", helpText: "Client connections accepted"))
+        sessionsBound = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "sessions_bound", unitName: "", helpText: "Authenticated sessions with a bound resource"))
+        loginsSucceeded = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "logins", unitName: "total", helpText: "SASL authentications by result"), labels: [("result", "ok")])
+        loginsFailed = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "logins", unitName: "total", helpText: "SASL authentications by result"), labels: [("result", "failed")])
+        loginsThrottled = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "logins", unitName: "total", helpText: "SASL authentications by result"), labels: [("result", "throttled")])
+        stanzasIn = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "stanzas_in", unitName: "total", helpText: "Stanzas received from clients"))
+        stanzasOut = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "stanzas_out", unitName: "total", helpText: "Stanzas sent to clients"))
+        streamErrors = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "stream_errors", unitName: "total", helpText: "Streams closed with a stream error"))
+        stanzaErrors = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "stanza_errors", unitName: "total", helpText: "Stanza errors returned to clients"))
+        offlineStored = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "offline_messages_stored", unitName: "total", helpText: "Messages stored for offline users"))
+    }
+
+    /// Prometheus text exposition.
+    public func exposition() -> [UInt8] {
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(4096)
+        registry.emit(into: &buffer)
+        return buffer
+    }
+}
+
+extension ServerMetrics {
+    /// Open connections, for shutdown draining.
+    var connectionsOpenValue: Int { openConnections.withLockedValue { $0 } }
+
+    public func countOfflineStored() { offlineStored.increment() }
+
+    func connectionOpened() {
+        openConnections.withLockedValue { $0 += 1 }
+        connectionsOpen.increment()
+        connectionsTotal.increment()
+    }
+
+    func connectionClosed() {
+        openConnections.withLockedValue { $0 -= 1 }
+        connectionsOpen.decrement()
+    }
+}

@@ -1,0 +1,143 @@
+import Logging
+import XMLStream
+import XMPPCore
+
+/// One feature of the server (roster, presence, vCard …): registered once, declares what it handles.
+///
+/// A module registers IQ handlers, hooks and disco features in `register(in:)`; the registry
+/// is built at start-up and immutable afterwards, so dispatch needs no locks.
+public protocol ServerModule: Sendable {
+    /// Stable identifier, used in logs and configuration.
+    var id: String { get }
+    func register(in registry: inout ModuleRegistry)
+}
+
+/// Whom an IQ is addressed to, for handler lookup.
+public enum IQTarget: Hashable, Sendable {
+    /// The server domain itself.
+    case server
+    /// A local account's bare JID (no `to` means the sender's own account).
+    case account
+}
+
+/// An IQ get/set being handled.
+public struct IQRequest: Sendable {
+    /// The stanza, `from` stamped with the sender's full JID.
+    public let stanza: XMLElement
+    /// The single payload child.
+    public let payload: XMLElement
+    public let from: JID
+    /// The addressed account (the sender's own when the IQ had no `to`), or the domain for `.server`.
+    public let to: JID
+    public let isSet: Bool
+    /// The sending session, when the IQ came from a client session.
+    public let session: SessionHandle?
+    public let server: ServerContext
+
+    /// The addressed account is the sender's own.
+    public var isToSelf: Bool { to.bare == from.bare }
+}
+
+/// What an IQ handler returns: the payload of the result (nil for an empty result).
+public typealias IQHandler = @Sendable (IQRequest) async throws -> XMLElement?
+
+/// A hook's answer: stop here, or let lower-priority handlers run.
+public enum HookResult: Sendable {
+    case handled
+    case pass
+}
+
+/// Priorities for hook ordering; higher runs first.
+public struct HookPriority: Comparable, Hashable, Sendable {
+    public let value: Int
+    public init(_ value: Int) { self.value = value }
+    public static let high = HookPriority(100)
+    public static let normal = HookPriority(0)
+    public static let low = HookPriority(-100)
+    public static func < (lhs: HookPriority, rhs: HookPriority) -> Bool { lhs.value < rhs.value }
+}
+
+/// A stanza hook: a presence from a session, or a message nobody online could take.
+public struct StanzaHookContext: Sendable {
+    public let stanza: XMLElement
+    /// Addressee (nil for presence broadcast).
+    public let to: JID?
+    public let session: SessionHandle?
+    public let server: ServerContext
+}
+
+public typealias StanzaHook = @Sendable (StanzaHookContext) async throws -> HookResult
+public typealias SessionHook = @Sendable (SessionHandle, ServerContext) async throws -> Void
+
+/// Everything modules registered.
+public struct ModuleRegistry: Sendable {
+    struct IQKey: Hashable, Sendable {
+        let namespace: String
+        let target: IQTarget
+    }
+
+    private(set) var iqHandlers: [IQKey: IQHandler] = [:]
+    /// Disco#info features of the server, from the modules that implement them.
+    public private(set) var serverFeatures: [String] = []
+    /// Disco#info features of an account's bare JID.
+    public private(set) var accountFeatures: [String] = []
+    /// Stream features offered after binding (e.g. roster versioning).
+    public private(set) var streamFeatures: [XMLElement] = []
+    private(set) var presenceHooks: [(HookPriority, StanzaHook)] = []
+    private(set) var undeliverableMessageHooks: [(HookPriority, StanzaHook)] = []
+    private(set) var availableHooks: [(HookPriority, SessionHook)] = []
+    private(set) var sessionEndHooks: [(HookPriority, SessionHook)] = []
+    public private(set) var moduleIDs: [String] = []
+
+    public init() {}
+
+    /// Registers a handler for IQ get/set whose payload is in `namespace`, addressed to `target`.
+    public mutating func handleIQ(_ namespace: String, target: IQTarget, _ handler: @escaping IQHandler) {
+        iqHandlers[IQKey(namespace: namespace, target: target)] = handler
+    }
+
+    public mutating func addServerFeature(_ feature: String) {
+        if !serverFeatures.contains(feature) { serverFeatures.append(feature) }
+    }
+
+    public mutating func addAccountFeature(_ feature: String) {
+        if !accountFeatures.contains(feature) { accountFeatures.append(feature) }
+    }
+
+    public mutating func addStreamFeature(_ feature: XMLElement) { streamFeatures.append(feature) }
+
+    /// Presence stanzas sent by a bound client (after `from` stamping).
+    public mutating func onPresence(_ priority: HookPriority = .normal, _ hook: @escaping StanzaHook) {
+        presenceHooks.append((priority, hook))
+        presenceHooks.sort { $0.0 > $1.0 }
+    }
+
+    /// A message for a local bare JID with no session to take it (offline storage, push …).
+    public mutating func onUndeliverableMessage(_ priority: HookPriority = .normal, _ hook: @escaping StanzaHook) {
+        undeliverableMessageHooks.append((priority, hook))
+        undeliverableMessageHooks.sort { $0.0 > $1.0 }
+    }
+
+    /// A session sent its initial available presence.
+    public mutating func onSessionAvailable(_ priority: HookPriority = .normal, _ hook: @escaping SessionHook) {
+        availableHooks.append((priority, hook))
+        availableHooks.sort { $0.0 > $1.0 }
+    }
+
+    /// A bound session ended (after the router dropped it).
+    public mutating func onSessionEnd(_ priority: HookPriority = .normal, _ hook: @escaping SessionHook) {
+        sessionEndHooks.append((priority, hook))
+        sessionEndHooks.sort { $0.0 > $1.0 }
+    }
+
+    /// Registers a module; each id once.
+    public mutating func register(_ module: any ServerModule) {
+        precondition(!moduleIDs.contains(module.id), "module \(module.id) registered twice")
+        moduleIDs.append(module.id)
+        module.register(in: &self)
+    }
+
+    func iqHandler(_ namespace: String, _ target: IQTarget) -> IQHandler? {
+        iqHandlers[IQKey(namespace: namespace, target: target)]
+    }
+}

@@ -1,0 +1,81 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import XMLStream
+import XMPPCore
+
+/// A bound client session as the rest of the server sees it.
+///
+/// Safe to use from any thread: delivery hops onto the session's event loop, and the
+/// presence state other sessions read is behind a lock (uncontended in practice).
+public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
+    /// Full JID of the session.
+    public let jid: JID
+    /// Bare JID string, the router's key.
+    public let bareKey: String
+    public let id: UInt64
+    let eventLoop: any EventLoop
+    private let sink: NIOLoopBound<any StanzaSink>
+    private let state: NIOLockedValueBox<PresenceState>
+
+    /// Presence of a session, as RFC 6121 needs it for routing.
+    public struct PresenceState: Sendable {
+        /// Initial presence sent and not withdrawn.
+        public var available = false
+        public var priority = 0
+        /// Last broadcast presence, `from` stamped.
+        public var presence: XMLElement?
+        /// The client fetched its roster, so it gets roster pushes (RFC 6121 §2.1.6).
+        public var interestedInRoster = false
+        /// Full or bare JIDs that received directed presence and must get `unavailable`.
+        public var directedTo: Set<String> = []
+    }
+
+    init(jid: JID, id: UInt64, eventLoop: any EventLoop, sink: any StanzaSink) {
+        self.jid = jid
+        self.bareKey = jid.bare.description
+        self.id = id
+        self.eventLoop = eventLoop
+        self.sink = NIOLoopBound(sink, eventLoop: eventLoop)
+        self.state = NIOLockedValueBox(PresenceState())
+    }
+
+    public var description: String { "\(jid)#\(id)" }
+
+    /// Sends a stanza to the client (from any thread).
+    public func deliver(_ stanza: XMLElement) {
+        if eventLoop.inEventLoop {
+            sink.value.send(stanza)
+        } else {
+            let sink = self.sink
+            eventLoop.execute { sink.value.send(stanza) }
+        }
+    }
+
+    /// Ends the session with a stream error (from any thread).
+    public func close(_ error: StreamError) {
+        let sink = self.sink
+        eventLoop.execute { sink.value.terminate(error) }
+    }
+
+    public var presence: PresenceState { state.withLockedValue { $0 } }
+
+    /// Mutates the presence state atomically and returns what `body` returns.
+    @discardableResult
+    public func updatePresence<T>(_ body: (inout PresenceState) -> T) -> T {
+        state.withLockedValue { body(&$0) }
+    }
+
+    /// Available with a non-negative priority: eligible for messages to the bare JID.
+    public var receivesBareMessages: Bool {
+        state.withLockedValue { $0.available && $0.priority >= 0 }
+    }
+
+    public static func == (lhs: SessionHandle, rhs: SessionHandle) -> Bool { lhs === rhs }
+    public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
+}
+
+/// What a session handler offers the router: write a stanza, or end the stream. Called on its event loop.
+protocol StanzaSink: AnyObject {
+    func send(_ stanza: XMLElement)
+    func terminate(_ error: StreamError)
+}

@@ -1,0 +1,14 @@
+/// The set of stores a server runs with; one implementation provides them all.
+public struct Stores: Sendable {
+    public var accounts: any AccountStore
+    public var rosters: any RosterStore
+    public var offline: any OfflineStore
+    public var privateXML: any PrivateXMLStore
+
+    public init(accounts: any AccountStore, rosters: any RosterStore, offline: any OfflineStore, privateXML: any PrivateXMLStore) {
+        self.accounts = accounts
+        self.rosters = rosters
+        self.offline = offline
+        self.privateXML = privateXML
+    }
+}
