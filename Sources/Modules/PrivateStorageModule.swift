@@ -9,6 +9,7 @@ public struct PrivateStorageModule: ServerModule {
 
     public func register(in registry: inout ModuleRegistry) {
         registry.addAccountFeature(NS.privateStorage)
+        registry.addServerFeature(NS.privateStorage)
         registry.handleIQ(NS.privateStorage, target: .account) { request in
             guard request.isToSelf else { throw StanzaError.forbidden }
             let children = Array(request.payload.elements)

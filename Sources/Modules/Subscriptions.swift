@@ -113,7 +113,8 @@ enum Subscriptions {
             var pending = theirs ?? RosterItem(jid: userKey, inRoster: false)
             pending.pendingIn = true
             pending.pendingInStanza = XMLSerializer.string(outbound)
-            try await store(pending, of: contactKey, server: server)
+            // Pending-in is server bookkeeping, not visible roster state: no push (RFC 6121 §3.1.3).
+            _ = try await rosters.put(pending, of: contactKey)
             server.deliverPresence(outbound, to: contact)
         case .subscribed:
             guard let theirs, let updated = Rules.inboundSubscribed(theirs) else { return }

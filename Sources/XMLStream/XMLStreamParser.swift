@@ -94,7 +94,7 @@ public final class XMLStreamParser {
             }
             bytesFed += Int64(chunk.count)
             if status != XML_STATUS_OK {
-                let error = failure ?? XMLStreamError(.notWellFormed, Self.describe(XML_GetErrorCode(parser)))
+                let error = failure ?? Self.classify(XML_GetErrorCode(parser), chunk)
                 failure = error
                 events.removeAll()
                 throw error
@@ -113,6 +113,22 @@ public final class XMLStreamParser {
             offset = end
             if bytes.count == 0 { break }
         }
+    }
+
+    /// Expat calls a markup declaration inside the document a syntax error; XMPP calls it
+    /// restricted XML (RFC 6120 §11.1). If the failing chunk holds `<!` followed by a letter
+    /// (DOCTYPE, ENTITY, ELEMENT …, not CDATA), report that.
+    private static func classify(_ code: XML_Error, _ chunk: UnsafeRawBufferPointer) -> XMLStreamError {
+        if chunk.count >= 3 {
+            for index in 0..<(chunk.count - 2)
+            where chunk[index] == UInt8(ascii: "<") && chunk[index + 1] == UInt8(ascii: "!") {
+                let next = chunk[index + 2]
+                if (next >= UInt8(ascii: "A") && next <= UInt8(ascii: "Z")) || (next >= UInt8(ascii: "a") && next <= UInt8(ascii: "z")) {
+                    return XMLStreamError(.restrictedXML, "markup declarations are not allowed")
+                }
+            }
+        }
+        return XMLStreamError(.notWellFormed, describe(code))
     }
 
     private static func describe(_ code: XML_Error) -> String {

@@ -81,6 +81,15 @@ private let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' 
         }
     }
 
+    @Test func doctypeInsideTheStreamIsRestricted() {
+        do {
+            _ = try parse([header, "<!DOCTYPE x [<!ENTITY a 'b'>]><message/>"])
+            Issue.record("accepted")
+        } catch let error as XMLStreamError {
+            #expect(error.condition == .restrictedXML)
+        } catch { Issue.record("wrong error") }
+    }
+
     @Test func commentsAndProcessingInstructionsAreRestricted() {
         for bad in ["<!-- hi -->", "<?php echo 1 ?>"] {
             do {
