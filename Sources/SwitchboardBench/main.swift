@@ -1,0 +1,2 @@
+// placeholder until the generator lands
+print("switchboard-bench")
