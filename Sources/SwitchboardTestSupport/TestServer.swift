@@ -1,0 +1,76 @@
+import Foundation
+import Logging
+import Modules
+import SQLiteStorage
+import Server
+import ServiceLifecycle
+import Storage
+
+/// The real server, started in-process on free loopback ports with a temporary data directory.
+///
+/// ```swift
+/// let server = try await TestServer.start { $0.c2s.requireTLS = false }
+/// defer { Task { await server.stop() } }
+/// try await server.addUser("alice", password: "secret")
+/// ```
+public final class TestServer: Sendable {
+    public let server: XMPPServer
+    public let ports: XMPPServer.BoundPorts
+    public let dataDirectory: String
+    public let stores: SQLiteStores
+    private let group: ServiceGroup
+    private let task: Task<Void, any Error>
+
+    public var domain: String { server.context.domain }
+
+    private init(
+        server: XMPPServer, ports: XMPPServer.BoundPorts, dataDirectory: String, stores: SQLiteStores,
+        group: ServiceGroup, task: Task<Void, any Error>
+    ) {
+        self.server = server
+        self.ports = ports
+        self.dataDirectory = dataDirectory
+        self.stores = stores
+        self.group = group
+        self.task = task
+    }
+
+    /// Starts a server on 127.0.0.1 with every listener on port 0.
+    public static func start(
+        domain: String = "example.test",
+        configure: (inout ServerConfiguration) -> Void = { _ in }
+    ) async throws -> TestServer {
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("switchboard-test-\(UUID().uuidString)").path
+        var configuration = ServerConfiguration()
+        configuration.domain = domain
+        configuration.dataDir = directory
+        configuration.bootstrapAdmin = false
+        configuration.c2s = .init(bind: "127.0.0.1", port: 0)
+        configuration.c2sDirectTLS = .init(bind: "127.0.0.1", port: 0)
+        configuration.http = .init(bind: "127.0.0.1", port: 0)
+        configure(&configuration)
+        var logger = Logger(label: "switchboard.test")
+        logger.logLevel = ProcessInfo.processInfo.environment["SWITCHBOARD_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
+        let stores = try SQLiteStores(directory: directory)
+        let server = try XMPPServer(
+            configuration: configuration, stores: stores.stores, modules: BuiltinModules.all(), logger: logger)
+        let group = ServiceGroup(services: [server], logger: logger)
+        let task = Task { try await group.run() }
+        let ports = try await server.waitUntilBound()
+        return TestServer(server: server, ports: ports, dataDirectory: directory, stores: stores, group: group, task: task)
+    }
+
+    /// Creates an account with SCRAM credentials.
+    public func addUser(_ username: String, password: String) async throws {
+        try await stores.createAccount(
+            Account(username: username, credentials: try StoredCredentials.derive(password: password), createdAt: Date().timeIntervalSince1970))
+    }
+
+    /// Graceful shutdown, then removes the data directory.
+    public func stop() async {
+        await group.triggerGracefulShutdown()
+        _ = await task.result
+        try? FileManager.default.removeItem(atPath: dataDirectory)
+    }
+}

@@ -1,0 +1,50 @@
+import Server
+import Testing
+
+@Suite struct ConfigurationTests {
+    @Test func emptyFileGivesDefaults() throws {
+        let configuration = try ServerConfiguration.parse(yaml: "", source: "test.yaml")
+        #expect(configuration == ServerConfiguration())
+        #expect(configuration.c2s.port == 5222)
+        #expect(configuration.c2sDirectTLS.port == 5223)
+        #expect(configuration.http.port == 5280)
+        #expect(configuration.http.bind == "127.0.0.1")
+        #expect(configuration.c2s.requireTLS)
+        #expect(!configuration.registration.enabled)
+        #expect(configuration.limits.maxStanzaBytes == 262_144)
+    }
+
+    @Test func partialSectionsKeepOtherDefaults() throws {
+        let configuration = try ServerConfiguration.parse(
+            yaml: "domain: corp.example\nc2s: {port: 15222}\nlimits: {max_stanza_bytes: 65536}\n", source: "t")
+        #expect(configuration.domain == "corp.example")
+        #expect(configuration.c2s.port == 15222)
+        #expect(configuration.c2s.bind == "0.0.0.0")
+        #expect(configuration.limits.maxStanzaBytes == 65536)
+        #expect(configuration.limits.maxDepth == 64)
+    }
+
+    @Test(arguments: [
+        ("colour: blue", "unknown key 'colour'"),
+        ("c2s: {prot: 1}", "unknown key 'c2s.prot'"),
+        ("c2s: {port: 70000}", "'c2s.port' must be between 0 and 65535"),
+        ("c2s: {port: abc}", "'c2s.port' must be an integer"),
+        ("domain: 'a b'", "'domain' must be a host name"),
+        ("log_level: loud", "'log_level' must be one of"),
+        ("tls: {certificate: /x.pem}", "'tls.private_key' must be set together"),
+        ("limits: {max_stanza_bytes: 10}", "'limits.max_stanza_bytes' must be between"),
+        ("c2s: 5", "'c2s' must be a mapping"),
+        ("- a\n- b", "top level must be a mapping"),
+    ])
+    func badConfigurationNamesTheKey(yaml: String, expected: String) {
+        do {
+            _ = try ServerConfiguration.parse(yaml: yaml, source: "switchboard.yaml")
+            Issue.record("accepted: \(yaml)")
+        } catch let error as ConfigurationError {
+            #expect(error.description.contains(expected), "\(error.description)")
+            #expect(error.description.hasPrefix("switchboard.yaml: "))
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
+}

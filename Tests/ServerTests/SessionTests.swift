@@ -1,0 +1,109 @@
+import Foundation
+import SwitchboardTestSupport
+import Testing
+import XMLStream
+import XMPPCore
+
+/// The real server in-process on free ports, driven by the scripted test client.
+@Suite struct SessionTests {
+    private func withServer(_ body: (TestServer) async throws -> Void) async throws {
+        let server = try await TestServer.start { $0.c2s.requireTLS = false }
+        do {
+            try await body(server)
+        } catch {
+            await server.stop()
+            throw error
+        }
+        await server.stop()
+    }
+
+    @Test func loginAndChat() async throws {
+        try await withServer { server in
+            try await server.addUser("alice", password: "a-pass")
+            try await server.addUser("张伟", password: "z-pass")
+            let alice = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            let zhang = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            #expect(try await alice.login("alice", password: "a-pass", resource: "desk") == "alice@example.test/desk")
+            #expect(try await zhang.login("张伟", password: "z-pass", resource: "手机", hash: .sha1) == "张伟@example.test/手机")
+            try await zhang.send("<presence/>")
+            _ = try await zhang.next { $0.name == "presence" }  // own presence echoed
+            try await alice.send("<message to='张伟@example.test' type='chat' id='m1'><body>你好</body></message>")
+            let received = try await zhang.next { $0.name == "message" }
+            #expect(received.child("body")?.text == "你好")
+            #expect(received[attribute: "from"] == "alice@example.test/desk")
+            await alice.close()
+            await zhang.close()
+        }
+    }
+
+    @Test func offlineMessageIsStoredAndDeliveredWithDelay() async throws {
+        try await withServer { server in
+            try await server.addUser("alice", password: "a")
+            try await server.addUser("bob", password: "b")
+            let alice = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            try await alice.login("alice", password: "a")
+            try await alice.send("<message to='bob@example.test' type='chat' id='o1'><body>while you were out</body></message>")
+            // Ping round-trip: the message was processed (stored) before the ping answer.
+            try await alice.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+            _ = try await alice.next { $0.id == "p1" }
+            #expect(try await server.stores.count(for: "bob@example.test") == 1)
+            let bob = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            try await bob.login("bob", password: "b")
+            try await bob.send("<presence/>")
+            let message = try await bob.next { $0.name == "message" }
+            #expect(message.child("body")?.text == "while you were out")
+            #expect(message.child("delay", namespace: NS.delay)?[attribute: "stamp"] != nil)
+            try await bob.send("<iq type='get' id='p2'><ping xmlns='urn:xmpp:ping'/></iq>")
+            _ = try await bob.next { $0.id == "p2" }
+            #expect(try await server.stores.count(for: "bob@example.test") == 0)
+            await alice.close()
+            await bob.close()
+        }
+    }
+
+    @Test func unknownRecipientGetsServiceUnavailable() async throws {
+        try await withServer { server in
+            try await server.addUser("alice", password: "a")
+            let alice = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            try await alice.login("alice", password: "a")
+            try await alice.send("<message to='nobody@example.test' id='x1'><body>hi</body></message>")
+            let error = try await alice.next { $0.id == "x1" }
+            #expect(error.stanzaType == "error")
+            #expect(error.child("error")?.child("service-unavailable", namespace: NS.stanzaErrors) != nil)
+            await alice.close()
+        }
+    }
+
+    @Test func wrongPasswordIsNotAuthorized() async throws {
+        try await withServer { server in
+            try await server.addUser("alice", password: "a")
+            let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            await #expect(throws: TestClientError.self) { try await client.login("alice", password: "wrong") }
+            await client.close()
+            #expect(String(decoding: server.server.context.metrics.exposition(), as: UTF8.self)
+                .contains("switchboard_logins_total{result=\"failed\"} 1"))
+        }
+    }
+
+    @Test func stanzasBeforeAuthenticationEndTheStream() async throws {
+        try await withServer { server in
+            let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            _ = try await client.openStream()
+            try await client.send("<message to='a@example.test'><body>x</body></message>")
+            let error = try await client.next { $0.name == "error" }
+            #expect(error.child("not-authorized", namespace: NS.streamErrors) != nil)
+            await client.close()
+        }
+    }
+
+    @Test func wrongDomainIsHostUnknown() async throws {
+        try await withServer { server in
+            let client = try await TestClient.connect(port: server.ports.c2s ?? 0, domain: "elsewhere.test")
+            try await client.send(
+                "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='elsewhere.test' version='1.0'>")
+            let error = try await client.next { $0.name == "error" }
+            #expect(error.child("host-unknown", namespace: NS.streamErrors) != nil)
+            await client.close()
+        }
+    }
+}

@@ -1,0 +1,92 @@
+import Foundation
+import SQLiteStorage
+import Storage
+import Testing
+
+@Suite struct StoreTests {
+    private func withStores(_ body: (SQLiteStores, String) async throws -> Void) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sb-store-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try await body(try SQLiteStores(directory: directory), directory)
+    }
+
+    private func account(_ name: String) throws -> Account {
+        Account(username: name, credentials: try StoredCredentials.derive(password: "pw", iterations: 64), createdAt: 0)
+    }
+
+    @Test func accountsRoundTripAndConflict() async throws {
+        try await withStores { stores, _ in
+            try await stores.createAccount(try account("alice"))
+            await #expect(throws: StorageError.self) { try await stores.createAccount(try account("alice")) }
+            let loaded = try #require(try await stores.account("alice"))
+            #expect(loaded.credentials.sha256.verify(password: "pw"))
+            #expect(!loaded.credentials.sha256.verify(password: "wrong"))
+            #expect(try await stores.accountCount() == 1)
+        }
+    }
+
+    @Test func noPlaintextPasswordOnDisk() async throws {
+        try await withStores { stores, directory in
+            try await stores.createAccount(
+                Account(username: "bob", credentials: try StoredCredentials.derive(password: "correct-horse-battery", iterations: 64), createdAt: 0))
+            _ = try await stores.accountCount()
+            for file in try FileManager.default.contentsOfDirectory(atPath: directory) {
+                let data = try Data(contentsOf: URL(fileURLWithPath: directory + "/" + file))
+                #expect(data.range(of: Data("correct-horse-battery".utf8)) == nil, "plaintext password in \(file)")
+            }
+        }
+    }
+
+    @Test func rosterVersionsIncrease() async throws {
+        try await withStores { stores, _ in
+            let v1 = try await stores.put(RosterItem(jid: "b@x", subscription: .to), of: "a@x")
+            let v2 = try await stores.put(RosterItem(jid: "c@x"), of: "a@x")
+            #expect(v2 > v1)
+            let roster = try await stores.roster(of: "a@x")
+            #expect(roster.version == v2)
+            #expect(roster.items.map(\.jid) == ["b@x", "c@x"])
+            let v3 = try await stores.remove("b@x", of: "a@x")
+            #expect(v3 > v2)
+            #expect(try await stores.remove("nobody@x", of: "a@x") == v3)
+        }
+    }
+
+    @Test func offlineMessagesKeepOrder() async throws {
+        try await withStores { stores, _ in
+            for index in 0..<5 { try await stores.store("<m\(index)/>", for: "a@x", at: Double(index)) }
+            let messages = try await stores.messages(for: "a@x")
+            #expect(messages.map(\.stanza) == (0..<5).map { "<m\($0)/>" })
+            try await stores.remove(ids: Array(messages.prefix(2).map(\.id)), for: "a@x")
+            #expect(try await stores.count(for: "a@x") == 3)
+        }
+    }
+
+    /// Deleting john_doe must not touch johnXdoe's data (`_` is a LIKE wildcard).
+    @Test func deletingAnAccountLeavesLookalikesAlone() async throws {
+        try await withStores { stores, _ in
+            try await stores.createAccount(try account("john_doe"))
+            try await stores.createAccount(try account("johnxdoe"))
+            try await stores.store("<m/>", for: "johnxdoe@x", at: 0)
+            try await stores.store("<m/>", for: "john_doe@x", at: 0)
+            _ = try await stores.put(RosterItem(jid: "a@x"), of: "johnxdoe@x")
+            #expect(try await stores.deleteAccount("john_doe"))
+            #expect(try await stores.count(for: "johnxdoe@x") == 1)
+            #expect(try await stores.count(for: "john_doe@x") == 0)
+            #expect(try await stores.roster(of: "johnxdoe@x").items.count == 1)
+            #expect(try await stores.listAccounts() == ["johnxdoe"])
+        }
+    }
+
+    @Test func reopeningKeepsDataAndSchema() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sb-store-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        do {
+            let stores = try SQLiteStores(directory: directory)
+            try await stores.createAccount(try account("carol"))
+        }
+        let reopened = try SQLiteStores(directory: directory)
+        #expect(try await reopened.account("carol") != nil)
+        let mode = try FileManager.default.attributesOfItem(atPath: directory + "/switchboard.sqlite")[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+    }
+}
