@@ -216,6 +216,7 @@ extension ServerConfiguration {
                 throw ConfigurationError("\(source): unknown key '\(qualified)' (known keys here: \(hint))")
             }
             if section.isEmpty, knownKeys[key] != nil {
+                if value.null != nil { continue }  // `tls:` with only comments under it
                 guard let nested = value.mapping else {
                     throw ConfigurationError("\(source): key '\(key)' must be a mapping")
                 }

@@ -1,3 +1,4 @@
+import Foundation
 import Server
 import Testing
 
@@ -12,6 +13,12 @@ import Testing
         #expect(configuration.c2s.requireTLS)
         #expect(!configuration.registration.enabled)
         #expect(configuration.limits.maxStanzaBytes == 262_144)
+    }
+
+    @Test func shippedExampleIsValidAndEqualsTheDefaults() throws {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../switchboard.example.yaml")
+        let configuration = try ServerConfiguration.load(path: url.standardized.path)
+        #expect(configuration == ServerConfiguration())
     }
 
     @Test func partialSectionsKeepOtherDefaults() throws {

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh Debian 12 machine with Swift 6.3:
+#   1. installs the system libraries the build links (libexpat, libsqlite3) if missing,
+#   2. builds the server (debug) and runs the Swift test suites (unit + in-process server),
+#   3. runs the end-to-end suite: the real server process driven by slixmpp, a WebSocket
+#      client, raw sockets and two Profanity clients under tmux (Tests/e2e/run.sh installs
+#      its own Debian and PyPI dependencies into Tests/e2e/.venv),
+#   4. runs the benchmark harness in its seconds-long smoke mode (no timing assertions).
+# Extra arguments are passed to pytest (e.g. scripts/test.sh -k roster).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+say() { printf '\n==> %s\n' "$*"; }
+
+say "system libraries"
+missing=()
+for package in libexpat1-dev libsqlite3-dev; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+say "swift build (server binary for the end-to-end tests)"
+swift build --product switchboard
+
+say "swift test (unit tests and the in-process server)"
+swift test
+
+if [ -x bench/compare.sh ]; then
+    say "benchmark smoke run (seconds; figures are printed, nothing is asserted on timing)"
+    bench/compare.sh --quick --servers switchboard
+fi
+
+say "end-to-end tests (real server process, slixmpp, WebSocket, raw sockets, Profanity)"
+Tests/e2e/run.sh "$@"
