@@ -1,4 +1,5 @@
 import CExpat
+import XMLStream
 import NIOCore
 
 /// Incremental parser for one XMPP stream, built on libexpat.
@@ -11,9 +12,9 @@ import NIOCore
 ///
 /// A stream restart (after STARTTLS or SASL) needs a new parser; one instance
 /// parses exactly one XML document.
-public final class XMLStreamParser {
+final class ExpatStreamParser {
     /// How the byte stream is framed.
-    public enum Framing: Sendable {
+    enum Framing: Sendable {
         /// RFC 6120 TCP stream: one document whose root is `<stream:stream>`.
         case stream
         /// RFC 7395 WebSocket: a sequence of standalone elements (`<open/>`, stanzas, `<close/>`).
@@ -35,7 +36,7 @@ public final class XMLStreamParser {
     private var boundary: Int64 = 0
     private var syntheticPrefixLength: Int64 = 0
 
-    public init(limits: XMLStreamLimits = XMLStreamLimits(), framing: Framing = .stream) {
+    init(limits: XMLStreamLimits = XMLStreamLimits(), framing: Framing = .stream) {
         // XML_ParserCreateNS only fails on allocation failure; there is no sensible recovery then.
         guard let parser = XML_ParserCreateNS("UTF-8", Self.separator) else {
             fatalError("libexpat could not allocate a parser")
@@ -73,14 +74,14 @@ public final class XMLStreamParser {
 
     /// Parses `buffer`'s readable bytes and calls `body` for each event completed by them.
     /// - Throws: `XMLStreamError` on the first violation; the parser is unusable afterwards.
-    public func feed(_ buffer: ByteBuffer, _ body: (XMLStreamEvent) throws -> Void) throws {
+    func feed(_ buffer: ByteBuffer, _ body: (XMLStreamEvent) throws -> Void) throws {
         try buffer.withUnsafeReadableBytes { bytes in
             try feed(bytes, body)
         }
     }
 
     /// Parses raw bytes; see `feed(_:_:)`.
-    public func feed(_ bytes: UnsafeRawBufferPointer, _ body: (XMLStreamEvent) throws -> Void) throws {
+    func feed(_ bytes: UnsafeRawBufferPointer, _ body: (XMLStreamEvent) throws -> Void) throws {
         if let failure { throw failure }
         // Feed in bounded slices so a single huge read cannot grow one element past the limit
         // before the callbacks get a chance to check it.
@@ -246,9 +247,9 @@ public final class XMLStreamParser {
     }
 }
 
-private func parserFrom(_ userData: UnsafeMutableRawPointer?) -> XMLStreamParser? {
+private func parserFrom(_ userData: UnsafeMutableRawPointer?) -> ExpatStreamParser? {
     guard let userData else { return nil }
-    return Unmanaged<XMLStreamParser>.fromOpaque(userData).takeUnretainedValue()
+    return Unmanaged<ExpatStreamParser>.fromOpaque(userData).takeUnretainedValue()
 }
 
 private func xmlStreamStartElement(
