@@ -579,7 +579,8 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     private func handleRegistration(_ element: XMLElement) -> EventLoopFuture<Void>? {
         let request = element
         let server = self.server
-        let secure = self.secure || transport == .websocket
+        // Over plain TCP only where the administrator turned off require_tls.
+        let secure = self.secure || transport == .websocket || !server.configuration.c2s.requireTLS
         return runAsync({ () -> XMLElement in
             do {
                 return try await InBandRegistration.handle(request, server: server, secure: secure)

@@ -1,2 +1,2 @@
-// placeholder until the generator lands
-print("switchboard-bench")
+// switchboard-bench: the XMPP load generator. See Commands.swift for the CLI.
+SwitchboardBench.main()

@@ -107,3 +107,87 @@ import XMPPCore
         }
     }
 }
+
+@Suite struct TimeoutAndRegistrationTests {
+    @Test func idleSessionIsPingedThenDisconnected() async throws {
+        let server = try await TestServer.start {
+            $0.c2s.requireTLS = false
+            $0.limits.idleTimeoutSeconds = 1
+        }
+        try await server.addUser("alice", password: "a")
+        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        try await client.login("alice", password: "a")
+        let ping = try await client.next(timeout: .seconds(5))
+        #expect(ping.name == "iq" && ping.child("ping", namespace: NS.ping) != nil)
+        // No answer: the next idle period ends the stream.
+        let error = try await client.next(timeout: .seconds(5))
+        #expect(error.child("connection-timeout", namespace: NS.streamErrors) != nil)
+        await client.close()
+        await server.stop()
+    }
+
+    @Test func answeredPingsKeepTheSession() async throws {
+        let server = try await TestServer.start {
+            $0.c2s.requireTLS = false
+            $0.limits.idleTimeoutSeconds = 1
+        }
+        try await server.addUser("alice", password: "a")
+        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        try await client.login("alice", password: "a")
+        for _ in 0..<3 {
+            let ping = try await client.next(timeout: .seconds(5))
+            #expect(ping.child("ping", namespace: NS.ping) != nil)
+            try await client.send("<iq type='result' id='\(ping.id ?? "")' to='example.test'/>")
+        }
+        try await client.send("<iq type='get' id='still-here'><ping xmlns='urn:xmpp:ping'/></iq>")
+        _ = try await client.next { $0.id == "still-here" }
+        await client.close()
+        await server.stop()
+    }
+
+    @Test func loginTimeoutClosesUnauthenticatedConnections() async throws {
+        let server = try await TestServer.start { $0.limits.loginTimeoutSeconds = 1 }
+        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        _ = try await client.openStream()
+        let error = try await client.next(timeout: .seconds(5))
+        #expect(error.child("connection-timeout", namespace: NS.streamErrors) != nil)
+        await client.close()
+        await server.stop()
+    }
+
+    @Test func inBandRegistrationWhenEnabled() async throws {
+        let server = try await TestServer.start {
+            $0.c2s.requireTLS = false
+            $0.registration.enabled = true
+        }
+        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let features = try await client.openStream()
+        #expect(features.child("register", namespace: NS.registerFeature) != nil)
+        try await client.send(
+            "<iq type='set' id='r1'><query xmlns='jabber:iq:register'><username>newbie</username><password>pw-123</password></query></iq>")
+        let result = try await client.next { $0.id == "r1" }
+        #expect(result.stanzaType == "result")
+        try await client.send(
+            "<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>newbie</username><password>x</password></query></iq>")
+        let conflict = try await client.next { $0.id == "r2" }
+        #expect(conflict.child("error")?.child("conflict", namespace: NS.stanzaErrors) != nil)
+        await client.close()
+        let login = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        #expect(try await login.login("newbie", password: "pw-123").hasPrefix("newbie@example.test/"))
+        await login.close()
+        await server.stop()
+    }
+
+    @Test func registrationIsOffByDefault() async throws {
+        let server = try await TestServer.start { $0.c2s.requireTLS = false }
+        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let features = try await client.openStream()
+        #expect(features.child("register", namespace: NS.registerFeature) == nil)
+        try await client.send(
+            "<iq type='set' id='r1'><query xmlns='jabber:iq:register'><username>x</username><password>y</password></query></iq>")
+        let error = try await client.next { $0.name == "error" }
+        #expect(error.child("not-authorized", namespace: NS.streamErrors) != nil)
+        await client.close()
+        await server.stop()
+    }
+}
