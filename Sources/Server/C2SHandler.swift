@@ -50,8 +50,11 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         case scram(SCRAMServer, username: String, disabled: Bool)
     }
 
-    /// Stanzas queued behind an async one; beyond this the client is flooding us.
-    private static let maxPending = 1000
+    /// Stanzas queued behind an async one. Past `pauseReadingAt` the handler stops reading from
+    /// the socket (TCP backpressure) until the queue drains, so a fast client cannot make the
+    /// server buffer more than a few stanzas (each at most `max_stanza_bytes`).
+    private static let pauseReadingAt = 8
+    private var readingPaused = false
 
     init(server: ServerContext, transport: C2STransport, tlsContext: NIOSSLContext?) {
         self.server = server
@@ -275,12 +278,12 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
                 terminate(StreamError(.badFormat, text: "stream not opened"))
                 return
             }
-            guard pending.count < Self.maxPending else {
-                terminate(StreamError(.policyViolation, text: "too many stanzas in flight"))
-                return
-            }
             pending.append(element)
             drain()
+            if pending.count >= Self.pauseReadingAt, !readingPaused, let context {
+                readingPaused = true
+                context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+            }
         }
     }
 
@@ -314,6 +317,10 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
                     self.drain()
                 }
             }
+        }
+        if readingPaused, pending.isEmpty, !closing, let context {
+            readingPaused = false
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
         }
     }
 

@@ -61,6 +61,27 @@ import XMPPCore
         }
     }
 
+    /// Many async requests in one burst: answered in order, none dropped (the handler pauses
+    /// reading while its queue is full instead of buffering without bound).
+    @Test func burstOfAsyncRequestsIsAnsweredInOrder() async throws {
+        try await withServer { server in
+            try await server.addUser("alice", password: "a")
+            let alice = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            try await alice.login("alice", password: "a")
+            var burst = ""
+            for index in 0..<300 {
+                burst += "<iq type='get' id='q\(index)'><vCard xmlns='vcard-temp'/></iq>"
+            }
+            try await alice.send(burst)
+            for index in 0..<300 {
+                let reply = try await alice.next { $0.name == "iq" }
+                #expect(reply.id == "q\(index)")
+                #expect(reply.stanzaType == "result")
+            }
+            await alice.close()
+        }
+    }
+
     @Test func unknownRecipientGetsServiceUnavailable() async throws {
         try await withServer { server in
             try await server.addUser("alice", password: "a")
