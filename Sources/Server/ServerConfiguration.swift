@@ -12,6 +12,8 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
     public var dataDir: String = "./data"
     /// trace, debug, info, notice, warning, error, critical.
     public var logLevel: String = "info"
+    /// `text` (one human-readable line per event) or `json` (one JSON object per line).
+    public var logFormat: String = "text"
     /// On first start with no accounts, create `admin@domain` and print its one-time password.
     public var bootstrapAdmin: Bool = true
     public var c2s: Listener = Listener(bind: "0.0.0.0", port: 5222)
@@ -70,7 +72,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case domain, dataDir = "data_dir", logLevel = "log_level", bootstrapAdmin = "bootstrap_admin"
+        case domain, dataDir = "data_dir", logLevel = "log_level", logFormat = "log_format", bootstrapAdmin = "bootstrap_admin"
         case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration
     }
 }
@@ -126,6 +128,7 @@ extension ServerConfiguration {
         domain = try container.decodeIfPresent(String.self, forKey: .domain) ?? defaults.domain
         dataDir = try container.decodeIfPresent(String.self, forKey: .dataDir) ?? defaults.dataDir
         logLevel = try container.decodeIfPresent(String.self, forKey: .logLevel) ?? defaults.logLevel
+        logFormat = try container.decodeIfPresent(String.self, forKey: .logFormat) ?? defaults.logFormat
         bootstrapAdmin = try container.decodeIfPresent(Bool.self, forKey: .bootstrapAdmin) ?? defaults.bootstrapAdmin
         c2s = try Self.listener(container, .c2s, defaults.c2s)
         c2sDirectTLS = try Self.listener(container, .c2sDirectTLS, defaults.c2sDirectTLS)
@@ -250,6 +253,9 @@ extension ServerConfiguration {
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         if !levels.contains(logLevel) {
             throw fail("log_level", "must be one of \(levels.joined(separator: ", ")) (got '\(logLevel)')")
+        }
+        if logFormat != "text" && logFormat != "json" {
+            throw fail("log_format", "must be text or json (got '\(logFormat)')")
         }
         for (name, listener) in [("c2s", c2s), ("c2s_direct_tls", c2sDirectTLS), ("http", http)] {
             if !(0...65535).contains(listener.port) {

@@ -90,7 +90,9 @@ struct Serve: AsyncParsableCommand {
         try await withConfigurationErrors {
             let configuration = try options.load()
             let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
+            let json = configuration.logFormat == "json"
             LoggingSystem.bootstrap { label in
+                if json { return JSONLogHandler(label: label, level: level) }
                 var handler = StreamLogHandler.standardError(label: label)
                 handler.logLevel = level
                 return handler

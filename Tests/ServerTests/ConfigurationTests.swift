@@ -38,6 +38,7 @@ import Testing
         ("c2s: {port: abc}", "'c2s.port' must be an integer"),
         ("domain: 'a b'", "'domain' must be a host name"),
         ("log_level: loud", "'log_level' must be one of"),
+        ("log_format: xml", "'log_format' must be text or json"),
         ("tls: {certificate: /x.pem}", "'tls.private_key' must be set together"),
         ("limits: {max_stanza_bytes: 10}", "'limits.max_stanza_bytes' must be between"),
         ("c2s: 5", "'c2s' must be a mapping"),
