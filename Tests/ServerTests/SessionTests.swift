@@ -212,3 +212,34 @@ import XMPPCore
         await server.stop()
     }
 }
+
+@Suite struct ThrottleTests {
+    @Test func repeatedFailuresThrottleTheAccountEvenWithTheRightPassword() async throws {
+        let server = try await TestServer.start {
+            $0.c2s.requireTLS = false
+            $0.limits.maxLoginFailures = 2
+        }
+        try await server.addUser("alice", password: "right")
+        for _ in 0..<2 {
+            let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            await #expect(throws: TestClientError.self) { try await client.login("alice", password: "wrong") }
+            await client.close()
+        }
+        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        do {
+            try await client.login("alice", password: "right")
+            Issue.record("login allowed while throttled")
+        } catch let error as TestClientError {
+            #expect(error.description.contains("temporary-auth-failure"), "\(error)")
+        }
+        await client.close()
+        // Other accounts are not affected (the per-address limit is ten times higher).
+        try await server.addUser("bob", password: "b")
+        let bob = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        try await bob.login("bob", password: "b")
+        await bob.close()
+        let metrics = String(decoding: server.server.context.metrics.exposition(), as: UTF8.self)
+        #expect(metrics.contains("switchboard_logins_total{result=\"throttled\"} 1"))
+        await server.stop()
+    }
+}
