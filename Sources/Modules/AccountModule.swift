@@ -57,6 +57,7 @@ public enum BuiltinModules {
         [
             DiscoModule(), RosterModule(), PresenceModule(), OfflineModule(), VCardModule(),
             PrivateStorageModule(), PingModule(), VersionModule(), TimeModule(), AccountModule(),
+            CarbonsModule(), ClientStateModule(),
         ]
     }
 }

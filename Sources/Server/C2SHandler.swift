@@ -154,8 +154,45 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
 
     // MARK: - Output
 
-    /// Serialises and writes one element; flushes once per event-loop tick.
+    // MARK: - Client state indication (XEP-0352)
+
+    private var clientActive = true
+    /// Presence held back while the client is inactive: the latest per sender, in arrival order.
+    private var heldPresence: [String: XMLElement] = [:]
+    private var heldOrder: [String] = []
+    private static let maxHeldPresence = 2000
+
+    func setClientActive(_ active: Bool) {
+        clientActive = active
+        if active { flushHeldPresence() }
+    }
+
+    private func flushHeldPresence() {
+        guard !heldOrder.isEmpty else { return }
+        let order = heldOrder
+        let held = heldPresence
+        heldOrder = []
+        heldPresence = [:]
+        for key in order { if let presence = held[key] { write(presence) } }
+    }
+
+    /// Sends a stanza, holding back unimportant presence while the client is inactive.
     func send(_ element: XMLElement) {
+        if !clientActive {
+            let type = element.stanzaType
+            if element.name == "presence", type == nil || type == "unavailable" {
+                let key = element[attribute: "from"] ?? ""
+                if heldPresence.updateValue(element, forKey: key) == nil { heldOrder.append(key) }
+                if heldOrder.count > Self.maxHeldPresence { flushHeldPresence() }
+                return
+            }
+            flushHeldPresence()
+        }
+        write(element)
+    }
+
+    /// Serialises and writes one element; flushes once per event-loop tick.
+    private func write(_ element: XMLElement) {
         guard let context, !closing else { return }
         var buffer = context.channel.allocator.buffer(capacity: 512)
         if transport == .websocket {
@@ -335,6 +372,9 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         case NS.client:
             break
         default:
+            if let session, let handler = server.modules.nonzaHandlers[element.namespace], handler(element, session) {
+                return nil
+            }
             terminate(StreamError(.unsupportedStanzaType, text: "unexpected element in \(element.namespace)"))
             return nil
         }
@@ -683,7 +723,10 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
 
     private func routeMessage(_ stanza: XMLElement, to: JID, session: SessionHandle) -> EventLoopFuture<Void>? {
         switch server.deliverMessage(stanza, to: to) {
-        case .delivered, .dropped:
+        case .delivered(let recipients):
+            server.messageRouted(stanza, to: to, sender: session, recipients: recipients)
+            return nil
+        case .dropped:
             return nil
         case .error(let error):
             bounce(stanza, error)
@@ -691,7 +734,11 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         case .undeliverable(let bare):
             let server = self.server
             return runAsync({ await server.handleUndeliverable(stanza, to: bare, session: session) }) { [self] result in
-                if case .success(let error?) = result { bounce(stanza, error) }
+                switch result {
+                case .success(let error?): bounce(stanza, error)
+                case .success(nil): server.messageRouted(stanza, to: to, sender: session, recipients: [])
+                case .failure: bounce(stanza, .internalServerError)
+                }
             }
         }
     }

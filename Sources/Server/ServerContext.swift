@@ -52,7 +52,8 @@ public final class ServerContext: Sendable {
 
     /// Outcome of trying to deliver a message synchronously.
     enum MessageDelivery {
-        case delivered
+        /// Delivered to these sessions.
+        case delivered([SessionHandle])
         /// No session takes it: run the undeliverable-message hooks (offline storage).
         case undeliverable(JID)
         case error(StanzaError)
@@ -66,7 +67,7 @@ public final class ServerContext: Sendable {
         let type = stanza.stanzaType ?? "normal"
         if to.resourcepart != nil, let session = router.session(to) {
             session.deliver(stanza)
-            return .delivered
+            return .delivered([session])
         }
         switch type {
         case "groupchat":
@@ -74,13 +75,14 @@ public final class ServerContext: Sendable {
         case "error":
             return .dropped
         case "headline":
-            for session in router.bareMessageTargets(to.bare.description) { session.deliver(stanza) }
-            return .delivered
+            let targets = router.bareMessageTargets(to.bare.description)
+            for session in targets { session.deliver(stanza) }
+            return .delivered(targets)
         default:
             let targets = router.bareMessageTargets(to.bare.description)
             if targets.isEmpty { return .undeliverable(to.bare) }
             for session in targets { session.deliver(stanza) }
-            return .delivered
+            return .delivered(targets)
         }
     }
 
@@ -88,10 +90,24 @@ public final class ServerContext: Sendable {
     /// Returns an error to bounce to the sender, if any.
     public func routeMessage(_ stanza: XMLElement, to: JID, from session: SessionHandle?) async -> StanzaError? {
         switch deliverMessage(stanza, to: to) {
-        case .delivered, .dropped: return nil
+        case .delivered(let recipients):
+            messageRouted(stanza, to: to, sender: session, recipients: recipients)
+            return nil
+        case .dropped: return nil
         case .error(let error): return error
-        case .undeliverable(let bare): return await handleUndeliverable(stanza, to: bare, session: session)
+        case .undeliverable(let bare):
+            let error = await handleUndeliverable(stanza, to: bare, session: session)
+            if error == nil { messageRouted(stanza, to: to, sender: session, recipients: []) }
+            return error
         }
+    }
+
+    /// Runs the synchronous message hooks (carbons, later the archive) for a routed message.
+    func messageRouted(_ stanza: XMLElement, to: JID, sender: SessionHandle?, recipients: [SessionHandle]) {
+        let hooks = modules.messageRoutedHooks
+        guard !hooks.isEmpty else { return }
+        let event = MessageEvent(stanza: stanza, to: to, sender: sender, recipients: recipients, server: self)
+        for hook in hooks { hook(event) }
     }
 
     func handleUndeliverable(_ stanza: XMLElement, to bare: JID, session: SessionHandle?) async -> StanzaError? {

@@ -66,8 +66,25 @@ public struct StanzaHookContext: Sendable {
     public let server: ServerContext
 }
 
+/// A message the server routed (delivered to sessions, or stored for later).
+public struct MessageEvent: Sendable {
+    /// The message as routed, `from` stamped.
+    public let stanza: XMLElement
+    public let to: JID
+    /// The local session that sent it, if any.
+    public let sender: SessionHandle?
+    /// Sessions that received it; empty when it was stored for an offline user.
+    public let recipients: [SessionHandle]
+    public let server: ServerContext
+}
+
+/// Synchronous, on the hot path: must not block. Runs on the sender's event loop.
+public typealias MessageHook = @Sendable (MessageEvent) -> Void
+
 public typealias StanzaHook = @Sendable (StanzaHookContext) async throws -> HookResult
 public typealias SessionHook = @Sendable (SessionHandle, ServerContext) async throws -> Void
+/// Handles a nonza on the session's event loop; returns false if the element is not understood.
+public typealias NonzaHandler = @Sendable (XMLElement, SessionHandle) -> Bool
 
 /// Everything modules registered.
 public struct ModuleRegistry: Sendable {
@@ -87,6 +104,9 @@ public struct ModuleRegistry: Sendable {
     private(set) var undeliverableMessageHooks: [(HookPriority, StanzaHook)] = []
     private(set) var availableHooks: [(HookPriority, SessionHook)] = []
     private(set) var sessionEndHooks: [(HookPriority, SessionHook)] = []
+    private(set) var messageRoutedHooks: [MessageHook] = []
+    /// Top-level elements (nonzas) a bound client may send, by namespace, e.g. CSI.
+    private(set) var nonzaHandlers: [String: NonzaHandler] = [:]
     public private(set) var moduleIDs: [String] = []
 
     public init() {}
@@ -122,6 +142,16 @@ public struct ModuleRegistry: Sendable {
     public mutating func onSessionAvailable(_ priority: HookPriority = .normal, _ hook: @escaping SessionHook) {
         availableHooks.append((priority, hook))
         availableHooks.sort { $0.0 > $1.0 }
+    }
+
+    /// A message was routed: delivered to sessions or stored offline (synchronous hook).
+    public mutating func onMessageRouted(_ hook: @escaping MessageHook) {
+        messageRoutedHooks.append(hook)
+    }
+
+    /// A top-level non-stanza element in `namespace` from a bound client (e.g. XEP-0352 `<active/>`).
+    public mutating func handleNonza(_ namespace: String, _ handler: @escaping NonzaHandler) {
+        nonzaHandlers[namespace] = handler
     }
 
     /// A bound session ended (after the router dropped it).

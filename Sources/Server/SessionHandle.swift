@@ -28,6 +28,8 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
         public var interestedInRoster = false
         /// Full or bare JIDs that received directed presence and must get `unavailable`.
         public var directedTo: Set<String> = []
+        /// XEP-0280 message carbons enabled.
+        public var carbons = false
     }
 
     init(jid: JID, id: UInt64, eventLoop: any EventLoop, sink: any StanzaSink) {
@@ -48,6 +50,16 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
         } else {
             let sink = self.sink
             eventLoop.execute { sink.value.send(stanza) }
+        }
+    }
+
+    /// XEP-0352: the client says it is (in)active; inactive sessions get presence batched.
+    public func setClientActive(_ active: Bool) {
+        if eventLoop.inEventLoop {
+            sink.value.setClientActive(active)
+        } else {
+            let sink = self.sink
+            eventLoop.execute { sink.value.setClientActive(active) }
         }
     }
 
@@ -78,4 +90,5 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
 protocol StanzaSink: AnyObject {
     func send(_ stanza: XMLElement)
     func terminate(_ error: StreamError)
+    func setClientActive(_ active: Bool)
 }

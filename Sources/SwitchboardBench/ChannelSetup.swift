@@ -105,7 +105,8 @@ final class UpgradeRequester: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        // A non-upgrade HTTP response: the upgrade handler reports the error; drop the parts.
+        // After the upgrade, WebSocket bytes pass through here on their way to the frame decoder.
+        context.fireChannelRead(data)
     }
 
     private func sendRequest(context: ChannelHandlerContext) {

@@ -12,7 +12,7 @@ struct SwitchboardBench: ParsableCommand {
             pass --server-pid to get the server's CPU time and RSS; the generator's own CPU share is \
             always reported so a generator limit is not mistaken for a server limit.
             """,
-        subcommands: [Register.self, Login.self, Idle.self, Messages.self, MUC.self, Roster.self]
+        subcommands: [Register.self, Login.self, Idle.self, Messages.self, MUC.self, Roster.self, SelfTest.self]
     )
 }
 
@@ -71,7 +71,13 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .customLong("tls-server-name"), help: "SNI name (default: the domain). Certificates are not verified.")
     var tlsServerName: String?
 
+    @Option(
+        name: .customLong("tls-groups"),
+        help: "TLS key-exchange groups offered, comma-separated: x25519, x25519mlkem768, p256, p384, p521 (default: the TLS library's, which includes X25519MLKEM768).")
+    var tlsGroups: String?
+
     func validate() throws {
+        if let tlsGroups { _ = try TLSGroups.parse(tlsGroups) }
         guard users >= 1 else { throw ValidationError("--users must be at least 1") }
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1...64") }

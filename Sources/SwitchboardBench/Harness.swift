@@ -30,6 +30,7 @@ final class Harness {
         if options.transport.hasTLS {
             var configuration = TLSConfiguration.makeClientConfiguration()
             configuration.certificateVerification = .none
+            if let groups = options.tlsGroups { configuration.curves = try TLSGroups.parse(groups) }
             tlsContext = try NIOSSLContext(configuration: configuration)
         }
         let timeoutMillis = Int64(max(options.timeout, 0.1) * 1000)
@@ -141,6 +142,7 @@ final class Harness {
             ("threads", .int(threads)),
             ("source_addresses", .int(settings.sourceAddresses.count)),
             ("server_pid", options.serverPID.map { .int(Int($0)) } ?? .null),
+            ("tls_groups", options.transport.hasTLS ? .string(options.tlsGroups ?? "default") : .null),
         ]
     }
 }
@@ -152,4 +154,19 @@ func sleepSeconds(_ seconds: Double) {
 
 func emit(_ pairs: [(String, JSON)]) {
     FileHandle.standardOutput.write(Data((JSON.object(pairs).render() + "\n").utf8))
+}
+
+enum TLSGroups {
+    static func parse(_ list: String) throws -> [NIOTLSCurve] {
+        try list.split(separator: ",").map { name -> NIOTLSCurve in
+            switch name.trimmingCharacters(in: .whitespaces).lowercased() {
+            case "x25519": return .x25519
+            case "x25519mlkem768", "x25519_mlkem768": return .x25519_MLKEM768
+            case "p256", "secp256r1": return .secp256r1
+            case "p384", "secp384r1": return .secp384r1
+            case "p521", "secp521r1": return .secp521r1
+            default: throw BenchError("unknown TLS group '\(name)' (x25519, x25519mlkem768, p256, p384, p521)")
+            }
+        }
+    }
 }

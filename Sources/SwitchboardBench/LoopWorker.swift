@@ -43,7 +43,8 @@ final class LoopWorker: XMPPClientDelegate {
     private var openLoopStart: UInt64 = 0
     private var openLoopIssued: UInt64 = 0
     private var openLoopInterval: Double = 0
-    private var openLoopTick: TimeAmount = .milliseconds(1)
+    private var openLoopTickNanos: Double = 1_000_000
+    private var openLoopTicks: UInt64 = 0
     private var openLoopTask: Scheduled<Void>?
     private var dirty: [XMPPClient] = []
 
@@ -96,7 +97,7 @@ final class LoopWorker: XMPPClientDelegate {
         guard client.holdsSlot else { return }
         client.holdsSlot = false
         inFlight -= 1
-        stats.lastDoneNanos = Clock.nanos()
+        stats.lastDoneNanos = MonotonicClock.nanos()
         fill()
     }
 
@@ -139,12 +140,18 @@ final class LoopWorker: XMPPClientDelegate {
             releaseSlot(client)
             client.close()
         case .roster:
-            client.markNanos = Clock.nanos()
+            client.markNanos = MonotonicClock.nanos()
             var query = XMLElement(name: "iq", namespace: NS.client)
             query[attribute: "type"] = "get"
             query[attribute: "id"] = "roster1"
             query.append(XMLElement("query", xmlns: NS.roster))
             client.send(query)
+            loop.assumeIsolated().scheduleTask(in: settings.loginTimeout) { [weak self, weak client] in
+                guard let self, let client, client.holdsSlot else { return }
+                self.stats.fail("roster get timed out")
+                self.releaseSlot(client)
+                client.close()
+            }
         case .hold:
             held[client.index] = client
             releaseSlot(client)
@@ -176,7 +183,7 @@ final class LoopWorker: XMPPClientDelegate {
     func client(_ client: XMPPClient, receivedStanza stanza: XMLElement) {
         if stanza.name == "iq", stanza.id == "roster1", client.holdsSlot {
             if stanza.stanzaType == "result" {
-                stats.stepLatency.recordMicros(sinceNanos: client.markNanos, now: Clock.nanos())
+                stats.stepLatency.recordMicros(sinceNanos: client.markNanos, now: MonotonicClock.nanos())
             } else {
                 stats.fail("roster get refused: \(XMPPClient.describeStanzaError(stanza))")
             }
@@ -259,7 +266,7 @@ final class LoopWorker: XMPPClientDelegate {
     func startClosedLoop(window: Int) {
         closedLoop = true
         trafficRunning = true
-        let now = Clock.nanos()
+        let now = MonotonicClock.nanos()
         for client in senders {
             for _ in 0..<window { sendMessage(client, stamp: now) }
             client.flushIfNeeded()
@@ -276,31 +283,41 @@ final class LoopWorker: XMPPClientDelegate {
         openLoopStart = start
         openLoopIssued = 0
         openLoopInterval = 1e9 / rate
-        let tickNanos = Int64(min(max(openLoopInterval, 100_000), 1_000_000))
-        openLoopTick = .nanoseconds(tickNanos)
+        // One message per tick down to 50 µs spacing; above that rate, several per tick.
+        openLoopTickNanos = max(openLoopInterval, 50_000)
+        openLoopTicks = 0
         scheduleOpenLoopTick()
     }
 
     private func scheduleOpenLoopTick() {
-        openLoopTask = loop.assumeIsolated().scheduleTask(in: openLoopTick) { [weak self] in
+        // Absolute deadlines, so timer overhead does not accumulate into drift.
+        openLoopTicks += 1
+        let deadline = openLoopStart + UInt64(Double(openLoopTicks) * openLoopTickNanos)
+        openLoopTask = loop.assumeIsolated().scheduleTask(deadline: .uptimeNanoseconds(deadline)) { [weak self] in
             self?.openLoopFire()
         }
     }
 
     private func openLoopFire() {
         guard trafficRunning else { return }
-        let now = Clock.nanos()
-        let due = UInt64(Double(now &- openLoopStart) / openLoopInterval)
+        let now = MonotonicClock.nanos()
+        let due = UInt64(Double(now &- openLoopStart) / openLoopInterval) + 1
         while openLoopIssued < due {
             let intended = openLoopStart + UInt64(Double(openLoopIssued) * openLoopInterval)
+            if intended > now { break }
             let client = senders[nextSender]
             nextSender = (nextSender + 1) % senders.count
             sendMessage(client, stamp: intended)
+            if recording { stats.sendLag.recordMicros(sinceNanos: intended, now: now) }
             dirty.append(client)
             openLoopIssued += 1
         }
         for client in dirty { client.flushIfNeeded() }
         dirty.removeAll(keepingCapacity: true)
+        // If the loop fell behind by more than a tick, skip the missed ticks (the messages are
+        // still issued above, with their intended send times).
+        let next = openLoopStart + UInt64(Double(openLoopTicks) * openLoopTickNanos)
+        if next < now { openLoopTicks = UInt64(Double(now - openLoopStart) / openLoopTickNanos) }
         scheduleOpenLoopTick()
     }
 
@@ -323,7 +340,7 @@ final class LoopWorker: XMPPClientDelegate {
             return true
         }
         guard let stamp else { return false }
-        let now = Clock.nanos()
+        let now = MonotonicClock.nanos()
         if recording {
             stats.received += 1
             stats.messageLatency.recordMicros(sinceNanos: stamp, now: now)

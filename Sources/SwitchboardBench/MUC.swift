@@ -49,7 +49,7 @@ extension LoopWorker {
         }
         for client in targets {
             muc?.joining[client.index] = client
-            client.markNanos = Clock.nanos()
+            client.markNanos = MonotonicClock.nanos()
             client.fastMessages = true
             var presence = XMLElement(name: "presence", namespace: NS.client)
             presence[attribute: "to"] = "\(room)/\(client.username)"
@@ -70,7 +70,7 @@ extension LoopWorker {
             state.joinFailures[failure, default: 0] += 1
         } else {
             state.joined += 1
-            stats.stepLatency.recordMicros(sinceNanos: client.markNanos, now: Clock.nanos())
+            stats.stepLatency.recordMicros(sinceNanos: client.markNanos, now: MonotonicClock.nanos())
         }
         let done = state.joining.isEmpty && state.configuring == nil
         let promise = done ? state.joinPromise : nil
@@ -138,7 +138,7 @@ extension LoopWorker {
         muc?.sender = client
         let first = min(window, count)
         muc?.toSend = count - first
-        let now = Clock.nanos()
+        let now = MonotonicClock.nanos()
         for _ in 0..<first { sendGroupMessage(client, stamp: now) }
         client.flushIfNeeded()
         return first
@@ -166,10 +166,10 @@ extension LoopWorker {
         }
         guard let stamp else { return false }
         stats.received += 1
-        stats.messageLatency.recordMicros(sinceNanos: stamp, now: Clock.nanos())
+        stats.messageLatency.recordMicros(sinceNanos: stamp, now: MonotonicClock.nanos())
         if let sender = muc?.sender, sender === client, let remaining = muc?.toSend, remaining > 0 {
             muc?.toSend = remaining - 1
-            sendGroupMessage(client, stamp: Clock.nanos())
+            sendGroupMessage(client, stamp: MonotonicClock.nanos())
         }
         return true
     }
@@ -196,7 +196,7 @@ extension Scenarios {
         }
         progress("logged in \(logged.count) of \(users.count); joining")
         try harness.resetStats()
-        let joinStart = Clock.nanos()
+        let joinStart = MonotonicClock.nanos()
         // The sender joins first (it creates the room if needed), then everybody else.
         try harness.onLoop(0) { $0.mucJoin(room: room, users: [senderUser], exclude: []) }
         try harness.onEachWait { $0.mucJoin(room: room, users: nil, exclude: [senderUser]) }
@@ -204,7 +204,7 @@ extension Scenarios {
         var joinFailures: [String: Int] = [:]
         for part in try harness.onEach({ $0.mucJoinFailures }) { joinFailures.merge(part, uniquingKeysWith: +) }
         let joinStats = try harness.stats()
-        progress("joined \(joined) occupants in \(format(Double(Clock.nanos() - joinStart) / 1e9)) s (\(joinFailures.values.reduce(0, +)) failed)")
+        progress("joined \(joined) occupants in \(format(Double(MonotonicClock.nanos() - joinStart) / 1e9)) s (\(joinFailures.values.reduce(0, +)) failed)")
         guard joined > 0 else {
             try harness.closeAll()
             throw BenchError("nobody could join \(room): \(joinFailures)")
@@ -216,15 +216,15 @@ extension Scenarios {
             worker.held[senderUser] == nil ? 0 : worker.mucStartSending(user: senderUser, count: messages, window: window, bodySize: bodySize)
         }
         let expected = messages * joined
-        let deadline = Clock.nanos() + UInt64(duration * 1e9)
-        var lastReport = Clock.nanos()
+        let deadline = MonotonicClock.nanos() + UInt64(duration * 1e9)
+        var lastReport = MonotonicClock.nanos()
         var received = 0
-        while Clock.nanos() < deadline {
+        while MonotonicClock.nanos() < deadline {
             sleepSeconds(0.05)
             received = try harness.onEach { $0.stats.received }.reduce(0, +)
             if received >= expected { break }
-            if Clock.nanos() - lastReport > 5_000_000_000 {
-                lastReport = Clock.nanos()
+            if MonotonicClock.nanos() - lastReport > 5_000_000_000 {
+                lastReport = MonotonicClock.nanos()
                 progress("  \(received) of \(expected) deliveries")
             }
         }

@@ -43,6 +43,8 @@ struct LoopStats: Sendable {
     var received = 0
     var messageErrors = 0
     var messageLatency = makeLatencyHistogram()
+    /// Open loop: how late the generator issued each message after its intended send time.
+    var sendLag = makeLatencyHistogram()
 
     var failureCount: Int { failures.values.reduce(0, +) }
 
@@ -63,6 +65,7 @@ struct LoopStats: Sendable {
         received += other.received
         messageErrors += other.messageErrors
         messageLatency.add(other.messageLatency)
+        sendLag.add(other.sendLag)
     }
 }
 
@@ -124,13 +127,43 @@ enum ProcessProbe {
     }
 }
 
+/// Per-CPU jiffies from /proc/stat: busy share per core including interrupt and softirq time,
+/// which no process is charged for (on loopback, TCP receive processing runs as softirq).
+struct CoreSample {
+    /// Per core: (busy, softirq, total) jiffies.
+    var cores: [(busy: UInt64, softirq: UInt64, total: UInt64)]
+
+    static func read() -> CoreSample? {
+        guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8) else { return nil }
+        var cores: [(UInt64, UInt64, UInt64)] = []
+        for line in text.split(separator: "\n") where line.hasPrefix("cpu") && !line.hasPrefix("cpu ") {
+            let values = line.split(separator: " ").dropFirst().compactMap { UInt64($0) }
+            guard values.count >= 8 else { continue }
+            let total = values[0..<8].reduce(0, +)
+            let idle = values[3] + values[4]
+            cores.append((total - idle, values[6], total))
+        }
+        return CoreSample(cores: cores)
+    }
+
+    /// Busy and softirq shares per core since `earlier`.
+    func since(_ earlier: CoreSample) -> [(busy: Double, softirq: Double)] {
+        zip(cores, earlier.cores).map { now, then in
+            let total = Double(now.total &- then.total)
+            guard total > 0 else { return (0, 0) }
+            return (Double(now.busy &- then.busy) / total, Double(now.softirq &- then.softirq) / total)
+        }
+    }
+}
+
 /// Server CPU, generator CPU and wall time between two points.
 struct Meter {
     let serverPID: Int32?
     let threads: Int
-    private(set) var startWall = Clock.nanos()
+    private(set) var startWall = MonotonicClock.nanos()
     private(set) var startOwnCPU = ProcessProbe.ownCPUSeconds()
     private(set) var startServer: ProcSample?
+    private(set) var startCores: CoreSample?
 
     init(serverPID: Int32?, threads: Int) {
         self.serverPID = serverPID
@@ -140,8 +173,9 @@ struct Meter {
 
     mutating func restart() {
         startServer = serverPID.flatMap(ProcessProbe.sample(pid:))
+        startCores = CoreSample.read()
         startOwnCPU = ProcessProbe.ownCPUSeconds()
-        startWall = Clock.nanos()
+        startWall = MonotonicClock.nanos()
     }
 
     struct Reading {
@@ -152,6 +186,8 @@ struct Meter {
         var generatorCPUSeconds: Double
         /// Generator CPU / (wall × threads): the share of the cores it ran on.
         var generatorCPUShare: Double
+        /// Per core: busy share (incl. irq/softirq) and softirq share.
+        var cores: [(busy: Double, softirq: Double)]
 
         func fields() -> [(String, JSON)] {
             var out: [(String, JSON)] = [
@@ -162,6 +198,8 @@ struct Meter {
                 ("server_rss_kib_after", serverAfter.map { .int($0.rssKiB) } ?? .null),
                 ("generator_cpu_s", .number(generatorCPUSeconds, 3)),
                 ("generator_cpu_share", .number(generatorCPUShare, 3)),
+                ("core_busy", .array(cores.map { .number($0.busy, 3) })),
+                ("core_softirq", .array(cores.map { .number($0.softirq, 3) })),
             ]
             if serverBefore == nil { out.removeAll { $0.0 == "server_cpu_share" } }
             return out
@@ -169,16 +207,19 @@ struct Meter {
     }
 
     func read() -> Reading {
-        let now = Clock.nanos()
+        let now = MonotonicClock.nanos()
         let ownCPU = ProcessProbe.ownCPUSeconds()
         let server = serverPID.flatMap(ProcessProbe.sample(pid:))
         let wall = Double(now - startWall) / 1e9
         let generator = ownCPU - startOwnCPU
         var serverCPU: Double?
         if let before = startServer, let after = server { serverCPU = after.cpuSeconds - before.cpuSeconds }
+        var cores: [(busy: Double, softirq: Double)] = []
+        if let before = startCores, let after = CoreSample.read() { cores = after.since(before) }
         return Reading(
             wallSeconds: wall, serverCPUSeconds: serverCPU, serverBefore: startServer, serverAfter: server,
-            generatorCPUSeconds: generator, generatorCPUShare: generator / max(wall * Double(threads), 1e-9))
+            generatorCPUSeconds: generator, generatorCPUShare: generator / max(wall * Double(threads), 1e-9),
+            cores: cores)
     }
 }
 

@@ -61,7 +61,7 @@ enum Scenarios {
             let loginSeconds = stats.lastDoneNanos > meter.startWall
                 ? Double(stats.lastDoneNanos - meter.startWall) / 1e9 : reading.wallSeconds
             let rate = Double(stats.succeeded) / max(loginSeconds, 1e-9)
-            let cpuMillis = reading.serverCPUSeconds.map { $0 * 1000 / Double(max(stats.succeeded, 1)) }
+            let cpuMillis = stats.succeeded == 0 ? nil : reading.serverCPUSeconds.map { $0 * 1000 / Double(stats.succeeded) }
             var line = "round \(round): \(stats.succeeded) ok, \(stats.failureCount) failed, \(format(rate)) logins/s"
             if let cpuMillis { line += ", server \(format(cpuMillis, 3)) ms CPU/login" }
             line += ", generator CPU share \(format(reading.generatorCPUShare, 2))"
@@ -146,9 +146,9 @@ enum Scenarios {
             if needed > 0 {
                 let batch = harness.users(count: needed, from: nextUser)
                 nextUser += needed
-                let started = Clock.nanos()
+                let started = MonotonicClock.nanos()
                 try harness.launch(users: batch, concurrency: options.concurrency, goal: .session(presence: presence), action: .hold)
-                progress("connected \(try harness.heldCount()) (+\(needed) in \(format(Double(Clock.nanos() - started) / 1e9)) s)")
+                progress("connected \(try harness.heldCount()) (+\(needed) in \(format(Double(MonotonicClock.nanos() - started) / 1e9)) s)")
             }
             sleepSeconds(settle)
             let connections = try harness.heldCount()
@@ -216,7 +216,7 @@ enum Scenarios {
             throw BenchError("no complete pair logged in; failures: \(loginStats.failures)")
         }
         sleepSeconds(0.5)
-        let start = Clock.nanos()
+        let start = MonotonicClock.nanos()
         if let rate {
             let perLoop = rate / Double(harness.threads)
             _ = try harness.onEach { $0.startOpenLoop(rate: perLoop, start: start) }
@@ -226,12 +226,12 @@ enum Scenarios {
         sleepSeconds(warmup)
         _ = try harness.onEach { $0.setRecording(true) }
         let meter = Meter(serverPID: options.serverPID, threads: harness.threads)
-        let measureStart = Clock.nanos()
+        let measureStart = MonotonicClock.nanos()
         let end = measureStart + UInt64(duration * 1e9)
-        while Clock.nanos() < end {
-            sleepSeconds(min(5, Double(end - Clock.nanos()) / 1e9))
+        while MonotonicClock.nanos() < end {
+            sleepSeconds(min(5, Double(end - MonotonicClock.nanos()) / 1e9))
             let partial = try harness.onEach { $0.stats.received }.reduce(0, +)
-            let elapsed = Double(Clock.nanos() - measureStart) / 1e9
+            let elapsed = Double(MonotonicClock.nanos() - measureStart) / 1e9
             progress("  \(format(elapsed)) s: \(partial) received, \(format(Double(partial) / max(elapsed, 1e-9))) msgs/s")
         }
         _ = try harness.onEach { $0.setRecording(false) }
@@ -249,6 +249,9 @@ enum Scenarios {
             line += ", p50 \(format(ms(stats.messageLatency.valueAtPercentile(50)), 3)) ms, p99 \(format(ms(stats.messageLatency.valueAtPercentile(99)), 3)) ms"
         }
         line += ", generator CPU share \(format(reading.generatorCPUShare, 2))"
+        if rate != nil, stats.sendLag.totalCount > 0 {
+            line += ", send lag p50 \(format(ms(stats.sendLag.valueAtPercentile(50)), 3)) ms p99 \(format(ms(stats.sendLag.valueAtPercentile(99)), 3)) ms"
+        }
         progress(line)
         var out = harness.header(scenario: "messages")
         out += [
@@ -271,6 +274,7 @@ enum Scenarios {
             ("failure_reasons", failuresJSON(loginStats.failures.merging(closing.failures, uniquingKeysWith: +))),
             ("latency", latencyJSON(stats.messageLatency)),
         ]
+        if rate != nil { out.append(("generator_send_lag", latencyJSON(stats.sendLag))) }
         out += reading.fields()
         out += [("total_wall_s", .number(overall.read().wallSeconds, 1))]
         emit(out)

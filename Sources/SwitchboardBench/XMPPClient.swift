@@ -106,7 +106,7 @@ final class XMPPClient: ChannelInboundHandler {
     /// Opens the connection on `loop` (must be the current loop).
     func connect(on loop: any EventLoop, source: SocketAddress?) {
         phase = .connecting
-        startNanos = Clock.nanos()
+        startNanos = MonotonicClock.nanos()
         timeoutTask = loop.assumeIsolated().scheduleTask(in: settings.loginTimeout) { [weak self] in
             self?.loginTimedOut()
         }
@@ -586,7 +586,7 @@ final class XMPPClient: ChannelInboundHandler {
     private func registered(_ outcome: RegisterOutcome) {
         timeoutTask?.cancel()
         timeoutTask = nil
-        readyNanos = Clock.nanos()
+        readyNanos = MonotonicClock.nanos()
         delegate?.clientRegistered(self, outcome)
         close()
     }
@@ -594,7 +594,7 @@ final class XMPPClient: ChannelInboundHandler {
     private func becomeReady() {
         timeoutTask?.cancel()
         timeoutTask = nil
-        readyNanos = Clock.nanos()
+        readyNanos = MonotonicClock.nanos()
         if case .session(presence: true) = goal {
             send(XMLElement(name: "presence", namespace: NS.client))
         }
@@ -625,7 +625,7 @@ final class XMPPClient: ChannelInboundHandler {
 }
 
 /// Monotonic time.
-enum Clock {
+enum MonotonicClock {
     @inline(__always)
     static func nanos() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
 }

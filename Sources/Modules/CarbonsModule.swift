@@ -1,0 +1,85 @@
+import Server
+import XMLStream
+import XMPPCore
+
+/// XEP-0280 message carbons: a user's other devices get copies of the chats it sends and
+/// receives, so every device shows the whole conversation.
+public struct CarbonsModule: ServerModule {
+    public let id = "carbons"
+    static let ns = "urn:xmpp:carbons:2"
+    static let forward = "urn:xmpp:forward:0"
+    public init() {}
+
+    public func register(in registry: inout ModuleRegistry) {
+        registry.addServerFeature(Self.ns)
+        registry.handleIQ(Self.ns, target: .account) { request in
+            guard request.isToSelf, request.isSet, let session = request.session else { throw StanzaError.badRequest }
+            switch request.payload.name {
+            case "enable": session.updatePresence { $0.carbons = true }
+            case "disable": session.updatePresence { $0.carbons = false }
+            default: throw StanzaError.badRequest
+            }
+            return nil
+        }
+        registry.onMessageRouted { event in
+            guard Self.eligible(event.stanza) else { return }
+            let router = event.server.router
+            // Sent carbons: the sender's other devices see what it sent.
+            if let sender = event.sender {
+                for session in router.sessions(of: sender.bareKey) where session != sender && session.presence.carbons {
+                    session.deliver(Self.wrap(event.stanza, "sent", for: session))
+                }
+            }
+            // Received carbons: the recipient's devices that did not get the message.
+            guard event.server.isLocal(event.to), event.to.localpart != nil, !event.recipients.isEmpty else { return }
+            for session in router.sessions(of: event.to.bare.description)
+            where session.presence.carbons && !event.recipients.contains(session) && session != event.sender {
+                session.deliver(Self.wrap(event.stanza, "received", for: session))
+            }
+        }
+    }
+
+    /// Chats, and normal messages with a body; not private ones, errors or carbons themselves.
+    static func eligible(_ stanza: XMLElement) -> Bool {
+        let type = stanza.stanzaType ?? "normal"
+        guard type == "chat" || (type == "normal" && stanza.child("body") != nil) else { return false }
+        if stanza.child("private", namespace: ns) != nil || stanza.child("no-copy", namespace: "urn:xmpp:hints") != nil {
+            return false
+        }
+        return stanza.child("sent", namespace: ns) == nil && stanza.child("received", namespace: ns) == nil
+    }
+
+    static func wrap(_ stanza: XMLElement, _ direction: String, for session: SessionHandle) -> XMLElement {
+        var forwarded = XMLElement("forwarded", xmlns: forward)
+        var original = stanza
+        original.namespace = NS.client
+        forwarded.append(original)
+        var wrapper = XMLElement(direction, xmlns: ns)
+        wrapper.append(forwarded)
+        var message = XMLElement(
+            "message", xmlns: NS.client,
+            ["from": session.jid.bare.description, "to": session.jid.description, "type": stanza.stanzaType ?? "normal"])
+        message.append(wrapper)
+        return message
+    }
+}
+
+/// XEP-0352 client state indication: an inactive (backgrounded) client gets presence updates
+/// batched until it becomes active or something important arrives.
+public struct ClientStateModule: ServerModule {
+    public let id = "csi"
+    static let ns = "urn:xmpp:csi:0"
+    public init() {}
+
+    public func register(in registry: inout ModuleRegistry) {
+        registry.addStreamFeature(XMLElement("csi", xmlns: Self.ns))
+        registry.handleNonza(Self.ns) { element, session in
+            switch element.name {
+            case "active": session.setClientActive(true)
+            case "inactive": session.setClientActive(false)
+            default: return false
+            }
+            return true
+        }
+    }
+}
