@@ -67,7 +67,13 @@ let package = Package(
             ]
         ),
         // Layer 6: features, one module type each.
-        .target(name: "Modules", dependencies: ["Server", "Storage", "XMPPCore", "XMLStream"]),
+        .target(
+            name: "Modules",
+            dependencies: [
+                "Server", "Storage", "XMPPCore", "XMLStream",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         // The executable: serve, user, bench ...
         .executableTarget(
             name: "switchboard",

@@ -34,7 +34,15 @@ enum Migrations {
             xml TEXT NOT NULL,
             PRIMARY KEY (user, key)
         );
+        """,
+        // 2: XEP-0191 blocklists.
         """
+        CREATE TABLE blocklist (
+            user TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            PRIMARY KEY (user, jid)
+        );
+        """,
     ]
 
     static func migrate(_ connection: Connection) throws {

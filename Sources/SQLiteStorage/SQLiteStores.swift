@@ -15,7 +15,7 @@ public final class SQLiteStores: Sendable {
     }
 
     public var stores: Stores {
-        Stores(accounts: self, rosters: self, offline: self, privateXML: self)
+        Stores(accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self)
     }
 }
 
@@ -72,7 +72,7 @@ extension SQLiteStores: AccountStore {
             // Everything else is keyed by bare JID "username@domain": match that exact prefix
             // (not LIKE, whose `_` and `%` wildcards could hit other users).
             let prefix = SQLValue.text(username + "@")
-            for table in ["roster_items", "roster_versions", "offline_messages", "private_xml"] {
+            for table in ["roster_items", "roster_versions", "offline_messages", "private_xml", "blocklist"] {
                 try db.run("DELETE FROM \(table) WHERE substr(user, 1, length(?1)) = ?1", [prefix])
             }
             return removed
@@ -187,6 +187,34 @@ extension SQLiteStores: PrivateXMLStore {
                 )
             } else {
                 try db.run("DELETE FROM private_xml WHERE user = ? AND key = ?", [.text(user), .text(key)])
+            }
+        }
+    }
+}
+
+extension SQLiteStores: BlocklistStore {
+    public func blocklist(of user: String) async throws -> [String] {
+        try await database.run { db in
+            try db.query("SELECT jid FROM blocklist WHERE user = ? ORDER BY jid", [.text(user)]) { $0.text(0) ?? "" }
+        }
+    }
+
+    public func block(_ jids: [String], for user: String) async throws {
+        try await database.transaction { db in
+            for jid in jids {
+                try db.run("INSERT OR IGNORE INTO blocklist (user, jid) VALUES (?, ?)", [.text(user), .text(jid)])
+            }
+        }
+    }
+
+    public func unblock(_ jids: [String]?, for user: String) async throws {
+        try await database.transaction { db in
+            guard let jids else {
+                try db.run("DELETE FROM blocklist WHERE user = ?", [.text(user)])
+                return
+            }
+            for jid in jids {
+                try db.run("DELETE FROM blocklist WHERE user = ? AND jid = ?", [.text(user), .text(jid)])
             }
         }
     }

@@ -647,7 +647,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     private func handlePreBindIQ(_ element: XMLElement) -> EventLoopFuture<Void>? {
         guard element.stanzaType == "set" || element.stanzaType == "get" else { return nil }
         if let bind = element.child("bind", namespace: NS.bind), element.stanzaType == "set" {
-            bindResource(element, bind: bind)
+            return bindResource(element, bind: bind)
         } else if element.child("session", namespace: NS.session) != nil {
             send(element.iqResult())
         } else {
@@ -656,8 +656,8 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         return nil
     }
 
-    private func bindResource(_ iq: XMLElement, bind: XMLElement) {
-        guard let username, let context else { return }
+    private func bindResource(_ iq: XMLElement, bind: XMLElement) -> EventLoopFuture<Void>? {
+        guard let username, let context else { return nil }
         var resource = bind.child("resource", namespace: NS.bind)?.text ?? ""
         if resource.isEmpty {
             resource = "sb-" + String(UInt64.random(in: .min ... .max), radix: 36)
@@ -667,7 +667,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             jid = try JID(localpart: username, domainpart: server.domain, resourcepart: resource)
         } catch {
             send(StanzaError(.badRequest, text: "invalid resource").reply(to: iq))
-            return
+            return nil
         }
         let handle = SessionHandle(jid: jid, id: server.router.nextID(), eventLoop: context.eventLoop, sink: self)
         if let replaced = server.router.bind(handle) {
@@ -686,7 +686,12 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         var reply = iq.iqResult(result)
         reply[attribute: "from"] = nil
         reply[attribute: "to"] = nil
-        send(reply)
+        guard !server.modules.boundHooks.isEmpty else {
+            send(reply)
+            return nil
+        }
+        let server = self.server
+        return runAsync({ await server.sessionBound(handle) }) { [self] _ in send(reply) }
     }
 
     // MARK: - Stanzas of a bound session
@@ -701,6 +706,15 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
                 to = try JID(toString)
             } catch {
                 bounce(stanza, StanzaError(.jidMalformed))
+                return nil
+            }
+        }
+        if let to, !server.modules.deliveryFilters.isEmpty {
+            switch server.filter(stanza, from: session.jid, to: to) {
+            case .allow: break
+            case .drop: return nil
+            case .reject(let error):
+                bounce(stanza, error)
                 return nil
             }
         }

@@ -124,9 +124,23 @@ public final class ServerContext: Sendable {
         }
     }
 
+    /// The delivery filters' verdict for a stanza; the first non-`allow` wins.
+    public func filter(_ stanza: XMLElement, from: JID, to: JID) -> FilterVerdict {
+        for filter in modules.deliveryFilters {
+            let verdict = filter(stanza, from, to)
+            if case .allow = verdict { continue }
+            return verdict
+        }
+        return .allow
+    }
+
     /// Delivers presence: to one full JID if bound, or to every available session of a bare JID.
+    /// Presence the filters do not allow is dropped.
     public func deliverPresence(_ stanza: XMLElement, to: JID) {
         guard isLocal(to) else { return }
+        if !modules.deliveryFilters.isEmpty, let from = stanza[attribute: "from"].flatMap({ try? JID($0) }) {
+            guard case .allow = filter(stanza, from: from, to: to) else { return }
+        }
         if to.resourcepart != nil {
             router.session(to)?.deliver(stanza)
         } else {
@@ -140,6 +154,17 @@ public final class ServerContext: Sendable {
             var copy = stanza
             copy[attribute: "to"] = session.jid.description
             session.deliver(copy)
+        }
+    }
+
+    /// Runs the hooks for a newly bound session.
+    func sessionBound(_ session: SessionHandle) async {
+        for (_, hook) in modules.boundHooks {
+            do {
+                try await hook(session, self)
+            } catch {
+                logger.error("session-bound hook failed", metadata: ["error": "\(error)", "xmpp.jid": "\(session.jid)"])
+            }
         }
     }
 

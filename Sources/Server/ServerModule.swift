@@ -81,6 +81,19 @@ public struct MessageEvent: Sendable {
 /// Synchronous, on the hot path: must not block. Runs on the sender's event loop.
 public typealias MessageHook = @Sendable (MessageEvent) -> Void
 
+/// What a delivery filter decides for a stanza between two addresses.
+public enum FilterVerdict: Sendable {
+    case allow
+    /// Silently discard.
+    case drop
+    /// Do not deliver; answer the sender with this error.
+    case reject(StanzaError)
+}
+
+/// Decides whether a stanza from `from` may reach `to` (both with or without resource).
+/// Synchronous, on the hot path: consult memory only.
+public typealias DeliveryFilter = @Sendable (_ stanza: XMLElement, _ from: JID, _ to: JID) -> FilterVerdict
+
 public typealias StanzaHook = @Sendable (StanzaHookContext) async throws -> HookResult
 public typealias SessionHook = @Sendable (SessionHandle, ServerContext) async throws -> Void
 /// Handles a nonza on the session's event loop; returns false if the element is not understood.
@@ -102,9 +115,11 @@ public struct ModuleRegistry: Sendable {
     public private(set) var streamFeatures: [XMLElement] = []
     private(set) var presenceHooks: [(HookPriority, StanzaHook)] = []
     private(set) var undeliverableMessageHooks: [(HookPriority, StanzaHook)] = []
+    private(set) var boundHooks: [(HookPriority, SessionHook)] = []
     private(set) var availableHooks: [(HookPriority, SessionHook)] = []
     private(set) var sessionEndHooks: [(HookPriority, SessionHook)] = []
     private(set) var messageRoutedHooks: [MessageHook] = []
+    private(set) var deliveryFilters: [DeliveryFilter] = []
     /// Top-level elements (nonzas) a bound client may send, by namespace, e.g. CSI.
     private(set) var nonzaHandlers: [String: NonzaHandler] = [:]
     public private(set) var moduleIDs: [String] = []
@@ -138,6 +153,13 @@ public struct ModuleRegistry: Sendable {
         undeliverableMessageHooks.sort { $0.0 > $1.0 }
     }
 
+    /// A session bound its resource; runs before the bind result is sent, so per-user state
+    /// loaded here is in place before the client's first stanza.
+    public mutating func onSessionBound(_ priority: HookPriority = .normal, _ hook: @escaping SessionHook) {
+        boundHooks.append((priority, hook))
+        boundHooks.sort { $0.0 > $1.0 }
+    }
+
     /// A session sent its initial available presence.
     public mutating func onSessionAvailable(_ priority: HookPriority = .normal, _ hook: @escaping SessionHook) {
         availableHooks.append((priority, hook))
@@ -147,6 +169,11 @@ public struct ModuleRegistry: Sendable {
     /// A message was routed: delivered to sessions or stored offline (synchronous hook).
     public mutating func onMessageRouted(_ hook: @escaping MessageHook) {
         messageRoutedHooks.append(hook)
+    }
+
+    /// Vets every stanza a client sends and every presence the server broadcasts (blocking, policy).
+    public mutating func onDeliveryFilter(_ filter: @escaping DeliveryFilter) {
+        deliveryFilters.append(filter)
     }
 
     /// A top-level non-stanza element in `namespace` from a bound client (e.g. XEP-0352 `<active/>`).

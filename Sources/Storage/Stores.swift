@@ -4,11 +4,16 @@ public struct Stores: Sendable {
     public var rosters: any RosterStore
     public var offline: any OfflineStore
     public var privateXML: any PrivateXMLStore
+    public var blocklists: any BlocklistStore
 
-    public init(accounts: any AccountStore, rosters: any RosterStore, offline: any OfflineStore, privateXML: any PrivateXMLStore) {
+    public init(
+        accounts: any AccountStore, rosters: any RosterStore, offline: any OfflineStore, privateXML: any PrivateXMLStore,
+        blocklists: any BlocklistStore
+    ) {
         self.accounts = accounts
         self.rosters = rosters
         self.offline = offline
         self.privateXML = privateXML
+        self.blocklists = blocklists
     }
 }

@@ -46,11 +46,14 @@ public struct StanzaError: Error, Hashable, Sendable, CustomStringConvertible {
     public var condition: Condition
     public var type: ErrorType
     public var text: String?
+    /// An application-specific condition element (e.g. XEP-0191 `<blocked/>`).
+    public var applicationCondition: XMLElement?
 
-    public init(_ condition: Condition, type: ErrorType? = nil, text: String? = nil) {
+    public init(_ condition: Condition, type: ErrorType? = nil, text: String? = nil, applicationCondition: XMLElement? = nil) {
         self.condition = condition
         self.type = type ?? condition.defaultType
         self.text = text
+        self.applicationCondition = applicationCondition
     }
 
     public var description: String { text.map { "\(condition.rawValue): \($0)" } ?? condition.rawValue }
@@ -70,6 +73,7 @@ public struct StanzaError: Error, Hashable, Sendable, CustomStringConvertible {
         if let text {
             error.append(XMLElement("text", xmlns: NS.stanzaErrors).withText(text))
         }
+        if let applicationCondition { error.append(applicationCondition) }
         return error
     }
 

@@ -78,4 +78,42 @@ import XMPPCore
         await bob.close()
         await server.stop()
     }
+
+    @Test func blockedAddressesCannotReachTheUserAndViceVersa() async throws {
+        let server = try await TestServer.start { $0.c2s.requireTLS = false }
+        for user in ["alice", "bob", "carol"] { try await server.addUser(user, password: "pw") }
+        let alice = try await online(server, "alice", "desk")
+        let bob = try await online(server, "bob", "pc")
+        let carol = try await online(server, "carol", "pc")
+
+        try await alice.send("<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='bob@example.test'/></block></iq>")
+        let push = try await alice.next { $0.id == "block-push" }
+        #expect(push.child("block", namespace: "urn:xmpp:blocking")?.child("item")?[attribute: "jid"] == "bob@example.test")
+        _ = try await alice.next { $0.id == "b1" && $0.stanzaType == "result" }
+
+        // bob -> alice bounces; alice -> bob is refused with <blocked/>; carol still gets through.
+        try await bob.send("<message to='alice@example.test' type='chat' id='m1'><body>hi</body></message>")
+        let bounce = try await bob.next { $0.id == "m1" }
+        #expect(bounce.child("error")?.child("service-unavailable", namespace: NS.stanzaErrors) != nil)
+        try await alice.send("<message to='bob@example.test' type='chat' id='m2'><body>hi</body></message>")
+        let refused = try await alice.next { $0.id == "m2" }
+        #expect(refused.child("error")?.child("not-acceptable", namespace: NS.stanzaErrors) != nil)
+        #expect(refused.child("error")?.child("blocked", namespace: "urn:xmpp:blocking:errors") != nil)
+        try await carol.send("<message to='alice@example.test' type='chat' id='m3'><body>hello</body></message>")
+        let fromCarol = try await alice.next { $0.name == "message" }
+        #expect(fromCarol.id == "m3")
+
+        // The list survives a new login, and unblocking all restores delivery.
+        let again = try await online(server, "alice", "phone")
+        try await again.send("<iq type='get' id='l'><blocklist xmlns='urn:xmpp:blocking'/></iq>")
+        let list = try await again.next { $0.id == "l" }
+        #expect(list.child("blocklist", namespace: "urn:xmpp:blocking")?.elements.map { $0[attribute: "jid"] } == ["bob@example.test"])
+        try await again.send("<iq type='set' id='u'><unblock xmlns='urn:xmpp:blocking'/></iq>")
+        _ = try await again.next { $0.id == "u" }
+        try await bob.send("<message to='alice@example.test/phone' type='chat' id='m4'><body>again</body></message>")
+        let delivered = try await again.next { $0.name == "message" }
+        #expect(delivered.id == "m4")
+        for client in [alice, bob, carol, again] { await client.close() }
+        await server.stop()
+    }
 }
