@@ -42,6 +42,12 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     private var pingOutstanding = false
     private var loginTimeout: Scheduled<Void>?
     private var remoteAddress: String?
+    /// XEP-0198 state; `detached` while a resumable session waits for its client to come back.
+    private var sm = StreamManagementState()
+    private var detached = false
+    private var resumptionExpiry: Scheduled<Void>?
+    /// Set once a resuming connection took this session over; late deliveries go there.
+    private var successor: SessionHandle?
     private let streamID = UUID().uuidString.lowercased()
 
     private enum SASLState {
@@ -96,17 +102,37 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     func channelInactive(context: ChannelHandlerContext) {
         loginTimeout?.cancel()
         server.metrics.connectionClosed()
-        if let session {
-            self.session = nil
-            server.metrics.sessionsBound.decrement()
-            let stillBound = server.router.unbind(session)
-            if stillBound {
-                let server = self.server
-                Task { await server.sessionEnded(session) }
+        if session != nil, sm.resumable, !closing {
+            // The connection dropped: keep the session for the client to resume (XEP-0198).
+            detached = true
+            let seconds = Int64(server.configuration.limits.resumptionTimeoutSeconds)
+            resumptionExpiry = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(seconds)) { [self] in
+                guard detached else { return }
+                logger.debug("resumption timed out")
+                endSession()
             }
-            logger.debug("session ended", metadata: ["xmpp.jid": "\(session.jid)"])
+            logger.debug("session detached, resumable")
+        } else {
+            endSession()
         }
         context.fireChannelInactive()
+    }
+
+    /// Unbinds the session for good; unacknowledged messages are re-routed (never lost).
+    private func endSession() {
+        detached = false
+        guard let session else { return }
+        self.session = nil
+        server.metrics.sessionsBound.decrement()
+        if let token = sm.token { server.resumable.remove(token, ifHandle: session) }
+        let unacked = Array(sm.unacked)
+        sm.unacked.removeAll()
+        if server.router.unbind(session) {
+            server.endSession(session, unacked: unacked)
+        } else if !unacked.isEmpty {
+            server.endSession(session, unacked: unacked, runHooks: false)
+        }
+        logger.debug("session ended", metadata: ["xmpp.jid": "\(session.jid)"])
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -135,7 +161,12 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         if let event = event as? IdleStateHandler.IdleStateEvent, event == .read {
             guard let session else { return }
             if pingOutstanding {
-                terminate(StreamError(.connectionTimeout))
+                if sm.resumable {
+                    // Likely a dead mobile link: drop the connection but keep the session resumable.
+                    context.close(promise: nil)
+                } else {
+                    terminate(StreamError(.connectionTimeout))
+                }
             } else {
                 pingOutstanding = true
                 var ping = XMLElement("iq", xmlns: NS.client, ["type": "get", "id": "s2c-ping", "from": server.domain, "to": session.jid.description])
@@ -178,6 +209,10 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
 
     /// Sends a stanza, holding back unimportant presence while the client is inactive.
     func send(_ element: XMLElement) {
+        if let successor {
+            successor.deliver(element)
+            return
+        }
         if !clientActive {
             let type = element.stanzaType
             if element.name == "presence", type == nil || type == "unavailable" {
@@ -193,7 +228,14 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
 
     /// Serialises and writes one element; flushes once per event-loop tick.
     private func write(_ element: XMLElement) {
+        var requestAck = false
+        if sm.enabled, element.isStanza {
+            // Kept until acknowledged, also while detached or closing: re-sent on resumption,
+            // re-routed if the session ends.
+            requestAck = sm.sent(element)
+        }
         guard let context, !closing else { return }
+        defer { if requestAck { sendRaw("<r xmlns='urn:xmpp:sm:3'/>") } }
         var buffer = context.channel.allocator.buffer(capacity: 512)
         if transport == .websocket {
             XMLSerializer.write(element, into: &buffer, defaultNamespace: "", streamPrefixDeclared: false)
@@ -281,6 +323,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             session.append(XMLElement("optional", xmlns: NS.session))
             features.append(session)
             for feature in server.modules.streamFeatures { features.append(feature) }
+            features.append(XMLElement("sm", xmlns: StreamManagementState.ns))
         }
         send(features)
     }
@@ -369,6 +412,8 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             return nil
         case NS.sasl:
             return handleSASL(element)
+        case StreamManagementState.ns:
+            return handleStreamManagement(element)
         case NS.client:
             break
         default:
@@ -698,6 +743,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
 
     private func handleStanza(_ element: XMLElement, session: SessionHandle) -> EventLoopFuture<Void>? {
         server.metrics.stanzasIn.increment()
+        if sm.enabled { sm.handledInbound &+= 1 }
         var stanza = element
         stanza[attribute: "from"] = session.jid.description
         var to: JID?
@@ -843,6 +889,116 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
                 bounce(stanza, .internalServerError)
             }
         }
+    }
+
+    // MARK: - Stream management (XEP-0198)
+
+    private func handleStreamManagement(_ element: XMLElement) -> EventLoopFuture<Void>? {
+        switch element.name {
+        case "enable":
+            guard let session, !sm.enabled, let username else {
+                smFailed("unexpected-request")
+                return nil
+            }
+            sm.enabled = true
+            var enabled = XMLElement("enabled", xmlns: StreamManagementState.ns)
+            if element[attribute: "resume"] == "true" || element[attribute: "resume"] == "1" {
+                let token = UUID().uuidString.lowercased()
+                sm.resumable = true
+                sm.token = token
+                server.resumable.register(token, user: username, handle: session)
+                enabled[attribute: "id"] = token
+                enabled[attribute: "resume"] = "true"
+                enabled[attribute: "max"] = String(server.configuration.limits.resumptionTimeoutSeconds)
+            }
+            send(enabled)
+        case "r":
+            guard sm.enabled else { return nil }
+            sendRaw("<a xmlns='urn:xmpp:sm:3' h='\(sm.handledInbound)'/>")
+        case "a":
+            guard sm.enabled else { return nil }
+            guard let h = element[attribute: "h"].flatMap(UInt32.init), sm.acknowledge(h) else {
+                terminate(StreamError(.undefinedCondition, text: "acknowledged more stanzas than were sent"))
+                return nil
+            }
+        case "resume":
+            return resume(element)
+        default:
+            terminate(StreamError(.unsupportedStanzaType))
+        }
+        return nil
+    }
+
+    private func smFailed(_ condition: String) {
+        var failed = XMLElement("failed", xmlns: StreamManagementState.ns)
+        failed.append(XMLElement(condition, xmlns: NS.stanzaErrors))
+        send(failed)
+    }
+
+    /// Takes over a detached (or still attached) session of the same user.
+    private func resume(_ element: XMLElement) -> EventLoopFuture<Void>? {
+        guard let username, session == nil, let context,
+            let token = element[attribute: "previd"], let h = element[attribute: "h"].flatMap(UInt32.init),
+            let entry = server.resumable.take(token, user: username)
+        else {
+            smFailed("item-not-found")
+            return nil
+        }
+        let previous = entry.handle
+        let handle = SessionHandle(jid: previous.jid, id: server.router.nextID(), eventLoop: context.eventLoop, sink: self)
+        return previous.handOver(to: handle).hop(to: context.eventLoop).assumeIsolated().map { [self] handOver in
+            guard let handOver, let context = self.context else {
+                smFailed("item-not-found")
+                return
+            }
+            handle.adoptPresence(of: previous)
+            _ = server.router.bind(handle)  // replaces the previous handle, which is already closed
+            session = handle
+            loginTimeout?.cancel()
+            loginTimeout = nil
+            server.metrics.sessionsBound.increment()
+            logger[metadataKey: "xmpp.jid"] = "\(handle.jid)"
+            try? context.pipeline.syncOperations.addHandler(
+                IdleStateHandler(readTimeout: .seconds(Int64(server.configuration.limits.idleTimeoutSeconds))),
+                position: .before(self))
+            sm = StreamManagementState()
+            sm.enabled = true
+            sm.resumable = true
+            sm.token = handOver.token
+            sm.handledInbound = handOver.handledInbound
+            sm.acknowledged = handOver.acknowledged
+            sm.unacked = CircularBuffer(handOver.unacked)
+            server.resumable.register(handOver.token, user: username, handle: handle)
+            sendRaw("<resumed xmlns='urn:xmpp:sm:3' previd='\(handOver.token)' h='\(sm.handledInbound)'/>")
+            guard sm.acknowledge(h) else {
+                terminate(StreamError(.undefinedCondition, text: "acknowledged more stanzas than were sent"))
+                return
+            }
+            // Whatever the client has not seen is sent again, in order.
+            let again = Array(sm.unacked)
+            sm.unacked.removeAll()
+            for stanza in again { write(stanza) }
+            logger.debug("session resumed", metadata: ["sm.resent": "\(again.count)"])
+        }.nonisolated()
+    }
+
+    /// Gives this session to a resuming connection (on this handler's event loop).
+    func handOver(to successor: SessionHandle) -> StreamHandOver? {
+        guard session != nil, sm.resumable, self.successor == nil, let token = sm.token else { return nil }
+        self.successor = successor
+        resumptionExpiry?.cancel()
+        detached = false
+        let handOver = StreamHandOver(
+            unacked: Array(sm.unacked), acknowledged: sm.acknowledged, handledInbound: sm.handledInbound, token: token)
+        sm.unacked.removeAll()
+        session = nil
+        server.metrics.sessionsBound.decrement()
+        if let context, !closing {
+            // The old connection is still open (the client noticed the failure first): drop it quietly.
+            closing = true
+            context.close(promise: nil)
+        }
+        return handOver
     }
 
     // MARK: - Async bridge

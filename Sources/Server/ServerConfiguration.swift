@@ -59,6 +59,8 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
         public var loginTimeoutSeconds: Int = 60
         /// Seconds of silence after which the server pings the client; twice that and it disconnects.
         public var idleTimeoutSeconds: Int = 300
+        /// How long a session with XEP-0198 resumption survives a lost connection.
+        public var resumptionTimeoutSeconds: Int = 300
         /// Failed logins allowed per account or per address within `login_failure_window_seconds` before throttling.
         public var maxLoginFailures: Int = 5
         public var loginFailureWindowSeconds: Int = 300
@@ -101,6 +103,7 @@ extension ServerConfiguration.Limits {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case maxStanzaBytes = "max_stanza_bytes", maxDepth = "max_depth", loginTimeoutSeconds = "login_timeout_seconds"
         case idleTimeoutSeconds = "idle_timeout_seconds", maxLoginFailures = "max_login_failures"
+        case resumptionTimeoutSeconds = "resumption_timeout_seconds"
         case loginFailureWindowSeconds = "login_failure_window_seconds"
     }
 
@@ -111,6 +114,8 @@ extension ServerConfiguration.Limits {
         maxDepth = try container.decodeIfPresent(Int.self, forKey: .maxDepth) ?? defaults.maxDepth
         loginTimeoutSeconds = try container.decodeIfPresent(Int.self, forKey: .loginTimeoutSeconds) ?? defaults.loginTimeoutSeconds
         idleTimeoutSeconds = try container.decodeIfPresent(Int.self, forKey: .idleTimeoutSeconds) ?? defaults.idleTimeoutSeconds
+        resumptionTimeoutSeconds =
+            try container.decodeIfPresent(Int.self, forKey: .resumptionTimeoutSeconds) ?? defaults.resumptionTimeoutSeconds
         maxLoginFailures = try container.decodeIfPresent(Int.self, forKey: .maxLoginFailures) ?? defaults.maxLoginFailures
         loginFailureWindowSeconds =
             try container.decodeIfPresent(Int.self, forKey: .loginFailureWindowSeconds) ?? defaults.loginFailureWindowSeconds
@@ -275,6 +280,7 @@ extension ServerConfiguration {
         for (key, value) in [
             ("limits.login_timeout_seconds", limits.loginTimeoutSeconds),
             ("limits.idle_timeout_seconds", limits.idleTimeoutSeconds),
+            ("limits.resumption_timeout_seconds", limits.resumptionTimeoutSeconds),
             ("limits.max_login_failures", limits.maxLoginFailures),
             ("limits.login_failure_window_seconds", limits.loginFailureWindowSeconds),
         ] where value < 1 {

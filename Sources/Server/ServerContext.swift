@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import Storage
 import XMLStream
@@ -16,6 +17,9 @@ public final class ServerContext: Sendable {
     public let logger: Logger
     public let metrics: ServerMetrics
     let throttle: LoginThrottle
+    let resumable = ResumableSessions()
+    /// Work that must finish before the process exits (sessions ending, unacked stanzas being stored).
+    let pendingWork = NIOLockedValueBox(0)
     /// Secret for deterministic fake SCRAM salts of unknown users.
     let fakeSaltKey: [UInt8]
 
@@ -175,6 +179,29 @@ public final class ServerContext: Sendable {
                 try await hook(session, self)
             } catch {
                 logger.error("session-available hook failed", metadata: ["error": "\(error)", "xmpp.jid": "\(session.jid)"])
+            }
+        }
+    }
+
+    /// Runs `body` as a task that shutdown waits for.
+    func track(_ body: @escaping @Sendable () async -> Void) {
+        pendingWork.withLockedValue { $0 += 1 }
+        Task {
+            await body()
+            self.pendingWork.withLockedValue { $0 -= 1 }
+        }
+    }
+
+    /// Ends a session for good: session-end hooks (unavailable presence), then its unacknowledged
+    /// stanzas (XEP-0198) go to the user's other sessions or offline storage, never lost.
+    func endSession(_ session: SessionHandle, unacked: [XMLElement], runHooks: Bool = true) {
+        track {
+            if runHooks { await self.sessionEnded(session) }
+            for stanza in unacked where stanza.name == "message" {
+                guard stanza.stanzaType != "error", stanza.stanzaType != "groupchat" else { continue }
+                var copy = stanza
+                copy[attribute: "to"] = session.jid.bare.description
+                _ = await self.routeMessage(copy, to: session.jid.bare, from: nil)
             }
         }
     }

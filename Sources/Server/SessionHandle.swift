@@ -63,6 +63,18 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Asks the session's handler (on its event loop) to hand over to a resuming connection.
+    func handOver(to successor: SessionHandle) -> EventLoopFuture<StreamHandOver?> {
+        let sink = self.sink
+        return eventLoop.submit { sink.value.handOver(to: successor) }
+    }
+
+    /// Copies presence state from the session this one resumes.
+    func adoptPresence(of previous: SessionHandle) {
+        let state = previous.presence
+        updatePresence { $0 = state }
+    }
+
     /// Ends the session with a stream error (from any thread).
     public func close(_ error: StreamError) {
         let sink = self.sink
@@ -91,4 +103,6 @@ protocol StanzaSink: AnyObject {
     func send(_ stanza: XMLElement)
     func terminate(_ error: StreamError)
     func setClientActive(_ active: Bool)
+    /// XEP-0198: give up the session to a resuming connection; nil if it cannot be resumed.
+    func handOver(to successor: SessionHandle) -> StreamHandOver?
 }

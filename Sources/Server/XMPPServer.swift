@@ -114,7 +114,9 @@ public final class XMPPServer: Service, Sendable {
         for session in sessions { session.close(StreamError(.systemShutdown)) }
         // Give sessions a moment to flush their closing stream errors.
         let deadline = ContinuousClock.now + .seconds(5)
-        while context.metrics.connectionsOpenValue > 0, ContinuousClock.now < deadline {
+        while context.metrics.connectionsOpenValue > 0 || context.pendingWork.withLockedValue({ $0 }) > 0,
+            ContinuousClock.now < deadline
+        {
             try? await Task.sleep(for: .milliseconds(20))
         }
         logger.notice("stopped")

@@ -131,6 +131,9 @@ enum Scenarios {
         let harness = try Harness(options: options)
         defer { harness.shutdown() }
         guard let largest = steps.last else { throw BenchError("no steps") }
+        guard largest <= options.users else {
+            throw BenchError("the largest step (\(largest)) needs --users \(largest) or more (users \(options.userPrefix)\(options.firstUser)…)")
+        }
         // Each connection is one descriptor here; keep a margin for the loops and stdio.
         guard largest <= harness.fileLimit - 64 else {
             throw BenchError("step \(largest) needs more descriptors than the open-file limit \(harness.fileLimit) allows (max \(harness.fileLimit - 64))")

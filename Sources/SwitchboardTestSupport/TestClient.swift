@@ -100,6 +100,13 @@ public final class TestClient: @unchecked Sendable {
     /// SCRAM-SHA-256 (or the given hash) login and resource binding.
     @discardableResult
     public func login(_ username: String, password: String, resource: String = "test", hash: SCRAMHash = .sha256) async throws -> String {
+        try await authenticate(username, password: password, hash: hash)
+        return try await bind(resource)
+    }
+
+    /// SASL SCRAM and the stream restart; returns the post-authentication features.
+    @discardableResult
+    public func authenticate(_ username: String, password: String, hash: SCRAMHash = .sha256) async throws -> XMLElement {
         _ = try await openStream()
         var scram = SCRAMClient(hash: hash, username: username, password: password)
         try await send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='\(hash.mechanismName)'>\(Data(scram.clientFirst()).base64EncodedString())</auth>")
@@ -112,7 +119,11 @@ public final class TestClient: @unchecked Sendable {
         let outcome = try await next()
         guard outcome.name == "success" else { throw TestClientError("login failed: \(XMLSerializer.string(outcome))") }
         if let data = Data(base64Encoded: outcome.text) { try scram.receiveServerFinal(Array(data)) }
-        _ = try await openStream()
+        return try await openStream()
+    }
+
+    /// Binds a resource; returns the full JID.
+    public func bind(_ resource: String) async throws -> String {
         try await send("<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>\(resource)</resource></bind></iq>")
         let bound = try await next { $0.id == "bind" }
         guard let jid = bound.child("bind", namespace: NS.bind)?.child("jid")?.text else {
@@ -124,6 +135,11 @@ public final class TestClient: @unchecked Sendable {
 
     public func close() async {
         try? await send("</stream:stream>")
+        try? await channel.close()
+    }
+
+    /// Drops the TCP connection without closing the stream (a lost network).
+    public func disconnect() async {
         try? await channel.close()
     }
 }
