@@ -57,7 +57,7 @@ public enum BuiltinModules {
         [
             DiscoModule(), RosterModule(), PresenceModule(), OfflineModule(), VCardModule(),
             PrivateStorageModule(), PingModule(), VersionModule(), TimeModule(), AccountModule(),
-            CarbonsModule(), ClientStateModule(), BlockingModule(),
+            CarbonsModule(), ClientStateModule(), BlockingModule(), ArchiveModule(),
         ]
     }
 }

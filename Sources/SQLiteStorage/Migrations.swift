@@ -43,6 +43,19 @@ enum Migrations {
             PRIMARY KEY (user, jid)
         );
         """,
+        // 3: message archive (XEP-0313). id is the archive id, increasing with time.
+        """
+        CREATE TABLE archive (
+            id INTEGER PRIMARY KEY,
+            owner TEXT NOT NULL,
+            peer TEXT NOT NULL,
+            outgoing INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            stanza TEXT NOT NULL
+        );
+        CREATE INDEX archive_owner ON archive (owner, id);
+        CREATE INDEX archive_owner_peer ON archive (owner, peer, id);
+        """,
     ]
 
     static func migrate(_ connection: Connection) throws {

@@ -15,7 +15,7 @@ public final class SQLiteStores: Sendable {
     }
 
     public var stores: Stores {
-        Stores(accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self)
+        Stores(accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self, archive: self)
     }
 }
 
@@ -75,6 +75,7 @@ extension SQLiteStores: AccountStore {
             for table in ["roster_items", "roster_versions", "offline_messages", "private_xml", "blocklist"] {
                 try db.run("DELETE FROM \(table) WHERE substr(user, 1, length(?1)) = ?1", [prefix])
             }
+            try db.run("DELETE FROM archive WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
             return removed
         }
     }
@@ -216,6 +217,67 @@ extension SQLiteStores: BlocklistStore {
             for jid in jids {
                 try db.run("DELETE FROM blocklist WHERE user = ? AND jid = ?", [.text(user), .text(jid)])
             }
+        }
+    }
+}
+
+extension SQLiteStores: ArchiveStore {
+    public func append(_ records: [ArchiveRecord]) async throws {
+        guard !records.isEmpty else { return }
+        try await database.transaction { db in
+            for record in records {
+                try db.run(
+                    "INSERT INTO archive (id, owner, peer, outgoing, created_at, stanza) VALUES (?, ?, ?, ?, ?, ?)",
+                    [.int(record.id), .text(record.owner), .text(record.peer), .int(record.outgoing ? 1 : 0),
+                     .double(record.time), .text(record.stanza)])
+            }
+        }
+    }
+
+    public func query(_ query: ArchiveQuery) async throws -> ArchivePage {
+        try await database.run { db in
+            var conditions = ["owner = ?"]
+            var values: [SQLValue] = [.text(query.owner)]
+            if let with = query.with {
+                conditions.append("peer = ?")
+                values.append(.text(with))
+            }
+            if let start = query.start {
+                conditions.append("created_at >= ?")
+                values.append(.double(start))
+            }
+            if let end = query.end {
+                conditions.append("created_at <= ?")
+                values.append(.double(end))
+            }
+            if let after = query.after {
+                conditions.append("id > ?")
+                values.append(.int(after))
+            }
+            if let before = query.before {
+                conditions.append("id < ?")
+                values.append(.int(before))
+            }
+            let backwards = query.before != nil || query.fromEnd
+            let limit = max(0, query.limit)
+            values.append(.int(Int64(limit + 1)))
+            let sql = "SELECT id, owner, peer, outgoing, created_at, stanza FROM archive WHERE "
+                + conditions.joined(separator: " AND ") + " ORDER BY id " + (backwards ? "DESC" : "ASC") + " LIMIT ?"
+            var records = try db.query(sql, values) {
+                ArchiveRecord(
+                    id: $0.int(0), owner: $0.text(1) ?? "", peer: $0.text(2) ?? "", outgoing: $0.int(3) != 0,
+                    time: $0.double(4), stanza: $0.text(5) ?? "")
+            }
+            let complete = records.count <= limit
+            if !complete { records.removeLast() }
+            if backwards { records.reverse() }
+            return ArchivePage(records: records, complete: complete)
+        }
+    }
+
+    public func archiveCount(owner: String) async throws -> Int {
+        try await database.run { db in
+            Int(try db.query("SELECT count(*) FROM archive WHERE owner = ?", [.text(owner)]) { $0.int(0) }.first ?? 0)
         }
     }
 }

@@ -781,7 +781,10 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         send(error.reply(to: stanza))
     }
 
-    private func routeMessage(_ stanza: XMLElement, to: JID, session: SessionHandle) -> EventLoopFuture<Void>? {
+    private func routeMessage(_ message: XMLElement, to: JID, session: SessionHandle) -> EventLoopFuture<Void>? {
+        var prepared = message
+        server.prepareMessage(&prepared, to: to)
+        let stanza = prepared
         switch server.deliverMessage(stanza, to: to) {
         case .delivered(let recipients):
             server.messageRouted(stanza, to: to, sender: session, recipients: recipients)
@@ -914,7 +917,16 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             send(enabled)
         case "r":
             guard sm.enabled else { return nil }
-            sendRaw("<a xmlns='urn:xmpp:sm:3' h='\(sm.handledInbound)'/>")
+            let handled = sm.handledInbound
+            guard !server.modules.durabilityBarriers.isEmpty else {
+                sendRaw("<a xmlns='urn:xmpp:sm:3' h='\(handled)'/>")
+                return nil
+            }
+            // Acknowledge only what is durable (archived): wait for the barrier first.
+            let server = self.server
+            return runAsync({ await server.durabilityBarrier() }) { [self] _ in
+                sendRaw("<a xmlns='urn:xmpp:sm:3' h='\(handled)'/>")
+            }
         case "a":
             guard sm.enabled else { return nil }
             guard let h = element[attribute: "h"].flatMap(UInt32.init), sm.acknowledge(h) else {

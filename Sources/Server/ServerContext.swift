@@ -64,6 +64,16 @@ public final class ServerContext: Sendable {
         case dropped
     }
 
+    /// Runs the message-preparation hooks (archive ids …).
+    func prepareMessage(_ stanza: inout XMLElement, to: JID) {
+        for hook in modules.messagePreparationHooks { hook(&stanza, to, self) }
+    }
+
+    /// Waits until everything accepted so far is durable.
+    public func durabilityBarrier() async {
+        for barrier in modules.durabilityBarriers { await barrier(self) }
+    }
+
     /// Delivers a message to local sessions per RFC 6121 §8.5, without touching storage.
     func deliverMessage(_ stanza: XMLElement, to: JID) -> MessageDelivery {
         guard isLocal(to) else { return .error(StanzaError(.remoteServerNotFound)) }
@@ -92,16 +102,20 @@ public final class ServerContext: Sendable {
 
     /// Delivers a message, running the undeliverable hooks (offline storage) when needed.
     /// Returns an error to bounce to the sender, if any.
-    public func routeMessage(_ stanza: XMLElement, to: JID, from session: SessionHandle?) async -> StanzaError? {
+    /// - Parameter replay: the message was routed before (e.g. re-routed when a session ended
+    ///   with it unacknowledged): skip preparation and the routed hooks (no second archive entry).
+    public func routeMessage(_ message: XMLElement, to: JID, from session: SessionHandle?, replay: Bool = false) async -> StanzaError? {
+        var stanza = message
+        if !replay { prepareMessage(&stanza, to: to) }
         switch deliverMessage(stanza, to: to) {
         case .delivered(let recipients):
-            messageRouted(stanza, to: to, sender: session, recipients: recipients)
+            if !replay { messageRouted(stanza, to: to, sender: session, recipients: recipients) }
             return nil
         case .dropped: return nil
         case .error(let error): return error
         case .undeliverable(let bare):
             let error = await handleUndeliverable(stanza, to: bare, session: session)
-            if error == nil { messageRouted(stanza, to: to, sender: session, recipients: []) }
+            if error == nil, !replay { messageRouted(stanza, to: to, sender: session, recipients: []) }
             return error
         }
     }
@@ -184,7 +198,7 @@ public final class ServerContext: Sendable {
     }
 
     /// Runs `body` as a task that shutdown waits for.
-    func track(_ body: @escaping @Sendable () async -> Void) {
+    public func track(_ body: @escaping @Sendable () async -> Void) {
         pendingWork.withLockedValue { $0 += 1 }
         Task {
             await body()
@@ -201,7 +215,7 @@ public final class ServerContext: Sendable {
                 guard stanza.stanzaType != "error", stanza.stanzaType != "groupchat" else { continue }
                 var copy = stanza
                 copy[attribute: "to"] = session.jid.bare.description
-                _ = await self.routeMessage(copy, to: session.jid.bare, from: nil)
+                _ = await self.routeMessage(copy, to: session.jid.bare, from: nil, replay: true)
             }
         }
     }

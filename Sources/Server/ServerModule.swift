@@ -81,6 +81,14 @@ public struct MessageEvent: Sendable {
 /// Synchronous, on the hot path: must not block. Runs on the sender's event loop.
 public typealias MessageHook = @Sendable (MessageEvent) -> Void
 
+/// Runs before a message is delivered and may add to it (e.g. the archive's XEP-0359
+/// `<stanza-id/>`). Synchronous, on the hot path.
+public typealias MessagePreparationHook = @Sendable (_ stanza: inout XMLElement, _ to: JID, _ server: ServerContext) -> Void
+
+/// Completes when everything the server has accepted so far is durable (e.g. archived); XEP-0198
+/// acknowledgements wait for it, so a client is never told a message is safe before it is.
+public typealias DurabilityBarrier = @Sendable (ServerContext) async -> Void
+
 /// What a delivery filter decides for a stanza between two addresses.
 public enum FilterVerdict: Sendable {
     case allow
@@ -120,6 +128,8 @@ public struct ModuleRegistry: Sendable {
     private(set) var sessionEndHooks: [(HookPriority, SessionHook)] = []
     private(set) var messageRoutedHooks: [MessageHook] = []
     private(set) var deliveryFilters: [DeliveryFilter] = []
+    private(set) var messagePreparationHooks: [MessagePreparationHook] = []
+    private(set) var durabilityBarriers: [DurabilityBarrier] = []
     /// Top-level elements (nonzas) a bound client may send, by namespace, e.g. CSI.
     private(set) var nonzaHandlers: [String: NonzaHandler] = [:]
     public private(set) var moduleIDs: [String] = []
@@ -169,6 +179,16 @@ public struct ModuleRegistry: Sendable {
     /// A message was routed: delivered to sessions or stored offline (synchronous hook).
     public mutating func onMessageRouted(_ hook: @escaping MessageHook) {
         messageRoutedHooks.append(hook)
+    }
+
+    /// Adds to a message before it is delivered.
+    public mutating func onMessagePreparation(_ hook: @escaping MessagePreparationHook) {
+        messagePreparationHooks.append(hook)
+    }
+
+    /// Registers work that acknowledgements must wait for.
+    public mutating func onDurabilityBarrier(_ barrier: @escaping DurabilityBarrier) {
+        durabilityBarriers.append(barrier)
     }
 
     /// Vets every stanza a client sends and every presence the server broadcasts (blocking, policy).

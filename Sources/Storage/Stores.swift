@@ -5,15 +5,17 @@ public struct Stores: Sendable {
     public var offline: any OfflineStore
     public var privateXML: any PrivateXMLStore
     public var blocklists: any BlocklistStore
+    public var archive: any ArchiveStore
 
     public init(
         accounts: any AccountStore, rosters: any RosterStore, offline: any OfflineStore, privateXML: any PrivateXMLStore,
-        blocklists: any BlocklistStore
+        blocklists: any BlocklistStore, archive: any ArchiveStore
     ) {
         self.accounts = accounts
         self.rosters = rosters
         self.offline = offline
         self.privateXML = privateXML
         self.blocklists = blocklists
+        self.archive = archive
     }
 }

@@ -1,0 +1,248 @@
+import Foundation
+import NIOConcurrencyHelpers
+import Server
+import Storage
+import XMLStream
+import XMPPCore
+
+/// XEP-0313 message archive management with XEP-0059 paging, and XEP-0359 stanza ids.
+///
+/// Every chat message with content is archived for both parties. Writes are group-committed:
+/// the hot path only appends to an in-memory batch; one task writes each batch in a single
+/// transaction (one fsync for many messages). Stream-management acknowledgements and archive
+/// queries wait for the batch they depend on, so nothing is reported safe before it is durable.
+public struct ArchiveModule: ServerModule {
+    public let id = "archive"
+    static let ns = "urn:xmpp:mam:2"
+    static let stanzaID = "urn:xmpp:sid:0"
+    static let rsm = "http://jabber.org/protocol/rsm"
+    private let writer = ArchiveWriter()
+    private let ids = ArchiveIDGenerator()
+
+    public init() {}
+
+    public func register(in registry: inout ModuleRegistry) {
+        registry.addAccountFeature(Self.ns)
+        registry.addAccountFeature(Self.stanzaID)
+        registry.addServerFeature(Self.stanzaID)
+        let writer = self.writer
+        let ids = self.ids
+
+        registry.onMessagePreparation { stanza, to, server in
+            guard Self.archivable(stanza), server.isLocal(to), to.localpart != nil else { return }
+            let by = to.bare.description
+            // A stanza-id claiming to be ours but set by the sender is a forgery (XEP-0359 §3.3).
+            stanza.removeChildren { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == by }
+            stanza.append(XMLElement("stanza-id", xmlns: Self.stanzaID, ["id": String(ids.next()), "by": by]))
+        }
+
+        registry.onMessageRouted { event in
+            let stanza = event.stanza
+            guard Self.archivable(stanza), let from = stanza[attribute: "from"].flatMap({ try? JID($0) }) else { return }
+            let server = event.server
+            let now = Date().timeIntervalSince1970
+            let xml = XMLSerializer.string(stanza)
+            var records: [ArchiveRecord] = []
+            if server.isLocal(event.to), event.to.localpart != nil {
+                let owner = event.to.bare.description
+                let id = stanza.elements.first { $0.name == "stanza-id" && $0[attribute: "by"] == owner }
+                    .flatMap { $0[attribute: "id"] }.flatMap(Int64.init) ?? ids.next()
+                records.append(ArchiveRecord(id: id, owner: owner, peer: from.bare.description, outgoing: false, time: now, stanza: xml))
+            }
+            if server.isLocal(from), from.localpart != nil, from.bare != event.to.bare {
+                records.append(
+                    ArchiveRecord(
+                        id: ids.next(), owner: from.bare.description, peer: event.to.bare.description, outgoing: true,
+                        time: now, stanza: xml))
+            }
+            writer.enqueue(records, server: server)
+        }
+
+        registry.onDurabilityBarrier { _ in await writer.flushed() }
+
+        registry.handleIQ(Self.ns, target: .account) { request in
+            guard request.isToSelf else { throw StanzaError.forbidden }
+            switch request.payload.name {
+            case "query":
+                guard request.isSet else { throw StanzaError.badRequest }
+                return try await Self.query(request, writer: writer)
+            case "prefs":
+                if request.isSet {
+                    throw StanzaError(.notAllowed, text: "archiving is set by the organisation's policy")
+                }
+                var prefs = XMLElement("prefs", xmlns: Self.ns, ["default": "always"])
+                prefs.append(XMLElement("always", xmlns: Self.ns))
+                prefs.append(XMLElement("never", xmlns: Self.ns))
+                return prefs
+            default:
+                throw StanzaError.featureNotImplemented
+            }
+        }
+    }
+
+    /// Chat and normal messages with a body (or end-to-end encrypted content); not errors,
+    /// chat states or receipts alone.
+    static func archivable(_ stanza: XMLElement) -> Bool {
+        guard stanza.name == "message" else { return false }
+        let type = stanza.stanzaType ?? "normal"
+        guard type == "chat" || type == "normal" else { return false }
+        return stanza.child("body") != nil || stanza.child("encrypted", namespace: "eu.siacs.conversations.axolotl") != nil
+    }
+
+    private static func query(_ request: IQRequest, writer: ArchiveWriter) async throws -> XMLElement {
+        let payload = request.payload
+        var query = ArchiveQuery(owner: request.from.bare.description)
+        if let form = payload.child("x", namespace: NS.dataForms) {
+            for field in form.elements where field.name == "field" {
+                let value = field.child("value")?.text ?? ""
+                switch field[attribute: "var"] {
+                case "with":
+                    guard let jid = try? JID(value) else { throw StanzaError(.badRequest, text: "invalid 'with'") }
+                    query.with = jid.bare.description
+                case "start":
+                    guard let date = Self.parseDate(value) else { throw StanzaError(.badRequest, text: "invalid 'start'") }
+                    query.start = date
+                case "end":
+                    guard let date = Self.parseDate(value) else { throw StanzaError(.badRequest, text: "invalid 'end'") }
+                    query.end = date
+                case "FORM_TYPE", nil:
+                    break
+                default:
+                    throw StanzaError(.featureNotImplemented, text: "unsupported field")
+                }
+            }
+        }
+        if let set = payload.child("set", namespace: Self.rsm) {
+            if let max = set.child("max")?.text {
+                guard let value = Int(max), value >= 0 else { throw StanzaError(.badRequest, text: "invalid <max/>") }
+                query.limit = min(value, 250)
+            }
+            if let after = set.child("after") {
+                guard let id = Int64(after.text) else { throw StanzaError(.itemNotFound) }
+                query.after = id
+            }
+            if let before = set.child("before") {
+                if before.text.isEmpty {
+                    query.fromEnd = true
+                } else {
+                    guard let id = Int64(before.text) else { throw StanzaError(.itemNotFound) }
+                    query.before = id
+                }
+            }
+        }
+        // Make the user's own recent messages visible before answering.
+        await writer.flushed()
+        let page = try await request.server.stores.archive.query(query)
+        let queryID = payload[attribute: "queryid"]
+        for record in page.records {
+            guard let original = try? XMLElement.parse(record.stanza) else { continue }
+            var forwarded = XMLElement("forwarded", xmlns: "urn:xmpp:forward:0")
+            forwarded.append(
+                XMLElement("delay", xmlns: NS.delay, ["stamp": Timestamp.string(Date(timeIntervalSince1970: record.time))]))
+            forwarded.append(original)
+            var result = XMLElement("result", xmlns: Self.ns, ["id": String(record.id)])
+            if let queryID { result[attribute: "queryid"] = queryID }
+            result.append(forwarded)
+            var message = XMLElement("message", xmlns: NS.client, ["to": request.from.description])
+            message.append(result)
+            request.session?.deliver(message)
+        }
+        var fin = XMLElement("fin", xmlns: Self.ns)
+        if page.complete { fin[attribute: "complete"] = "true" }
+        var set = XMLElement("set", xmlns: Self.rsm)
+        if let first = page.records.first, let last = page.records.last {
+            set.append(XMLElement("first", xmlns: Self.rsm).withText(String(first.id)))
+            set.append(XMLElement("last", xmlns: Self.rsm).withText(String(last.id)))
+        }
+        fin.append(set)
+        return fin
+    }
+
+    static func parseDate(_ text: String) -> Double? {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        if let date = try? Date(trimmed, strategy: .iso8601) { return date.timeIntervalSince1970 }
+        let fractional = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+        return (try? fractional.parse(trimmed))?.timeIntervalSince1970
+    }
+}
+
+/// Archive ids: microseconds since 1970, bumped to stay strictly increasing.
+final class ArchiveIDGenerator: Sendable {
+    private let last = NIOLockedValueBox<Int64>(0)
+
+    func next() -> Int64 {
+        let now = Int64(Date().timeIntervalSince1970 * 1_000_000)
+        return last.withLockedValue {
+            $0 = max($0 + 1, now)
+            return $0
+        }
+    }
+}
+
+/// Group commit for the archive: records accumulate while the previous batch is written.
+final class ArchiveWriter: Sendable {
+    private struct State {
+        var pending: [ArchiveRecord] = []
+        var enqueued: UInt64 = 0
+        var durable: UInt64 = 0
+        var flushing = false
+        var waiters: [(UInt64, CheckedContinuation<Void, Never>)] = []
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    func enqueue(_ records: [ArchiveRecord], server: ServerContext) {
+        guard !records.isEmpty else { return }
+        let start = state.withLockedValue { state -> Bool in
+            state.pending.append(contentsOf: records)
+            state.enqueued += 1
+            guard !state.flushing else { return false }
+            state.flushing = true
+            return true
+        }
+        if start { server.track { await self.drain(server) } }
+    }
+
+    private func drain(_ server: ServerContext) async {
+        var failures = 0
+        while true {
+            let (batch, upTo) = state.withLockedValue { state -> ([ArchiveRecord], UInt64) in
+                let batch = state.pending
+                state.pending = []
+                if batch.isEmpty { state.flushing = false }
+                return (batch, state.enqueued)
+            }
+            guard !batch.isEmpty else { return }
+            do {
+                try await server.stores.archive.append(batch)
+                failures = 0
+            } catch {
+                // Never drop: put the batch back and retry with back-off.
+                failures += 1
+                server.logger.error("archive write failed; retrying", metadata: ["error": "\(error)", "archive.batch": "\(batch.count)"])
+                state.withLockedValue { $0.pending.insert(contentsOf: batch, at: 0) }
+                try? await Task.sleep(for: .milliseconds(min(5000, 50 * failures)))
+                continue
+            }
+            let ready = state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
+                state.durable = upTo
+                let ready = state.waiters.filter { $0.0 <= upTo }.map(\.1)
+                state.waiters.removeAll { $0.0 <= upTo }
+                return ready
+            }
+            for waiter in ready { waiter.resume() }
+        }
+    }
+
+    /// Returns once everything enqueued before the call is durable.
+    func flushed() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLockedValue { state -> Bool in
+                if state.durable >= state.enqueued { return true }
+                state.waiters.append((state.enqueued, continuation))
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+/// One archived message in one user's archive (XEP-0313). A 1:1 message is archived twice:
+/// outgoing in the sender's archive, incoming in the recipient's.
+public struct ArchiveRecord: Sendable, Hashable {
+    /// Archive id: unique per server and increasing with time (see `ArchiveIDGenerator`).
+    public var id: Int64
+    /// Bare JID whose archive this is.
+    public var owner: String
+    /// Bare JID of the other party.
+    public var peer: String
+    public var outgoing: Bool
+    public var time: Double
+    /// The message as routed, serialised with its namespace.
+    public var stanza: String
+
+    public init(id: Int64, owner: String, peer: String, outgoing: Bool, time: Double, stanza: String) {
+        self.id = id
+        self.owner = owner
+        self.peer = peer
+        self.outgoing = outgoing
+        self.time = time
+        self.stanza = stanza
+    }
+}
+
+/// Filters and paging of an archive query (XEP-0313 form + XEP-0059 RSM).
+public struct ArchiveQuery: Sendable, Hashable {
+    public var owner: String
+    /// Bare JID of the peer, or nil for all.
+    public var with: String?
+    public var start: Double?
+    public var end: Double?
+    /// Records strictly after this id (forward paging).
+    public var after: Int64?
+    /// Records strictly before this id (backward paging).
+    public var before: Int64?
+    /// Page from the end of the result set (RSM `<before/>` without an id).
+    public var fromEnd: Bool
+    public var limit: Int
+
+    public init(
+        owner: String, with: String? = nil, start: Double? = nil, end: Double? = nil, after: Int64? = nil,
+        before: Int64? = nil, fromEnd: Bool = false, limit: Int = 50
+    ) {
+        self.owner = owner
+        self.with = with
+        self.start = start
+        self.end = end
+        self.after = after
+        self.before = before
+        self.fromEnd = fromEnd
+        self.limit = limit
+    }
+}
+
+/// A page of results in chronological order; `complete` when nothing lies beyond it in the
+/// paging direction.
+public struct ArchivePage: Sendable, Hashable {
+    public var records: [ArchiveRecord]
+    public var complete: Bool
+
+    public init(records: [ArchiveRecord], complete: Bool) {
+        self.records = records
+        self.complete = complete
+    }
+}
+
+/// Message archives.
+public protocol ArchiveStore: Sendable {
+    /// Durably appends the records in one transaction.
+    func append(_ records: [ArchiveRecord]) async throws
+    func query(_ query: ArchiveQuery) async throws -> ArchivePage
+    func archiveCount(owner: String) async throws -> Int
+}

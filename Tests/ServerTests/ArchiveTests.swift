@@ -1,0 +1,111 @@
+import SwitchboardTestSupport
+import Testing
+import XMLStream
+import XMPPCore
+
+@Suite struct ArchiveTests {
+    private let mam = "urn:xmpp:mam:2"
+
+    private func online(_ server: TestServer, _ user: String, _ resource: String) async throws -> TestClient {
+        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        try await client.login(user, password: "pw", resource: resource)
+        try await client.send("<presence/>")
+        _ = try await client.next { $0.name == "presence" }
+        return client
+    }
+
+    /// Sends a MAM query; returns the forwarded messages' bodies, result ids and the <fin/>.
+    private func query(_ client: TestClient, id: String, _ inner: String = "") async throws -> (bodies: [String], ids: [String], fin: XMLElement) {
+        try await client.send("<iq type='set' id='\(id)'><query xmlns='urn:xmpp:mam:2' queryid='\(id)'>\(inner)</query></iq>")
+        var bodies: [String] = []
+        var ids: [String] = []
+        while true {
+            let element = try await client.next()
+            if element.name == "iq", element.id == id {
+                let fin = try #require(element.child("fin", namespace: mam), "\(XMLSerializer.string(element))")
+                return (bodies, ids, fin)
+            }
+            if let result = element.child("result", namespace: mam), result[attribute: "queryid"] == id {
+                ids.append(result[attribute: "id"] ?? "")
+                bodies.append(result.child("forwarded")?.child("message")?.child("body")?.text ?? "")
+            }
+        }
+    }
+
+    @Test func bothSidesArchiveAndPageThroughHistory() async throws {
+        let server = try await TestServer.start { $0.c2s.requireTLS = false }
+        try await server.addUser("alice", password: "pw")
+        try await server.addUser("bob", password: "pw")
+        try await server.addUser("carol", password: "pw")
+        let alice = try await online(server, "alice", "desk")
+        let bob = try await online(server, "bob", "pc")
+        for index in 1...5 {
+            try await alice.send("<message to='bob@example.test' type='chat' id='a\(index)'><body>msg \(index)</body></message>")
+            let delivered = try await bob.next { $0.name == "message" }
+            let stanzaID = delivered.child("stanza-id", namespace: "urn:xmpp:sid:0")
+            #expect(stanzaID?[attribute: "by"] == "bob@example.test" && stanzaID?[attribute: "id"] != nil)
+        }
+        try await alice.send("<message to='carol@example.test' type='chat' id='c1'><body>to carol (offline)</body></message>")
+        // A chat state alone is not archived.
+        try await alice.send("<message to='bob@example.test' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
+
+        let page1 = try await query(alice, id: "q1", "<set xmlns='http://jabber.org/protocol/rsm'><max>2</max></set>")
+        #expect(page1.bodies == ["msg 1", "msg 2"])
+        #expect(page1.fin[attribute: "complete"] == nil)
+        let last = try #require(page1.fin.child("set")?.child("last")?.text)
+        let page2 = try await query(alice, id: "q2", "<set xmlns='http://jabber.org/protocol/rsm'><max>10</max><after>\(last)</after></set>")
+        #expect(page2.bodies == ["msg 3", "msg 4", "msg 5", "to carol (offline)"])
+        #expect(page2.fin[attribute: "complete"] == "true")
+
+        let withBob = """
+            <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>\
+            <field var='with'><value>carol@example.test</value></field></x>
+            """
+        #expect(try await query(alice, id: "q3", withBob).bodies == ["to carol (offline)"])
+        let lastPage = try await query(alice, id: "q4", "<set xmlns='http://jabber.org/protocol/rsm'><max>2</max><before/></set>")
+        #expect(lastPage.bodies == ["msg 5", "to carol (offline)"])
+
+        // Bob's archive holds the incoming side, under the ids he saw as stanza-id.
+        let bobs = try await query(bob, id: "b1")
+        #expect(bobs.bodies == (1...5).map { "msg \($0)" })
+        #expect(try await server.stores.archiveCount(owner: "carol@example.test") == 1)
+        await alice.close()
+        await bob.close()
+        await server.stop()
+    }
+
+    @Test func streamManagementAcksOnlyAfterTheArchiveIsDurable() async throws {
+        let server = try await TestServer.start { $0.c2s.requireTLS = false }
+        try await server.addUser("alice", password: "pw")
+        try await server.addUser("bob", password: "pw")
+        let alice = try await online(server, "alice", "desk")
+        try await alice.send("<enable xmlns='urn:xmpp:sm:3'/>")
+        _ = try await alice.next { $0.name == "enabled" }
+        var burst = ""
+        for index in 1...50 { burst += "<message to='bob@example.test' type='chat' id='x\(index)'><body>\(index)</body></message>" }
+        try await alice.send(burst + "<r xmlns='urn:xmpp:sm:3'/>")
+        let ack = try await alice.next { $0.name == "a" }
+        #expect(ack[attribute: "h"] == "50")
+        // By the time the ack arrived, all 50 were committed in both archives.
+        #expect(try await server.stores.archiveCount(owner: "alice@example.test") == 50)
+        #expect(try await server.stores.archiveCount(owner: "bob@example.test") == 50)
+        await alice.close()
+        await server.stop()
+    }
+
+    @Test func forgedStanzaIDsAreReplaced() async throws {
+        let server = try await TestServer.start { $0.c2s.requireTLS = false }
+        try await server.addUser("alice", password: "pw")
+        try await server.addUser("bob", password: "pw")
+        let alice = try await online(server, "alice", "desk")
+        let bob = try await online(server, "bob", "pc")
+        try await alice.send(
+            "<message to='bob@example.test' type='chat'><body>x</body><stanza-id xmlns='urn:xmpp:sid:0' by='bob@example.test' id='forged'/></message>")
+        let delivered = try await bob.next { $0.name == "message" }
+        let ids = delivered.elements.filter { $0.name == "stanza-id" }.map { $0[attribute: "id"] }
+        #expect(ids.count == 1 && ids.first != "forged")
+        await alice.close()
+        await bob.close()
+        await server.stop()
+    }
+}
