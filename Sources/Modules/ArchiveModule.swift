@@ -80,13 +80,19 @@ public struct ArchiveModule: ServerModule {
         }
     }
 
-    /// Chat and normal messages with a body (or end-to-end encrypted content); not errors,
-    /// chat states or receipts alone.
+    /// Namespaces whose presence makes a message worth keeping even without a body:
+    /// end-to-end encrypted payloads, retractions (XEP-0424, the enterprise "recall"),
+    /// delivery receipts (XEP-0184) and chat markers (XEP-0333).
+    static let archivedPayloads: Set<String> = [
+        "eu.siacs.conversations.axolotl", "urn:xmpp:message-retract:1", "urn:xmpp:receipts", "urn:xmpp:chat-markers:0",
+    ]
+
+    /// Chat and normal messages with content; not errors, headlines or chat states alone.
     static func archivable(_ stanza: XMLElement) -> Bool {
         guard stanza.name == "message" else { return false }
         let type = stanza.stanzaType ?? "normal"
         guard type == "chat" || type == "normal" else { return false }
-        return stanza.child("body") != nil || stanza.child("encrypted", namespace: "eu.siacs.conversations.axolotl") != nil
+        return stanza.elements.contains { $0.name == "body" || archivedPayloads.contains($0.namespace) }
     }
 
     private static func query(_ request: IQRequest, writer: ArchiveWriter) async throws -> XMLElement {

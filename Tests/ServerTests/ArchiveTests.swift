@@ -108,4 +108,28 @@ import XMPPCore
         await bob.close()
         await server.stop()
     }
+
+    @Test func receiptsMarkersAndRetractionsAreArchivedChatStatesAreNot() async throws {
+        let server = try await TestServer.start { $0.c2s.requireTLS = false }
+        try await server.addUser("alice", password: "pw")
+        try await server.addUser("bob", password: "pw")
+        let alice = try await online(server, "alice", "desk")
+        let bob = try await online(server, "bob", "pc")
+        let stanzas = [
+            "<message to='bob@example.test' type='chat' id='m1'><body>hello</body><request xmlns='urn:xmpp:receipts'/></message>",
+            "<message to='bob@example.test' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>",
+            "<message to='bob@example.test' type='chat' id='m2'><retract xmlns='urn:xmpp:message-retract:1' id='m1'/><fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:message-retract:1'/></message>",
+        ]
+        for stanza in stanzas { try await alice.send(stanza) }
+        try await bob.send("<message to='alice@example.test' type='chat'><received xmlns='urn:xmpp:receipts' id='m1'/></message>")
+        try await bob.send("<message to='alice@example.test' type='chat'><displayed xmlns='urn:xmpp:chat-markers:0' id='m1'/></message>")
+        try await bob.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>")
+        _ = try await bob.next { $0.id == "sync" }
+        let page = try await query(alice, id: "q")
+        // message, retraction, receipt, marker: 4 entries; the chat state is not kept.
+        #expect(page.ids.count == 4)
+        await alice.close()
+        await bob.close()
+        await server.stop()
+    }
 }
