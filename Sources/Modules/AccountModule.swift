@@ -53,11 +53,13 @@ public struct AccountModule: ServerModule {
 
 /// The modules every server runs, in registration order.
 public enum BuiltinModules {
-    public static func all() -> [any ServerModule] {
-        [
+    public static func all(_ configuration: ServerConfiguration = ServerConfiguration()) -> [any ServerModule] {
+        var modules: [any ServerModule] = [
             DiscoModule(), RosterModule(), PresenceModule(), OfflineModule(), VCardModule(),
             PrivateStorageModule(), PingModule(), VersionModule(), TimeModule(), AccountModule(),
             CarbonsModule(), ClientStateModule(), BlockingModule(), ArchiveModule(),
         ]
+        if configuration.upload.enabled { modules.append(UploadModule(maxFileBytes: configuration.upload.maxFileBytes)) }
+        return modules
     }
 }

@@ -18,6 +18,7 @@ public struct DiscoModule: ServerModule {
             for feature in request.server.modules.serverFeatures.sorted() {
                 query.append(XMLElement("feature", xmlns: NS.discoInfo, ["var": feature]))
             }
+            for form in request.server.modules.serverInfoForms { query.append(form) }
             return query
         }
         registry.handleIQ(NS.discoItems, target: .server) { request in

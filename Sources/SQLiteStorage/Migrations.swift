@@ -56,6 +56,19 @@ enum Migrations {
         CREATE INDEX archive_owner ON archive (owner, id);
         CREATE INDEX archive_owner_peer ON archive (owner, peer, id);
         """,
+        // 4: HTTP file upload (XEP-0363) metadata.
+        """
+        CREATE TABLE uploads (
+            token TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            content_type TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX uploads_owner ON uploads (owner);
+        CREATE INDEX uploads_created ON uploads (created_at);
+        """,
     ]
 
     static func migrate(_ connection: Connection) throws {

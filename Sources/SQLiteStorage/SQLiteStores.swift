@@ -15,7 +15,7 @@ public final class SQLiteStores: Sendable {
     }
 
     public var stores: Stores {
-        Stores(accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self, archive: self)
+        Stores(accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self, archive: self, uploads: self)
     }
 }
 
@@ -278,6 +278,44 @@ extension SQLiteStores: ArchiveStore {
     public func archiveCount(owner: String) async throws -> Int {
         try await database.run { db in
             Int(try db.query("SELECT count(*) FROM archive WHERE owner = ?", [.text(owner)]) { $0.int(0) }.first ?? 0)
+        }
+    }
+}
+
+extension SQLiteStores: UploadStore {
+    public func recordUpload(_ file: UploadedFile) async throws {
+        try await database.run { db in
+            try db.run(
+                "INSERT INTO uploads (token, owner, filename, size, content_type, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [.text(file.token), .text(file.owner), .text(file.filename), .int(Int64(file.size)), .text(file.contentType), .double(file.time)])
+        }
+    }
+
+    public func upload(token: String) async throws -> UploadedFile? {
+        try await database.run { db in
+            try db.query("SELECT token, owner, filename, size, content_type, created_at FROM uploads WHERE token = ?", [.text(token)]) {
+                UploadedFile(
+                    token: $0.text(0) ?? "", owner: $0.text(1) ?? "", filename: $0.text(2) ?? "", size: Int($0.int(3)),
+                    contentType: $0.text(4) ?? "application/octet-stream", time: $0.double(5))
+            }.first
+        }
+    }
+
+    public func usage(of owner: String) async throws -> Int {
+        try await database.run { db in
+            Int(try db.query("SELECT coalesce(sum(size), 0) FROM uploads WHERE owner = ?", [.text(owner)]) { $0.int(0) }.first ?? 0)
+        }
+    }
+
+    public func removeUploads(before time: Double) async throws -> [UploadedFile] {
+        try await database.transaction { db in
+            let files = try db.query("SELECT token, owner, filename, size, content_type, created_at FROM uploads WHERE created_at < ?", [.double(time)]) {
+                UploadedFile(
+                    token: $0.text(0) ?? "", owner: $0.text(1) ?? "", filename: $0.text(2) ?? "", size: Int($0.int(3)),
+                    contentType: $0.text(4) ?? "application/octet-stream", time: $0.double(5))
+            }
+            try db.run("DELETE FROM uploads WHERE created_at < ?", [.double(time)])
+            return files
         }
     }
 }

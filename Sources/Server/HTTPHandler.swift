@@ -1,14 +1,28 @@
+import Foundation
 import NIOCore
 import NIOHTTP1
+import NIOPosix
+import Storage
 
-/// Plain HTTP on the HTTP port: Prometheus metrics and a health check. WebSocket upgrades
-/// at `/xmpp-websocket` are taken by the upgrader before requests reach this handler.
+/// Plain HTTP on the HTTP port: Prometheus metrics, a health check, and HTTP file upload
+/// (XEP-0363: PUT and GET of `/upload/TOKEN/NAME`). WebSocket upgrades at `/xmpp-websocket`
+/// are taken by the upgrader before requests reach this handler.
 final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let server: ServerContext
     private var head: HTTPRequestHead?
+    private var upload: Upload?
+
+    /// A PUT in progress: bytes go straight to a temporary file.
+    private struct Upload {
+        let slot: FileShare.Slot
+        let descriptor: Int32
+        let temporaryPath: String
+        var received: Int
+        var failed: HTTPResponseStatus?
+    }
 
     init(server: ServerContext) {
         self.server = server
@@ -18,17 +32,34 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         switch unwrapInboundIn(data) {
         case .head(let head):
             self.head = head
-        case .body:
-            break
+            if head.method == .PUT, path(head).hasPrefix("/upload/") {
+                startUpload(context: context, head: head)
+            }
+        case .body(let buffer):
+            if upload != nil { receive(buffer) }
         case .end:
             guard let head else { return }
             self.head = nil
-            respond(context: context, head: head)
+            if upload != nil {
+                finishUpload(context: context, head: head)
+            } else {
+                respond(context: context, head: head)
+            }
         }
     }
 
+    func channelInactive(context: ChannelHandlerContext) {
+        if let upload { abort(upload) }
+        upload = nil
+        context.fireChannelInactive()
+    }
+
+    private func path(_ head: HTTPRequestHead) -> String {
+        head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+    }
+
     private func respond(context: ChannelHandlerContext, head: HTTPRequestHead) {
-        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        let path = self.path(head)
         switch (head.method, path) {
         case (.GET, "/metrics"):
             let body = server.metrics.exposition()
@@ -37,10 +68,145 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             write(context: context, head: head, status: .ok, contentType: "application/json", body: Array(#"{"status":"ok"}"#.utf8))
         case (.GET, "/xmpp-websocket"):
             problem(context: context, head: head, status: .upgradeRequired, detail: "connect with a WebSocket client, subprotocol 'xmpp' (RFC 7395)")
+        case (.GET, _) where path.hasPrefix("/upload/"), (.HEAD, _) where path.hasPrefix("/upload/"):
+            serveUpload(context: context, head: head, path: path)
+        case (.PUT, _) where path.hasPrefix("/upload/"):
+            problem(context: context, head: head, status: .forbidden, detail: "no valid upload slot for this URL")
         default:
             problem(context: context, head: head, status: .notFound, detail: "no resource at \(path)")
         }
     }
+
+    // MARK: - Upload (PUT)
+
+    private func startUpload(context: ChannelHandlerContext, head: HTTPRequestHead) {
+        let parts = path(head).split(separator: "/")
+        guard parts.count == 3, let slot = server.fileShare.claimSlot(String(parts[1])) else { return }
+        let temporary = server.fileShare.path(slot.token) + ".part"
+        let descriptor = open(temporary, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else {
+            server.logger.error("cannot create upload file", metadata: ["upload.path": "\(temporary)", "errno": "\(errno)"])
+            return
+        }
+        var upload = Upload(slot: slot, descriptor: descriptor, temporaryPath: temporary, received: 0)
+        if let length = head.headers.first(name: "Content-Length").flatMap(Int.init), length != slot.size {
+            upload.failed = .badRequest
+        }
+        self.upload = upload
+    }
+
+    private func receive(_ buffer: ByteBuffer) {
+        guard var upload, upload.failed == nil else { return }
+        defer { self.upload = upload }
+        guard upload.received + buffer.readableBytes <= upload.slot.size else {
+            upload.failed = .payloadTooLarge
+            return
+        }
+        let written = buffer.withUnsafeReadableBytes { bytes -> Bool in
+            var offset = 0
+            while offset < bytes.count {
+                let result = Foundation.write(upload.descriptor, bytes.baseAddress.map { $0 + offset }, bytes.count - offset)
+                if result < 0 {
+                    if errno == EINTR { continue }
+                    return false
+                }
+                offset += result
+            }
+            return true
+        }
+        if written {
+            upload.received += buffer.readableBytes
+        } else {
+            upload.failed = .insufficientStorage
+        }
+    }
+
+    private func finishUpload(context: ChannelHandlerContext, head: HTTPRequestHead) {
+        guard let upload else { return }
+        self.upload = nil
+        if upload.received != upload.slot.size && upload.failed == nil {
+            abort(upload)
+            problem(context: context, head: head, status: .badRequest, detail: "expected \(upload.slot.size) bytes, got \(upload.received)")
+            return
+        }
+        if let failed = upload.failed {
+            abort(upload)
+            problem(context: context, head: head, status: failed, detail: "upload refused: \(failed.reasonPhrase)")
+            return
+        }
+        let server = self.server
+        let slot = upload.slot
+        let finalPath = server.fileShare.path(slot.token)
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        promise.completeWithTask {
+            // Durable before we say 201: fsync, rename, then the metadata row.
+            let ok = fsync(upload.descriptor) == 0
+            close(upload.descriptor)
+            guard ok, rename(upload.temporaryPath, finalPath) == 0 else {
+                unlink(upload.temporaryPath)
+                throw StorageError.backend("cannot store upload \(slot.token)")
+            }
+            try await server.stores.uploads.recordUpload(
+                UploadedFile(
+                    token: slot.token, owner: slot.owner, filename: slot.filename, size: slot.size,
+                    contentType: slot.contentType, time: Date().timeIntervalSince1970))
+        }
+        promise.futureResult.assumeIsolated().whenComplete { [self] result in
+            switch result {
+            case .success:
+                server.logger.info("file uploaded", metadata: ["xmpp.user": "\(slot.owner)", "upload.bytes": "\(slot.size)"])
+                write(context: context, head: head, status: .created, contentType: "text/plain", body: [])
+            case .failure(let error):
+                server.logger.error("upload failed", metadata: ["error": "\(error)"])
+                problem(context: context, head: head, status: .internalServerError, detail: "the file could not be stored")
+            }
+        }
+    }
+
+    private func abort(_ upload: Upload) {
+        close(upload.descriptor)
+        unlink(upload.temporaryPath)
+    }
+
+    // MARK: - Download (GET/HEAD)
+
+    private func serveUpload(context: ChannelHandlerContext, head: HTTPRequestHead, path: String) {
+        let parts = path.split(separator: "/")
+        guard parts.count == 3, parts[1].count == 32, parts[1].allSatisfy(\.isHexDigit) else {
+            problem(context: context, head: head, status: .notFound, detail: "no such file")
+            return
+        }
+        let token = String(parts[1])
+        let name = String(parts[2]).removingPercentEncoding ?? String(parts[2])
+        let uploads = server.stores.uploads
+        let promise = context.eventLoop.makePromise(of: UploadedFile?.self)
+        promise.completeWithTask { try await uploads.upload(token: token) }
+        promise.futureResult.assumeIsolated().whenComplete { [self] result in
+            guard case .success(let file?) = result, file.filename == name,
+                let handle = try? NIOFileHandle(_deprecatedPath: server.fileShare.path(token))
+            else {
+                problem(context: context, head: head, status: .notFound, detail: "no such file")
+                return
+            }
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: file.contentType)
+            headers.add(name: "Content-Length", value: String(file.size))
+            headers.add(name: "X-Content-Type-Options", value: "nosniff")
+            headers.add(name: "Content-Security-Policy", value: "default-src 'none'; img-src 'self'; media-src 'self'; sandbox")
+            headers.add(name: "Cache-Control", value: "private, max-age=31536000, immutable")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+            if head.method == .GET, file.size > 0 {
+                let region = FileRegion(fileHandle: handle, readerIndex: 0, endIndex: file.size)
+                context.write(wrapOutboundOut(.body(.fileRegion(region))), promise: nil)
+            }
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                try? handle.close()
+                if !head.isKeepAlive { context.close(promise: nil) }
+            }
+        }
+    }
+
+    // MARK: - Responses
 
     /// RFC 9457 problem JSON.
     private func problem(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, detail: String) {
@@ -56,7 +222,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let keepAlive = head.isKeepAlive
         if !keepAlive { headers.add(name: "Connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+        if !body.isEmpty {
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+        }
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
             if !keepAlive { context.close(promise: nil) }
         }

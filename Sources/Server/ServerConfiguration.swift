@@ -22,6 +22,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
     public var tls: TLS = TLS()
     public var limits: Limits = Limits()
     public var registration: Registration = Registration()
+    public var upload: Upload = Upload()
 
     public init() {}
 
@@ -67,6 +68,36 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
         public init() {}
     }
 
+    public struct Upload: Sendable, Codable, Hashable {
+        /// HTTP file upload (XEP-0363), files served by this server's HTTP listener.
+        public var enabled: Bool = true
+        /// Largest file a user may upload, in bytes.
+        public var maxFileBytes: Int = 104_857_600
+        /// Total bytes of files one user may keep.
+        public var quotaBytesPerUser: Int = 1_073_741_824
+        /// Files older than this are deleted; 0 keeps them forever.
+        public var expireAfterDays: Int = 0
+        /// Base URL clients use to reach the HTTP listener (behind your TLS proxy), e.g.
+        /// https://chat.example.com. Default: http://DOMAIN:HTTP_PORT.
+        public var publicURL: String?
+        public init() {}
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case enabled, maxFileBytes = "max_file_bytes", quotaBytesPerUser = "quota_bytes_per_user"
+            case expireAfterDays = "expire_after_days", publicURL = "public_url"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            let defaults = Self()
+            enabled = try container.decodeIfPresent(Bool.self, forKey: .enabled) ?? defaults.enabled
+            maxFileBytes = try container.decodeIfPresent(Int.self, forKey: .maxFileBytes) ?? defaults.maxFileBytes
+            quotaBytesPerUser = try container.decodeIfPresent(Int.self, forKey: .quotaBytesPerUser) ?? defaults.quotaBytesPerUser
+            expireAfterDays = try container.decodeIfPresent(Int.self, forKey: .expireAfterDays) ?? defaults.expireAfterDays
+            publicURL = try container.decodeIfPresent(String.self, forKey: .publicURL)
+        }
+    }
+
     public struct Registration: Sendable, Codable, Hashable {
         /// In-band registration (XEP-0077). Off: enterprise accounts come from the back office.
         public var enabled: Bool = false
@@ -75,7 +106,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case domain, dataDir = "data_dir", logLevel = "log_level", logFormat = "log_format", bootstrapAdmin = "bootstrap_admin"
-        case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration
+        case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration, upload
     }
 }
 
@@ -141,6 +172,7 @@ extension ServerConfiguration {
         tls = try container.decodeIfPresent(TLS.self, forKey: .tls) ?? defaults.tls
         limits = try container.decodeIfPresent(Limits.self, forKey: .limits) ?? defaults.limits
         registration = try container.decodeIfPresent(Registration.self, forKey: .registration) ?? defaults.registration
+        upload = try container.decodeIfPresent(Upload.self, forKey: .upload) ?? defaults.upload
     }
 
     /// A listener section falls back to the defaults key by key, so `c2s: {port: 0}` keeps `bind`.
@@ -174,6 +206,7 @@ extension ServerConfiguration {
         "tls": Set(TLS.CodingKeys.allCases.map(\.rawValue)),
         "limits": Set(Limits.CodingKeys.allCases.map(\.rawValue)),
         "registration": Set(Registration.CodingKeys.allCases.map(\.rawValue)),
+        "upload": Set(Upload.CodingKeys.allCases.map(\.rawValue)),
     ]
 
     /// Parses and validates YAML text. `source` names the file in messages.
@@ -276,6 +309,14 @@ extension ServerConfiguration {
         }
         if limits.maxDepth < 4 || limits.maxDepth > 1000 {
             throw fail("limits.max_depth", "must be between 4 and 1000 (got \(limits.maxDepth))")
+        }
+        if upload.maxFileBytes < 1 { throw fail("upload.max_file_bytes", "must be at least 1 (got \(upload.maxFileBytes))") }
+        if upload.quotaBytesPerUser < upload.maxFileBytes {
+            throw fail("upload.quota_bytes_per_user", "must be at least upload.max_file_bytes (\(upload.maxFileBytes))")
+        }
+        if upload.expireAfterDays < 0 { throw fail("upload.expire_after_days", "must be 0 (keep) or more days") }
+        if let url = upload.publicURL, !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
+            throw fail("upload.public_url", "must start with http:// or https:// (got '\(url)')")
         }
         for (key, value) in [
             ("limits.login_timeout_seconds", limits.loginTimeoutSeconds),

@@ -18,6 +18,8 @@ public final class ServerContext: Sendable {
     public let metrics: ServerMetrics
     let throttle: LoginThrottle
     let resumable = ResumableSessions()
+    /// HTTP file upload slots and files (XEP-0363).
+    public let fileShare: FileShare
     /// Work that must finish before the process exits (sessions ending, unacked stanzas being stored).
     let pendingWork = NIOLockedValueBox(0)
     /// Secret for deterministic fake SCRAM salts of unknown users.
@@ -38,6 +40,7 @@ public final class ServerContext: Sendable {
             maxFailures: configuration.limits.maxLoginFailures,
             window: Double(configuration.limits.loginFailureWindowSeconds)
         )
+        self.fileShare = FileShare(configuration: configuration)
         var generator = SystemRandomNumberGenerator()
         self.fakeSaltKey = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
     }

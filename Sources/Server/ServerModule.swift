@@ -117,6 +117,8 @@ public struct ModuleRegistry: Sendable {
     private(set) var iqHandlers: [IQKey: IQHandler] = [:]
     /// Disco#info features of the server, from the modules that implement them.
     public private(set) var serverFeatures: [String] = []
+    /// XEP-0128 extended information forms in the server's disco#info.
+    public private(set) var serverInfoForms: [XMLElement] = []
     /// Disco#info features of an account's bare JID.
     public private(set) var accountFeatures: [String] = []
     /// Stream features offered after binding (e.g. roster versioning).
@@ -144,6 +146,9 @@ public struct ModuleRegistry: Sendable {
     public mutating func addServerFeature(_ feature: String) {
         if !serverFeatures.contains(feature) { serverFeatures.append(feature) }
     }
+
+    /// Adds an XEP-0128 data form to the server's disco#info (e.g. upload limits).
+    public mutating func addServerInfoForm(_ form: XMLElement) { serverInfoForms.append(form) }
 
     public mutating func addAccountFeature(_ feature: String) {
         if !accountFeatures.contains(feature) { accountFeatures.append(feature) }

@@ -85,6 +85,7 @@ public final class XMPPServer: Service, Sendable {
                 let channel = try await bindHTTP(configuration.http)
                 channels.append(channel)
                 ports.http = channel.localAddress?.port
+                if let port = ports.http { context.fileShare.listenerBound(domain: configuration.domain, port: port) }
             }
         } catch {
             for channel in channels { try? await channel.close() }
@@ -106,7 +107,17 @@ public final class XMPPServer: Service, Sendable {
             waiter.resume(returning: ports)
         }
 
+        let housekeeping = Task { [context] in
+            // Expired uploads are deleted at start and hourly.
+            while !Task.isCancelled {
+                if let removed = try? await context.fileShare.expire(stores: context.stores), removed > 0 {
+                    context.logger.notice("deleted expired uploads", metadata: ["upload.count": "\(removed)"])
+                }
+                try? await Task.sleep(for: .seconds(3600))
+            }
+        }
         try? await gracefulShutdown()
+        housekeeping.cancel()
 
         logger.notice("shutting down")
         for channel in channels { try? await channel.close() }

@@ -6,10 +6,11 @@ public struct Stores: Sendable {
     public var privateXML: any PrivateXMLStore
     public var blocklists: any BlocklistStore
     public var archive: any ArchiveStore
+    public var uploads: any UploadStore
 
     public init(
         accounts: any AccountStore, rosters: any RosterStore, offline: any OfflineStore, privateXML: any PrivateXMLStore,
-        blocklists: any BlocklistStore, archive: any ArchiveStore
+        blocklists: any BlocklistStore, archive: any ArchiveStore, uploads: any UploadStore
     ) {
         self.accounts = accounts
         self.rosters = rosters
@@ -17,5 +18,6 @@ public struct Stores: Sendable {
         self.privateXML = privateXML
         self.blocklists = blocklists
         self.archive = archive
+        self.uploads = uploads
     }
 }

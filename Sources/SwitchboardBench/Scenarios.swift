@@ -231,11 +231,27 @@ enum Scenarios {
         let meter = Meter(serverPID: options.serverPID, threads: harness.threads)
         let measureStart = MonotonicClock.nanos()
         let end = measureStart + UInt64(duration * 1e9)
+        var interval = Meter(serverPID: options.serverPID, threads: harness.threads)
+        var previous = 0
+        var intervals: [JSON] = []
         while MonotonicClock.nanos() < end {
             sleepSeconds(min(5, Double(end - MonotonicClock.nanos()) / 1e9))
             let partial = try harness.onEach { $0.stats.received }.reduce(0, +)
+            let step = interval.read()
+            interval.restart()
             let elapsed = Double(MonotonicClock.nanos() - measureStart) / 1e9
-            progress("  \(format(elapsed)) s: \(partial) received, \(format(Double(partial) / max(elapsed, 1e-9))) msgs/s")
+            let rateNow = Double(partial - previous) / max(step.wallSeconds, 1e-9)
+            previous = partial
+            var line = "  \(format(elapsed)) s: \(partial) received, last \(format(step.wallSeconds)) s at \(format(rateNow)) msgs/s"
+            if let cpu = step.serverCPUSeconds { line += ", server CPU share \(format(cpu / max(step.wallSeconds, 1e-9), 2))" }
+            if let rss = step.serverAfter?.rssKiB { line += ", RSS \(rss) KiB" }
+            progress(line)
+            intervals.append(.object([
+                ("t_s", .number(elapsed, 1)),
+                ("msgs_per_s", .number(rateNow, 1)),
+                ("server_cpu_share", step.serverCPUSeconds.map { .number($0 / max(step.wallSeconds, 1e-9), 3) } ?? .null),
+                ("server_rss_kib", step.serverAfter.map { .int($0.rssKiB) } ?? .null),
+            ]))
         }
         _ = try harness.onEach { $0.setRecording(false) }
         let reading = meter.read()
@@ -278,6 +294,7 @@ enum Scenarios {
             ("latency", latencyJSON(stats.messageLatency)),
         ]
         if rate != nil { out.append(("generator_send_lag", latencyJSON(stats.sendLag))) }
+        out.append(("intervals", .array(intervals)))
         out += reading.fields()
         out += [("total_wall_s", .number(overall.read().wallSeconds, 1))]
         emit(out)

@@ -54,7 +54,7 @@ public final class TestServer: Sendable {
         logger.logLevel = ProcessInfo.processInfo.environment["SWITCHBOARD_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
         let stores = try SQLiteStores(directory: directory)
         let server = try XMPPServer(
-            configuration: configuration, stores: stores.stores, modules: BuiltinModules.all(), logger: logger)
+            configuration: configuration, stores: stores.stores, modules: BuiltinModules.all(configuration), logger: logger)
         let group = ServiceGroup(services: [server], logger: logger)
         let task = Task { try await group.run() }
         let ports = try await server.waitUntilBound()

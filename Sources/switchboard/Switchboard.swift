@@ -110,7 +110,7 @@ struct Serve: AsyncParsableCommand {
                 fflush(nil)
             }
             let server = try XMPPServer(
-                configuration: configuration, stores: stores.stores, modules: BuiltinModules.all(), logger: logger,
+                configuration: configuration, stores: stores.stores, modules: BuiltinModules.all(configuration), logger: logger,
                 statusFile: statusFile)
             let group = ServiceGroup(
                 configuration: ServiceGroupConfiguration(
