@@ -105,6 +105,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         if session != nil, sm.resumable, !closing {
             // The connection dropped: keep the session for the client to resume (XEP-0198).
             detached = true
+            session?.updatePresence { $0.detached = true }
             let seconds = Int64(server.configuration.limits.resumptionTimeoutSeconds)
             resumptionExpiry = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(seconds)) { [self] in
                 guard detached else { return }
@@ -964,6 +965,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
                 return
             }
             handle.adoptPresence(of: previous)
+            handle.updatePresence { $0.detached = false }
             _ = server.router.bind(handle)  // replaces the previous handle, which is already closed
             session = handle
             loginTimeout?.cancel()

@@ -30,6 +30,8 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
         public var directedTo: Set<String> = []
         /// XEP-0280 message carbons enabled.
         public var carbons = false
+        /// XEP-0198: the connection is gone and the session waits to be resumed.
+        public var detached = false
     }
 
     init(jid: JID, id: UInt64, eventLoop: any EventLoop, sink: any StanzaSink) {
