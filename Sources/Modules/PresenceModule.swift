@@ -30,7 +30,7 @@ public struct PresenceModule: ServerModule {
         switch type {
         case nil, "unavailable":
             if let to {
-                directed(stanza, to: to, available: type == nil, session: session, server: server)
+                try directed(stanza, to: to, available: type == nil, session: session, server: server)
             } else {
                 try await Self.broadcast(stanza, available: type == nil, session: session, server: server)
             }
@@ -48,7 +48,11 @@ public struct PresenceModule: ServerModule {
         }
     }
 
-    private func directed(_ stanza: XMLElement, to: JID, available: Bool, session: SessionHandle, server: ServerContext) {
+    private func directed(_ stanza: XMLElement, to: JID, available: Bool, session: SessionHandle, server: ServerContext) throws {
+        guard server.isLocal(to) else {
+            // No server-to-server link yet: say so instead of leaving the client waiting (e.g. a room join).
+            throw StanzaError(.remoteServerNotFound)
+        }
         session.updatePresence {
             if available {
                 $0.directedTo.insert(to.description)

@@ -608,10 +608,14 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         }
         sasl = .lookingUp
         let accounts = server.stores.accounts
+        let cache = server.plainLogins
         return runAsync({ () -> SASLError? in
-            guard let account = try await accounts.account(username),
-                account.credentials.sha256.verify(password: password)
-            else { return .notAuthorized }
+            guard let account = try await accounts.account(username) else { return .notAuthorized }
+            let storedKey = account.credentials.sha256.storedKey
+            if !cache.matches(username, password: password, storedKey: storedKey) {
+                guard account.credentials.sha256.verify(password: password) else { return .notAuthorized }
+                cache.remember(username, password: password, storedKey: storedKey)
+            }
             return account.disabled ? .accountDisabled : nil
         }) { [self] result in
             sasl = .idle

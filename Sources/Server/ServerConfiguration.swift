@@ -14,6 +14,8 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
     public var logLevel: String = "info"
     /// `text` (one human-readable line per event) or `json` (one JSON object per line).
     public var logFormat: String = "text"
+    /// Event-loop threads; default one per CPU the process may use (taskset/cpuset aware).
+    public var threads: Int?
     /// On first start with no accounts, create `admin@domain` and print its one-time password.
     public var bootstrapAdmin: Bool = true
     public var c2s: Listener = Listener(bind: "0.0.0.0", port: 5222)
@@ -105,7 +107,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case domain, dataDir = "data_dir", logLevel = "log_level", logFormat = "log_format", bootstrapAdmin = "bootstrap_admin"
+        case domain, dataDir = "data_dir", logLevel = "log_level", logFormat = "log_format", bootstrapAdmin = "bootstrap_admin", threads
         case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration, upload
     }
 }
@@ -166,6 +168,7 @@ extension ServerConfiguration {
         logLevel = try container.decodeIfPresent(String.self, forKey: .logLevel) ?? defaults.logLevel
         logFormat = try container.decodeIfPresent(String.self, forKey: .logFormat) ?? defaults.logFormat
         bootstrapAdmin = try container.decodeIfPresent(Bool.self, forKey: .bootstrapAdmin) ?? defaults.bootstrapAdmin
+        threads = try container.decodeIfPresent(Int.self, forKey: .threads)
         c2s = try Self.listener(container, .c2s, defaults.c2s)
         c2sDirectTLS = try Self.listener(container, .c2sDirectTLS, defaults.c2sDirectTLS)
         http = try Self.listener(container, .http, defaults.http)
@@ -292,6 +295,7 @@ extension ServerConfiguration {
         if !levels.contains(logLevel) {
             throw fail("log_level", "must be one of \(levels.joined(separator: ", ")) (got '\(logLevel)')")
         }
+        if let threads, !(1...256).contains(threads) { throw fail("threads", "must be between 1 and 256 (got \(threads))") }
         if logFormat != "text" && logFormat != "json" {
             throw fail("log_format", "must be text or json (got '\(logFormat)')")
         }

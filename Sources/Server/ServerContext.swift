@@ -18,6 +18,7 @@ public final class ServerContext: Sendable {
     public let metrics: ServerMetrics
     let throttle: LoginThrottle
     let resumable = ResumableSessions()
+    let plainLogins = PlainLoginCache()
     /// HTTP file upload slots and files (XEP-0363).
     public let fileShare: FileShare
     /// Work that must finish before the process exits (sessions ending, unacked stanzas being stored).

@@ -41,8 +41,22 @@ public final class XMPPServer: Service, Sendable {
         statusFile: String? = nil, eventLoopGroup: (any EventLoopGroup)? = nil
     ) throws {
         context = try ServerContext(configuration: configuration, stores: stores, modules: modules, logger: logger)
-        group = eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
+        group = eventLoopGroup ?? MultiThreadedEventLoopGroup(numberOfThreads: configuration.threads ?? Self.usableCores())
         self.statusFile = statusFile
+    }
+
+    /// CPUs this process may run on (`taskset`, cgroup cpusets), at least 1. One event loop per
+    /// usable core: more loops than cores only adds cross-thread hops between sessions.
+    static func usableCores() -> Int {
+        // Linux: the affinity mask in /proc/self/status ("Cpus_allowed: 3" is cores 0 and 1).
+        if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed:") })
+        {
+            let hex = line.dropFirst("Cpus_allowed:".count).filter { $0.isHexDigit }
+            let count = hex.reduce(0) { $0 + (Int(String($1), radix: 16) ?? 0).nonzeroBitCount }
+            if count > 0 { return min(count, System.coreCount) }
+        }
+        return System.coreCount
     }
 
     /// Waits until `run()` has bound its listeners, then returns their ports.
