@@ -209,9 +209,17 @@ final class ArchiveWriter: Sendable {
         if start { server.track { await self.drain(server) } }
     }
 
+    /// Below this many waiting records the writer lingers briefly so that, at low rates too,
+    /// one commit (one fsync) carries many messages instead of one each.
+    private static let lingerBelow = 256
+    private static let linger: Duration = .milliseconds(4)
+
     private func drain(_ server: ServerContext) async {
         var failures = 0
         while true {
+            if state.withLockedValue({ $0.pending.count }) < Self.lingerBelow {
+                try? await Task.sleep(for: Self.linger)
+            }
             let (batch, upTo) = state.withLockedValue { state -> ([ArchiveRecord], UInt64) in
                 let batch = state.pending
                 state.pending = []
