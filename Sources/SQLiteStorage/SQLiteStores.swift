@@ -5,6 +5,9 @@ import XMPPCore
 /// All stores on one SQLite database file.
 public final class SQLiteStores: Sendable {
     public let database: SQLiteDatabase
+    /// A second connection (and queue) for the message archive: its group commits, fsyncs and
+    /// WAL checkpoints never make a login, roster read or offline store wait.
+    let archiveDatabase: SQLiteDatabase
 
     /// Opens `directory/switchboard.sqlite`, creating the directory (mode 0700) if needed.
     public init(directory: String) throws {
@@ -12,6 +15,7 @@ public final class SQLiteStores: Sendable {
             atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]
         )
         database = try SQLiteDatabase(path: directory + "/switchboard.sqlite")
+        archiveDatabase = try SQLiteDatabase(path: directory + "/switchboard.sqlite")
     }
 
     public var stores: Stores {
@@ -224,7 +228,7 @@ extension SQLiteStores: BlocklistStore {
 extension SQLiteStores: ArchiveStore {
     public func append(_ records: [ArchiveRecord]) async throws {
         guard !records.isEmpty else { return }
-        try await database.transaction { db in
+        try await archiveDatabase.transaction { db in
             for record in records {
                 try db.run(
                     "INSERT INTO archive (id, owner, peer, outgoing, created_at, stanza) VALUES (?, ?, ?, ?, ?, ?)",
@@ -235,7 +239,7 @@ extension SQLiteStores: ArchiveStore {
     }
 
     public func query(_ query: ArchiveQuery) async throws -> ArchivePage {
-        try await database.run { db in
+        try await archiveDatabase.run { db in
             var conditions = ["owner = ?"]
             var values: [SQLValue] = [.text(query.owner)]
             if let with = query.with {
@@ -276,7 +280,7 @@ extension SQLiteStores: ArchiveStore {
     }
 
     public func archiveCount(owner: String) async throws -> Int {
-        try await database.run { db in
+        try await archiveDatabase.run { db in
             Int(try db.query("SELECT count(*) FROM archive WHERE owner = ?", [.text(owner)]) { $0.int(0) }.first ?? 0)
         }
     }
