@@ -16,6 +16,10 @@ public struct ArchiveModule: ServerModule {
     static let ns = "urn:xmpp:mam:2"
     static let stanzaID = "urn:xmpp:sid:0"
     static let rsm = "http://jabber.org/protocol/rsm"
+    /// Annotation keys (see `MessageEvent.annotations`).
+    static let incomingPosition = "archive.position.in"
+    static let outgoingPosition = "archive.position.out"
+    public static let senderArchiveID = "archive.sender-id"
     private let writer = ArchiveWriter()
     private let ids = ArchiveIDGenerator()
 
@@ -28,32 +32,47 @@ public struct ArchiveModule: ServerModule {
         let writer = self.writer
         let ids = self.ids
 
-        registry.onMessagePreparation { stanza, to, server in
-            guard Self.archivable(stanza), server.isLocal(to), to.localpart != nil else { return }
+        registry.onMessagePreparation { message, to, server in
+            guard Self.archivable(message.stanza) else { return }
+            // Positions are taken before delivery, so the archive order is the order in which
+            // the server accepted the messages, whichever event loop finishes first.
+            message.annotations[Self.incomingPosition] = String(ids.next())
+            message.annotations[Self.outgoingPosition] = String(ids.next())
+            guard server.isLocal(to), to.localpart != nil else { return }
             let by = to.bare.description
             // A stanza-id claiming to be ours but set by the sender is a forgery (XEP-0359 §3.3).
-            stanza.removeChildren { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == by }
-            stanza.append(XMLElement("stanza-id", xmlns: Self.stanzaID, ["id": String(ids.next()), "by": by]))
+            message.stanza.removeChildren { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == by }
+            message.stanza.append(XMLElement("stanza-id", xmlns: Self.stanzaID, ["id": ArchiveIDGenerator.uid(), "by": by]))
         }
 
-        registry.onMessageRouted { event in
+        registry.onMessageRouted(.high) { event in
             let stanza = event.stanza
             guard Self.archivable(stanza), let from = stanza[attribute: "from"].flatMap({ try? JID($0) }) else { return }
             let server = event.server
             let now = Date().timeIntervalSince1970
-            let xml = XMLSerializer.string(stanza)
             var records: [ArchiveRecord] = []
             if server.isLocal(event.to), event.to.localpart != nil {
+                // The recipient's copy keeps the recipient's own stanza-id (it is the MAM id).
                 let owner = event.to.bare.description
-                let id = stanza.elements.first { $0.name == "stanza-id" && $0[attribute: "by"] == owner }
-                    .flatMap { $0[attribute: "id"] }.flatMap(Int64.init) ?? ids.next()
-                records.append(ArchiveRecord(id: id, owner: owner, peer: from.bare.description, outgoing: false, time: now, stanza: xml))
-            }
-            if server.isLocal(from), from.localpart != nil, from.bare != event.to.bare {
+                let uid = stanza.elements.first { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
+                    .flatMap { $0[attribute: "id"] } ?? ArchiveIDGenerator.uid()
+                let position = event.annotations[Self.incomingPosition].flatMap(Int64.init) ?? ids.next()
                 records.append(
                     ArchiveRecord(
-                        id: ids.next(), owner: from.bare.description, peer: event.to.bare.description, outgoing: true,
-                        time: now, stanza: xml))
+                        id: position, uid: uid, owner: owner, peer: from.bare.description, outgoing: false, time: now,
+                        stanza: XMLSerializer.string(stanza)))
+            }
+            if server.isLocal(from), from.localpart != nil, from.bare != event.to.bare {
+                // The sender's copy must not carry another archive's id (XEP-0313 §5.1).
+                var own = stanza
+                own.removeChildren { $0.name == "stanza-id" && $0.namespace == Self.stanzaID }
+                let uid = ArchiveIDGenerator.uid()
+                let position = event.annotations[Self.outgoingPosition].flatMap(Int64.init) ?? ids.next()
+                records.append(
+                    ArchiveRecord(
+                        id: position, uid: uid, owner: from.bare.description, peer: event.to.bare.description, outgoing: true,
+                        time: now, stanza: XMLSerializer.string(own)))
+                event.annotations[Self.senderArchiveID] = uid
             }
             writer.enqueue(records, server: server)
         }
@@ -64,7 +83,7 @@ public struct ArchiveModule: ServerModule {
             guard request.isToSelf else { throw StanzaError.forbidden }
             switch request.payload.name {
             case "query":
-                guard request.isSet else { throw StanzaError.badRequest }
+                guard request.isSet else { return Self.queryForm() }
                 return try await Self.query(request, writer: writer)
             case "prefs":
                 if request.isSet {
@@ -123,22 +142,20 @@ public struct ArchiveModule: ServerModule {
                 guard let value = Int(max), value >= 0 else { throw StanzaError(.badRequest, text: "invalid <max/>") }
                 query.limit = min(value, 250)
             }
-            if let after = set.child("after") {
-                guard let id = Int64(after.text) else { throw StanzaError(.itemNotFound) }
-                query.after = id
-            }
+            if let after = set.child("after") { query.after = after.text }
             if let before = set.child("before") {
                 if before.text.isEmpty {
                     query.fromEnd = true
                 } else {
-                    guard let id = Int64(before.text) else { throw StanzaError(.itemNotFound) }
-                    query.before = id
+                    query.before = before.text
                 }
             }
         }
         // Make the user's own recent messages visible before answering.
         await writer.flushed()
-        let page = try await request.server.stores.archive.query(query)
+        guard let page = try await request.server.stores.archive.query(query) else {
+            throw StanzaError(.itemNotFound, text: "no such archive id")
+        }
         let queryID = payload[attribute: "queryid"]
         for record in page.records {
             guard let original = try? XMLElement.parse(record.stanza) else { continue }
@@ -146,7 +163,7 @@ public struct ArchiveModule: ServerModule {
             forwarded.append(
                 XMLElement("delay", xmlns: NS.delay, ["stamp": Timestamp.string(Date(timeIntervalSince1970: record.time))]))
             forwarded.append(original)
-            var result = XMLElement("result", xmlns: Self.ns, ["id": String(record.id)])
+            var result = XMLElement("result", xmlns: Self.ns, ["id": record.uid])
             if let queryID { result[attribute: "queryid"] = queryID }
             result.append(forwarded)
             var message = XMLElement("message", xmlns: NS.client, ["to": request.from.description])
@@ -157,11 +174,25 @@ public struct ArchiveModule: ServerModule {
         if page.complete { fin[attribute: "complete"] = "true" }
         var set = XMLElement("set", xmlns: Self.rsm)
         if let first = page.records.first, let last = page.records.last {
-            set.append(XMLElement("first", xmlns: Self.rsm).withText(String(first.id)))
-            set.append(XMLElement("last", xmlns: Self.rsm).withText(String(last.id)))
+            set.append(XMLElement("first", xmlns: Self.rsm).withText(first.uid))
+            set.append(XMLElement("last", xmlns: Self.rsm).withText(last.uid))
         }
         fin.append(set)
         return fin
+    }
+
+    /// The fields a query form may use (XEP-0313 §4.1.1).
+    static func queryForm() -> XMLElement {
+        var form = XMLElement("x", xmlns: NS.dataForms, ["type": "form"])
+        var formType = XMLElement("field", xmlns: NS.dataForms, ["var": "FORM_TYPE", "type": "hidden"])
+        formType.append(XMLElement("value", xmlns: NS.dataForms).withText(ns))
+        form.append(formType)
+        for (name, type) in [("with", "jid-single"), ("start", "text-single"), ("end", "text-single")] {
+            form.append(XMLElement("field", xmlns: NS.dataForms, ["var": name, "type": type]))
+        }
+        var query = XMLElement("query", xmlns: ns)
+        query.append(form)
+        return query
     }
 
     static func parseDate(_ text: String) -> Double? {
@@ -172,8 +203,16 @@ public struct ArchiveModule: ServerModule {
     }
 }
 
-/// Archive ids: microseconds since 1970, bumped to stay strictly increasing.
+/// Archive positions (microseconds since 1970, bumped to stay strictly increasing: they only
+/// order the archive) and the random ids clients see.
 final class ArchiveIDGenerator: Sendable {
+    /// 96 random bits, URL-safe, opaque.
+    static func uid() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let alphabet = Array("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+        return String((0..<17).map { _ in alphabet[Int(generator.next() % UInt64(alphabet.count))] })
+    }
+
     private let last = NIOLockedValueBox<Int64>(0)
 
     func next() -> Int64 {

@@ -7,8 +7,9 @@ import XMPPCore
 /// XEP-0191 blocking command: a user blocks addresses; nothing from them reaches the user,
 /// and the user cannot accidentally write to them.
 ///
-/// The lists of users with sessions are kept in memory (loaded at login and on every change),
-/// so the per-stanza check on the hot path is a set lookup.
+/// Every non-empty blocklist is kept in memory (loaded at start-up, updated on every change;
+/// people block few addresses), so the per-stanza check on the hot path is a set lookup and
+/// holds for offline users too.
 public struct BlockingModule: ServerModule {
     public let id = "blocking"
     static let ns = "urn:xmpp:blocking"
@@ -52,12 +53,8 @@ public struct BlockingModule: ServerModule {
                 throw StanzaError.badRequest
             }
         }
-        registry.onSessionBound { session, server in
-            guard cache.list(session.bareKey) == nil else { return }  // another session loaded it
-            cache.set(session.bareKey, Set(try await server.stores.blocklists.blocklist(of: session.bareKey)))
-        }
-        registry.onSessionEnd(.low) { session, server in
-            if server.router.sessions(of: session.bareKey).isEmpty { cache.remove(session.bareKey) }
+        registry.onStart { server in
+            for (user, list) in try await server.stores.blocklists.allBlocklists() { cache.set(user, Set(list)) }
         }
         registry.onDeliveryFilter { stanza, from, to in
             let type = stanza.stanzaType
@@ -117,10 +114,6 @@ final class BlocklistCache: Sendable {
     }
 
     func set(_ user: String, _ list: Set<String>) {
-        lists.withLockedValue { $0[user] = list.isEmpty ? [] : list }
-    }
-
-    func remove(_ user: String) {
-        _ = lists.withLockedValue { $0.removeValue(forKey: user) }
+        lists.withLockedValue { $0[user] = list.isEmpty ? nil : list }
     }
 }

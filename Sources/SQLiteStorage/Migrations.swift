@@ -69,6 +69,11 @@ enum Migrations {
         CREATE INDEX uploads_owner ON uploads (owner);
         CREATE INDEX uploads_created ON uploads (created_at);
         """,
+        // 5: random archive ids shown to clients (the integer id only orders the archive).
+        """
+        ALTER TABLE archive ADD COLUMN uid TEXT;
+        CREATE UNIQUE INDEX archive_uid ON archive (uid);
+        """,
     ]
 
     static func migrate(_ connection: Connection) throws {

@@ -204,6 +204,16 @@ extension SQLiteStores: BlocklistStore {
         }
     }
 
+    public func allBlocklists() async throws -> [String: [String]] {
+        try await database.run { db in
+            var lists: [String: [String]] = [:]
+            for (user, jid) in try db.query("SELECT user, jid FROM blocklist ORDER BY user, jid", [], { ($0.text(0) ?? "", $0.text(1) ?? "") }) {
+                lists[user, default: []].append(jid)
+            }
+            return lists
+        }
+    }
+
     public func block(_ jids: [String], for user: String) async throws {
         try await database.transaction { db in
             for jid in jids {
@@ -231,15 +241,18 @@ extension SQLiteStores: ArchiveStore {
         try await archiveDatabase.transaction { db in
             for record in records {
                 try db.run(
-                    "INSERT INTO archive (id, owner, peer, outgoing, created_at, stanza) VALUES (?, ?, ?, ?, ?, ?)",
-                    [.int(record.id), .text(record.owner), .text(record.peer), .int(record.outgoing ? 1 : 0),
+                    "INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [.int(record.id), .text(record.uid), .text(record.owner), .text(record.peer), .int(record.outgoing ? 1 : 0),
                      .double(record.time), .text(record.stanza)])
             }
         }
     }
 
-    public func query(_ query: ArchiveQuery) async throws -> ArchivePage {
+    public func query(_ query: ArchiveQuery) async throws -> ArchivePage? {
         try await archiveDatabase.run { db in
+            func position(_ uid: String) throws -> Int64? {
+                try db.query("SELECT id FROM archive WHERE uid = ? AND owner = ?", [.text(uid), .text(query.owner)]) { $0.int(0) }.first
+            }
             var conditions = ["owner = ?"]
             var values: [SQLValue] = [.text(query.owner)]
             if let with = query.with {
@@ -255,22 +268,24 @@ extension SQLiteStores: ArchiveStore {
                 values.append(.double(end))
             }
             if let after = query.after {
+                guard let id = try position(after) else { return nil }
                 conditions.append("id > ?")
-                values.append(.int(after))
+                values.append(.int(id))
             }
             if let before = query.before {
+                guard let id = try position(before) else { return nil }
                 conditions.append("id < ?")
-                values.append(.int(before))
+                values.append(.int(id))
             }
             let backwards = query.before != nil || query.fromEnd
             let limit = max(0, query.limit)
             values.append(.int(Int64(limit + 1)))
-            let sql = "SELECT id, owner, peer, outgoing, created_at, stanza FROM archive WHERE "
+            let sql = "SELECT id, uid, owner, peer, outgoing, created_at, stanza FROM archive WHERE "
                 + conditions.joined(separator: " AND ") + " ORDER BY id " + (backwards ? "DESC" : "ASC") + " LIMIT ?"
             var records = try db.query(sql, values) {
                 ArchiveRecord(
-                    id: $0.int(0), owner: $0.text(1) ?? "", peer: $0.text(2) ?? "", outgoing: $0.int(3) != 0,
-                    time: $0.double(4), stanza: $0.text(5) ?? "")
+                    id: $0.int(0), uid: $0.text(1) ?? String($0.int(0)), owner: $0.text(2) ?? "", peer: $0.text(3) ?? "",
+                    outgoing: $0.int(4) != 0, time: $0.double(5), stanza: $0.text(6) ?? "")
             }
             let complete = records.count <= limit
             if !complete { records.removeLast() }

@@ -787,12 +787,11 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     }
 
     private func routeMessage(_ message: XMLElement, to: JID, session: SessionHandle) -> EventLoopFuture<Void>? {
-        var prepared = message
-        server.prepareMessage(&prepared, to: to)
-        let stanza = prepared
+        let prepared = server.prepareMessage(message, to: to)
+        let stanza = prepared.stanza
         switch server.deliverMessage(stanza, to: to) {
         case .delivered(let recipients):
-            server.messageRouted(stanza, to: to, sender: session, recipients: recipients)
+            server.messageRouted(prepared, to: to, sender: session, recipients: recipients)
             return nil
         case .dropped:
             return nil
@@ -804,7 +803,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             return runAsync({ await server.handleUndeliverable(stanza, to: bare, session: session) }) { [self] result in
                 switch result {
                 case .success(let error?): bounce(stanza, error)
-                case .success(nil): server.messageRouted(stanza, to: to, sender: session, recipients: [])
+                case .success(nil): server.messageRouted(prepared, to: to, sender: session, recipients: [])
                 case .failure: bounce(stanza, .internalServerError)
                 }
             }
@@ -992,10 +991,11 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
                 terminate(StreamError(.undefinedCondition, text: "acknowledged more stanzas than were sent"))
                 return
             }
-            // Whatever the client has not seen is sent again, in order.
+            // Whatever the client has not seen is sent again, in order, then held presence.
             let again = Array(sm.unacked)
             sm.unacked.removeAll()
             for stanza in again { write(stanza) }
+            for presence in handOver.held { send(presence) }
             logger.debug("session resumed", metadata: ["sm.resent": "\(again.count)"])
         }.nonisolated()
     }
@@ -1006,8 +1006,13 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         self.successor = successor
         resumptionExpiry?.cancel()
         detached = false
+        // Presence held back for an inactive client (XEP-0352) goes along, after the unacked stanzas.
+        let held = heldOrder.compactMap { heldPresence[$0] }
+        heldOrder = []
+        heldPresence = [:]
         let handOver = StreamHandOver(
-            unacked: Array(sm.unacked), acknowledged: sm.acknowledged, handledInbound: sm.handledInbound, token: token)
+            unacked: Array(sm.unacked), acknowledged: sm.acknowledged, handledInbound: sm.handledInbound, token: token,
+            held: held)
         sm.unacked.removeAll()
         session = nil
         server.metrics.sessionsBound.decrement()

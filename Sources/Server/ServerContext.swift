@@ -69,8 +69,10 @@ public final class ServerContext: Sendable {
     }
 
     /// Runs the message-preparation hooks (archive ids …).
-    func prepareMessage(_ stanza: inout XMLElement, to: JID) {
-        for hook in modules.messagePreparationHooks { hook(&stanza, to, self) }
+    func prepareMessage(_ stanza: XMLElement, to: JID) -> PreparedMessage {
+        var prepared = PreparedMessage(stanza: stanza)
+        for hook in modules.messagePreparationHooks { hook(&prepared, to, self) }
+        return prepared
     }
 
     /// Waits until everything accepted so far is durable.
@@ -109,27 +111,28 @@ public final class ServerContext: Sendable {
     /// - Parameter replay: the message was routed before (e.g. re-routed when a session ended
     ///   with it unacknowledged): skip preparation and the routed hooks (no second archive entry).
     public func routeMessage(_ message: XMLElement, to: JID, from session: SessionHandle?, replay: Bool = false) async -> StanzaError? {
-        var stanza = message
-        if !replay { prepareMessage(&stanza, to: to) }
+        let prepared = replay ? PreparedMessage(stanza: message) : prepareMessage(message, to: to)
+        let stanza = prepared.stanza
         switch deliverMessage(stanza, to: to) {
         case .delivered(let recipients):
-            if !replay { messageRouted(stanza, to: to, sender: session, recipients: recipients) }
+            if !replay { messageRouted(prepared, to: to, sender: session, recipients: recipients) }
             return nil
         case .dropped: return nil
         case .error(let error): return error
         case .undeliverable(let bare):
             let error = await handleUndeliverable(stanza, to: bare, session: session)
-            if error == nil, !replay { messageRouted(stanza, to: to, sender: session, recipients: []) }
+            if error == nil, !replay { messageRouted(prepared, to: to, sender: session, recipients: []) }
             return error
         }
     }
 
     /// Runs the synchronous message hooks (carbons, later the archive) for a routed message.
-    func messageRouted(_ stanza: XMLElement, to: JID, sender: SessionHandle?, recipients: [SessionHandle]) {
+    func messageRouted(_ message: PreparedMessage, to: JID, sender: SessionHandle?, recipients: [SessionHandle]) {
         let hooks = modules.messageRoutedHooks
         guard !hooks.isEmpty else { return }
-        let event = MessageEvent(stanza: stanza, to: to, sender: sender, recipients: recipients, server: self)
-        for hook in hooks { hook(event) }
+        var event = MessageEvent(
+            stanza: message.stanza, to: to, sender: sender, recipients: recipients, server: self, annotations: message.annotations)
+        for (_, hook) in hooks { hook(&event) }
     }
 
     func handleUndeliverable(_ stanza: XMLElement, to bare: JID, session: SessionHandle?) async -> StanzaError? {

@@ -76,14 +76,24 @@ public struct MessageEvent: Sendable {
     /// Sessions that received it; empty when it was stored for an offline user.
     public let recipients: [SessionHandle]
     public let server: ServerContext
+    /// Notes hooks leave for later hooks, keyed by "module.name" (e.g. the archive's positions,
+    /// fixed before delivery, and the sender's archive id for sent carbons).
+    public var annotations: [String: String]
 }
 
-/// Synchronous, on the hot path: must not block. Runs on the sender's event loop.
-public typealias MessageHook = @Sendable (MessageEvent) -> Void
+/// A message about to be delivered, with notes for the routed hooks.
+public struct PreparedMessage: Sendable {
+    public var stanza: XMLElement
+    public var annotations: [String: String] = [:]
+}
+
+/// Synchronous, on the hot path: must not block. Runs on the sender's event loop, in
+/// priority order; a hook may annotate the event for the ones after it.
+public typealias MessageHook = @Sendable (inout MessageEvent) -> Void
 
 /// Runs before a message is delivered and may add to it (e.g. the archive's XEP-0359
-/// `<stanza-id/>`). Synchronous, on the hot path.
-public typealias MessagePreparationHook = @Sendable (_ stanza: inout XMLElement, _ to: JID, _ server: ServerContext) -> Void
+/// `<stanza-id/>`) or note things for the routed hooks. Synchronous, on the hot path.
+public typealias MessagePreparationHook = @Sendable (_ message: inout PreparedMessage, _ to: JID, _ server: ServerContext) -> Void
 
 /// Completes when everything the server has accepted so far is durable (e.g. archived); XEP-0198
 /// acknowledgements wait for it, so a client is never told a message is safe before it is.
@@ -125,10 +135,11 @@ public struct ModuleRegistry: Sendable {
     public private(set) var streamFeatures: [XMLElement] = []
     private(set) var presenceHooks: [(HookPriority, StanzaHook)] = []
     private(set) var undeliverableMessageHooks: [(HookPriority, StanzaHook)] = []
+    private(set) var startHooks: [@Sendable (ServerContext) async throws -> Void] = []
     private(set) var boundHooks: [(HookPriority, SessionHook)] = []
     private(set) var availableHooks: [(HookPriority, SessionHook)] = []
     private(set) var sessionEndHooks: [(HookPriority, SessionHook)] = []
-    private(set) var messageRoutedHooks: [MessageHook] = []
+    private(set) var messageRoutedHooks: [(HookPriority, MessageHook)] = []
     private(set) var deliveryFilters: [DeliveryFilter] = []
     private(set) var messagePreparationHooks: [MessagePreparationHook] = []
     private(set) var durabilityBarriers: [DurabilityBarrier] = []
@@ -168,6 +179,11 @@ public struct ModuleRegistry: Sendable {
         undeliverableMessageHooks.sort { $0.0 > $1.0 }
     }
 
+    /// Runs once at start-up, before the listeners open (load caches …). A failure stops start-up.
+    public mutating func onStart(_ hook: @escaping @Sendable (ServerContext) async throws -> Void) {
+        startHooks.append(hook)
+    }
+
     /// A session bound its resource; runs before the bind result is sent, so per-user state
     /// loaded here is in place before the client's first stanza.
     public mutating func onSessionBound(_ priority: HookPriority = .normal, _ hook: @escaping SessionHook) {
@@ -182,8 +198,9 @@ public struct ModuleRegistry: Sendable {
     }
 
     /// A message was routed: delivered to sessions or stored offline (synchronous hook).
-    public mutating func onMessageRouted(_ hook: @escaping MessageHook) {
-        messageRoutedHooks.append(hook)
+    public mutating func onMessageRouted(_ priority: HookPriority = .normal, _ hook: @escaping MessageHook) {
+        messageRoutedHooks.append((priority, hook))
+        messageRoutedHooks.sort { $0.0 > $1.0 }
     }
 
     /// Adds to a message before it is delivered.

@@ -47,6 +47,8 @@ struct StreamHandOver: Sendable {
     let acknowledged: UInt32
     let handledInbound: UInt32
     let token: String
+    /// Presence held for an inactive client, not yet sent.
+    let held: [XMLElement]
 }
 
 /// Sessions that may be resumed, by token. Lives as long as the server.

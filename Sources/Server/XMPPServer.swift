@@ -82,6 +82,12 @@ public final class XMPPServer: Service, Sendable {
             failWaiters(error)
             throw error
         }
+        do {
+            for hook in context.modules.startHooks { try await hook(context) }
+        } catch {
+            failWaiters(error)
+            throw error
+        }
         var channels: [any Channel] = []
         var ports = BoundPorts(pid: getpid())
         do {

@@ -1,8 +1,11 @@
 /// One archived message in one user's archive (XEP-0313). A 1:1 message is archived twice:
 /// outgoing in the sender's archive, incoming in the recipient's.
 public struct ArchiveRecord: Sendable, Hashable {
-    /// Archive id: unique per server and increasing with time (see `ArchiveIDGenerator`).
+    /// Position: unique per server and increasing with time; orders the archive, never shown.
     public var id: Int64
+    /// The archive id clients see (MAM result id, XEP-0359 stanza-id): random, so nothing can
+    /// be inferred from it (XEP-0313 §5.1).
+    public var uid: String
     /// Bare JID whose archive this is.
     public var owner: String
     /// Bare JID of the other party.
@@ -12,8 +15,9 @@ public struct ArchiveRecord: Sendable, Hashable {
     /// The message as routed, serialised with its namespace.
     public var stanza: String
 
-    public init(id: Int64, owner: String, peer: String, outgoing: Bool, time: Double, stanza: String) {
+    public init(id: Int64, uid: String, owner: String, peer: String, outgoing: Bool, time: Double, stanza: String) {
         self.id = id
+        self.uid = uid
         self.owner = owner
         self.peer = peer
         self.outgoing = outgoing
@@ -29,17 +33,17 @@ public struct ArchiveQuery: Sendable, Hashable {
     public var with: String?
     public var start: Double?
     public var end: Double?
-    /// Records strictly after this id (forward paging).
-    public var after: Int64?
-    /// Records strictly before this id (backward paging).
-    public var before: Int64?
+    /// Records strictly after the record with this uid (forward paging).
+    public var after: String?
+    /// Records strictly before the record with this uid (backward paging).
+    public var before: String?
     /// Page from the end of the result set (RSM `<before/>` without an id).
     public var fromEnd: Bool
     public var limit: Int
 
     public init(
-        owner: String, with: String? = nil, start: Double? = nil, end: Double? = nil, after: Int64? = nil,
-        before: Int64? = nil, fromEnd: Bool = false, limit: Int = 50
+        owner: String, with: String? = nil, start: Double? = nil, end: Double? = nil, after: String? = nil,
+        before: String? = nil, fromEnd: Bool = false, limit: Int = 50
     ) {
         self.owner = owner
         self.with = with
@@ -68,6 +72,7 @@ public struct ArchivePage: Sendable, Hashable {
 public protocol ArchiveStore: Sendable {
     /// Durably appends the records in one transaction.
     func append(_ records: [ArchiveRecord]) async throws
-    func query(_ query: ArchiveQuery) async throws -> ArchivePage
+    /// - Returns: nil when `after` or `before` names no record of the owner's archive.
+    func query(_ query: ArchiveQuery) async throws -> ArchivePage?
     func archiveCount(owner: String) async throws -> Int
 }

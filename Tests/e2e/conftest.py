@@ -12,6 +12,7 @@ Set E2E_KEEP=1 to keep the server's temporary directory (config, data, logs) aft
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -105,7 +106,7 @@ class Switchboard(ServerUnderTest):
     kind = "switchboard"
     scram_mechanisms = {"SCRAM-SHA-1", "SCRAM-SHA-256"}
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, limits: dict[str, int] | None = None):
         self.tmp = tmp
         self.bin = Path(os.environ.get("SWITCHBOARD_BIN", REPO_ROOT / ".build/debug/switchboard"))
         if not self.bin.exists():
@@ -114,6 +115,8 @@ class Switchboard(ServerUnderTest):
         self.status_file = tmp / "status.json"
         self.stdout, self.stderr = tmp / "stdout.log", tmp / "stderr.log"
         self.log_files = [self.stdout, self.stderr]
+        limits = {"max_stanza_bytes": MAX_STANZA_BYTES, **(limits or {})}
+        yaml_limits = ", ".join(f"{key}: {value}" for key, value in limits.items())
         self.config.write_text(
             f"domain: {DOMAIN}\n"
             f"data_dir: {tmp / 'data'}\n"
@@ -123,7 +126,7 @@ class Switchboard(ServerUnderTest):
             "http: {bind: 127.0.0.1, port: 0}\n"
             "bootstrap_admin: false\n"
             "registration: {enabled: false}\n"
-            f"limits: {{max_stanza_bytes: {MAX_STANZA_BYTES}}}\n"
+            f"limits: {{{yaml_limits}}}\n"
         )
 
     def start(self) -> None:
@@ -181,19 +184,34 @@ c2s_require_encryption = true
 c2s_stanza_size_limit = {limit}
 consider_websocket_secure = true
 ssl = {{ certificate = "{tmp}/certs/cert.pem"; key = "{tmp}/certs/key.pem" }}
-modules_enabled = {{
-  "roster"; "saslauth"; "tls"; "disco"; "private"; "vcard"; "version"; "uptime";
-  "time"; "ping"; "websocket"; "offline"; "posix";
-}}
+modules_enabled = {{ {modules} }}
 modules_disabled = {{ "s2s" }}
+{extra}
 VirtualHost "{domain}"
 """
+
+#: Prosody modules the suite runs with.
+PROSODY_MODULES = (
+    "roster", "saslauth", "tls", "disco", "private", "vcard", "version", "uptime",
+    "time", "ping", "websocket", "offline", "posix",
+)
+
+#: Extensions whose tests need a Prosody module that PROSODY_MODULES does not enable; tests
+#: marked ``@pytest.mark.xep("XEP-…")`` skip against Prosody unless the module is listed.
+PROSODY_MODULE_FOR_XEP = {
+    "XEP-0191": "blocklist", "XEP-0198": "smacks", "XEP-0280": "carbons",
+    "XEP-0313": "mam", "XEP-0352": "csi_simple",
+}
+
+#: Switchboard ``limits`` keys and the Prosody option for each (for servers started with
+#: non-default limits).
+PROSODY_LIMIT_OPTIONS = {"resumption_timeout_seconds": "smacks_hibernation_time"}
 
 
 class Prosody(ServerUnderTest):
     kind = "prosody"
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, limits: dict[str, int] | None = None):
         self.tmp = tmp
         self.hash = os.environ.get("E2E_PROSODY_HASH", "SHA-1")
         self.scram_mechanisms = {f"SCRAM-{self.hash}"}
@@ -211,7 +229,9 @@ class Prosody(ServerUnderTest):
             check=True, capture_output=True)
         self.config.write_text(PROSODY_CONFIG.format(
             tmp=tmp, c2s=self.c2s_port, tls=self.tls_port, http=self.http_port,
-            hash=self.hash, limit=MAX_STANZA_BYTES, domain=DOMAIN))
+            hash=self.hash, limit=MAX_STANZA_BYTES, domain=DOMAIN,
+            modules="; ".join(f'"{m}"' for m in PROSODY_MODULES),
+            extra="\n".join(f"{PROSODY_LIMIT_OPTIONS[k]} = {v}" for k, v in (limits or {}).items())))
         subprocess.run(["chown", "-R", "prosody:prosody", str(tmp)], check=True)
         os.chmod(tmp, 0o755)
 
@@ -249,9 +269,10 @@ def server_kind() -> str:
 # ---------------------------------------------------------------------------------------
 # Fixtures
 # ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def server(request):
-    """The running server under test (one per test session)."""
+@contextlib.contextmanager
+def running_server(config, limits: dict[str, int] | None = None):
+    """Start a server of the selected kind in a fresh temp dir; stop it (SIGTERM, exit code 0
+    expected) and clean up afterwards. ``limits`` are extra Switchboard ``limits`` keys."""
     tmp = Path(tempfile.mkdtemp(prefix=f"e2e-{server_kind()}-"))
 
     def cleanup():
@@ -261,28 +282,78 @@ def server(request):
             shutil.rmtree(tmp, ignore_errors=True)
 
     try:
-        srv = BACKENDS[server_kind()](tmp)
+        srv = BACKENDS[server_kind()](tmp, limits)
         srv.start()
-    except BaseException as e:
+    except BaseException:
         cleanup()
-        # One clear message instead of the same error for every test.
-        pytest.exit(f"could not start the server under test ({server_kind()}): {e}", returncode=1)
-    request.config._e2e_server = srv
+        raise
+    servers = config._e2e_servers
+    servers.append(srv)
     try:
         yield srv
     finally:
         code = srv.stop()
-        request.config._e2e_server = None
+        servers.remove(srv)
         cleanup()
     assert code == 0, f"{srv.kind} exited with {code} after SIGTERM (expected a graceful 0)\n{srv.logs()}"
 
 
+def pytest_configure(config):
+    config._e2e_servers = []  # every server currently running (for logs in failure reports)
+
+
+def pytest_runtest_setup(item):
+    """Tests marked ``@pytest.mark.xep("XEP-…")`` skip against a Prosody without the module."""
+    if server_kind() != "prosody":
+        return
+    for mark in item.iter_markers("xep"):
+        for xep in mark.args:
+            module = PROSODY_MODULE_FOR_XEP.get(xep)
+            if module and module not in PROSODY_MODULES:
+                pytest.skip(f"{xep}: the Prosody of this suite runs without mod_{module} "
+                            f"(see PROSODY_MODULES in conftest.py)")
+
+
+@pytest.fixture(scope="session")
+def server(request):
+    """The running server under test (one per test session)."""
+    running = running_server(request.config)
+    try:
+        srv = running.__enter__()
+    except BaseException as e:
+        # One clear message instead of the same error for every test.
+        pytest.exit(f"could not start the server under test ({server_kind()}): {e}", returncode=1)
+    yield srv
+    running.__exit__(None, None, None)
+
+
+#: limits.resumption_timeout_seconds of the ``short_resumption_server``.
+SHORT_RESUMPTION_SECONDS = 2
+
+
+@pytest.fixture(scope="module")
+def short_resumption_server(request):
+    """A second server whose XEP-0198 sessions expire SHORT_RESUMPTION_SECONDS after their
+    connection drops (started only for the modules that use it)."""
+    with running_server(request.config, {"resumption_timeout_seconds": SHORT_RESUMPTION_SECONDS}) as srv:
+        yield srv
+
+
+@pytest.fixture
+def xmpp_short_resumption(short_resumption_server):
+    """Like ``xmpp``, for the ``short_resumption_server``."""
+    return Session(short_resumption_server)
+
+
+def _servers_used(item) -> list[ServerUnderTest]:
+    return [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, ServerUnderTest)]
+
+
 @pytest.fixture(autouse=True)
 def _server_still_running(request):
-    """After every test that used the server: it must still be running."""
+    """After every test that used a server: it must still be running."""
     yield
-    if "server" in request.fixturenames:
-        srv = request.getfixturevalue("server")
+    for srv in _servers_used(request.node):
         assert srv.alive(), f"the server died during this test (exit {srv.proc.returncode})\n{srv.logs()}"
 
 
@@ -296,6 +367,6 @@ def xmpp(server):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    srv = getattr(item.config, "_e2e_server", None)
-    if report.failed and srv is not None:
-        report.sections.append((f"{srv.kind} logs", srv.logs()))
+    if report.failed:
+        for srv in list(item.config._e2e_servers):
+            report.sections.append((f"{srv.kind} logs ({srv.tmp})", srv.logs()))

@@ -1,7 +1,7 @@
 """One-to-one messages (RFC 6121 §5, §8) and offline delivery (XEP-0160 with XEP-0203 delay)."""
 import datetime as dt
 
-from xmpp_client import NS_DELAY, async_test, error_condition, eventually
+from xmpp_client import NS_DELAY, async_test, delay_stamp, error_condition, eventually
 
 
 @async_test()
@@ -76,11 +76,9 @@ async def test_offline_delivery_with_delay(xmpp, server):
     got = [await bob.wait_message(sender=alice_acc.jid) for _ in bodies]
     assert [m["body"] for m in got] == bodies, "offline messages lost or reordered"
     for m in got:
-        delay = m.xml.find(f"{{{NS_DELAY}}}delay")
-        assert delay is not None, f"offline message without XEP-0203 delay: {m}"
-        stamp = dt.datetime.fromisoformat(delay.get("stamp").replace("Z", "+00:00"))
-        assert stamp.tzinfo is not None
+        stamp = delay_stamp(m)
         assert before <= stamp <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=5), stamp
+        delay = m.xml.find(f"{{{NS_DELAY}}}delay")
         assert delay.get("from") in (None, server.domain, alice_acc.jid,
                                      f"{alice_acc.jid}/desk"), delay.get("from")
     # delivered once: a new session does not get them again

@@ -7,7 +7,10 @@ say *what* they check:
   the test opened (through its :class:`Session`).
 * :class:`Session` (the ``xmpp`` fixture) creates accounts and logged-in slixmpp clients.
 * :class:`Client` is a slixmpp ``ClientXMPP`` that records every stanza it receives, so a test
-  can ``await client.wait_message(...)`` without racing the network.
+  can ``await client.wait_message(...)`` without racing the network. It also speaks the
+  extensions the newer tests need: stream management (XEP-0198, opt-in per client), carbons
+  (XEP-0280), blocking (XEP-0191), archive queries (XEP-0313 + XEP-0059) and client state
+  indication (XEP-0352).
 * :class:`RawStream` is a plain-socket XMPP speaker for the bad-input tests.
 * :class:`WebSocketClient` is a minimal RFC 7395 client (slixmpp has no WebSocket transport).
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import functools
 import hashlib
 import hmac
@@ -27,7 +31,7 @@ import time
 import unicodedata
 import uuid
 import xml.etree.ElementTree as ET
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
@@ -44,6 +48,16 @@ NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_ROSTER = "jabber:iq:roster"
 NS_DELAY = "urn:xmpp:delay"
 NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_SM = "urn:xmpp:sm:3"
+NS_CARBONS = "urn:xmpp:carbons:2"
+NS_FORWARD = "urn:xmpp:forward:0"
+NS_BLOCKING = "urn:xmpp:blocking"
+NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
+NS_MAM = "urn:xmpp:mam:2"
+NS_RSM = "http://jabber.org/protocol/rsm"
+NS_SID = "urn:xmpp:sid:0"
+NS_CSI = "urn:xmpp:csi:0"
 
 # Localparts made by Session.new_user are unique per test run.
 _user_counter = 0
@@ -121,15 +135,70 @@ def error_condition(stanza) -> str | None:
     return None
 
 
+class ArchivedMessage(NamedTuple):
+    """One XEP-0313 result: the archive id and the <forwarded/> element (which holds the
+    original <message/> and a XEP-0203 <delay/> with the archiving time)."""
+
+    archive_id: str
+    forwarded: ET.Element
+
+    @property
+    def message(self) -> ET.Element:
+        msg = self.forwarded.find(f"{{{NS_CLIENT}}}message")
+        assert msg is not None, f"MAM result {self.archive_id} without a forwarded <message/>"
+        return msg
+
+    @property
+    def message_id(self) -> str | None:
+        return self.message.get("id")
+
+    @property
+    def body(self) -> str | None:
+        return self.message.findtext(f"{{{NS_CLIENT}}}body")
+
+    @property
+    def stamp(self) -> "dt.datetime":
+        return delay_stamp(self.forwarded)
+
+
+def delay_stamp(message) -> "dt.datetime":
+    """The XEP-0203 <delay/> stamp of a message (timezone-aware); fails if there is none."""
+    xml = message if isinstance(message, ET.Element) else message.xml
+    delay = xml.find(f"{{{NS_DELAY}}}delay")
+    assert delay is not None, f"message without XEP-0203 <delay/>: {ET.tostring(xml, encoding='unicode')}"
+    stamp = dt.datetime.fromisoformat(delay.get("stamp").replace("Z", "+00:00"))
+    assert stamp.tzinfo is not None, f"delay stamp without a time zone: {delay.get('stamp')}"
+    return stamp
+
+
+def stanza_ids(message, by: str) -> list[str]:
+    """The ids of the XEP-0359 <stanza-id/> elements of ``message`` set by ``by``."""
+    xml = message if isinstance(message, ET.Element) else message.xml
+    return [e.get("id") for e in xml.findall(f"{{{NS_SID}}}stanza-id") if e.get("by") == by]
+
+
+def carbon(stanza, direction: str) -> ET.Element | None:
+    """The forwarded <message/> of a XEP-0280 carbon (``direction``: "sent" or "received"),
+    or None if ``stanza`` is no such carbon."""
+    if stanza.name != "message":
+        return None
+    return stanza.xml.find(f"{{{NS_CARBONS}}}{direction}/{{{NS_FORWARD}}}forwarded/{{{NS_CLIENT}}}message")
+
+
 class Client(slixmpp.ClientXMPP):
     """slixmpp client that records everything it receives.
 
-    Received stanzas are appended to ``self.received`` (in order) and a test awaits them with
+    Received stanzas (and XEP-0198 elements such as ``<a/>`` or ``<resumed/>``) are appended to
+    ``self.received`` (in order, across reconnections) and a test awaits them with
     :meth:`wait_for`; a stanza matched once is consumed, so two waits for "a message from bob"
     see two different messages.
+
+    ``stream_management=True`` loads slixmpp's XEP-0198 plugin: it enables stream management
+    with resumption after binding, answers the server's ``<r/>`` and resumes on reconnection.
     """
 
-    def __init__(self, jid: str, password: str, *, mechanisms: Iterable[str] | None = None):
+    def __init__(self, jid: str, password: str, *, mechanisms: Iterable[str] | None = None,
+                 stream_management: bool = False):
         super().__init__(jid, password)
         self.ssl_context = insecure_ssl_context()
         if mechanisms:
@@ -137,9 +206,13 @@ class Client(slixmpp.ClientXMPP):
         # Subscription handling is done explicitly by the tests.
         self.auto_authorize = None
         self.auto_subscribe = False
+        # These only add stanza types and helpers; none sends anything by itself.
         for plugin in ("xep_0030", "xep_0049", "xep_0054", "xep_0092", "xep_0199",
-                       "xep_0202", "xep_0203"):
+                       "xep_0202", "xep_0203", "xep_0191", "xep_0280", "xep_0313", "xep_0352",
+                       "xep_0359"):
             self.register_plugin(plugin)
+        if stream_management:
+            self.register_plugin("xep_0198")
         self.received: list[Any] = []
         self._consumed: set[int] = set()
         self._changed = asyncio.Event()
@@ -151,6 +224,7 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("stream_error", self._on_stream_error)
         self.add_event_handler("failed_auth", self._on_failed_auth)
         self.connection_closed = asyncio.Event()
+        self._zombie_sockets: list[socket.socket] = []
         self.add_event_handler("disconnected", self._on_disconnected)
 
     # -- recording -------------------------------------------------------------------------
@@ -158,7 +232,7 @@ class Client(slixmpp.ClientXMPP):
         tag = stanza.xml.tag
         if tag == f"{{{NS_STREAM}}}features":
             self.features_seen.append(stanza.xml)
-        if tag.startswith(f"{{{NS_CLIENT}}}"):
+        if tag.startswith(f"{{{NS_CLIENT}}}") or tag.startswith(f"{{{NS_SM}}}"):
             self.received.append(stanza)
             self._changed.set()
         return stanza
@@ -201,6 +275,10 @@ class Client(slixmpp.ClientXMPP):
         for i, st in enumerate(self.received):
             if i not in self._consumed and predicate(st):
                 raise AssertionError(f"{self.boundjid}: unexpected {what}: {st}")
+
+    def skip_received(self):
+        """Consume everything received so far: later waits only see what arrives after this."""
+        self._consumed.update(range(len(self.received)))
 
     async def wait_message(self, sender: str | None = None, body: str | None = None,
                            mtype: str | None = None, timeout: float = WAIT):
@@ -376,7 +454,216 @@ class Client(slixmpp.ClientXMPP):
     def send_subscription(self, to: str, ptype: str):
         self.make_presence(pto=to, ptype=ptype).send()
 
+    async def result(self, pending, what: str = "iq"):
+        """Await an iq a slixmpp plugin sent (``plugin.block(...)`` etc.); errors and timeouts
+        become AssertionError."""
+        try:
+            return await pending
+        except IqError as e:
+            raise AssertionError(f"{what}: iq error: {e.iq}") from None
+        except IqTimeout:
+            raise AssertionError(f"{what}: iq timeout") from None
+
+    def ping_iq(self, to: str | None = None):
+        """A XEP-0199 ping to ``to`` (default: the server), to send with :meth:`iq`/:meth:`iq_error`."""
+        iq = self.Iq(stype="get")
+        iq["to"] = to or self.boundjid.domain
+        iq.append(ET.Element("{urn:xmpp:ping}ping"))
+        return iq
+
+    async def roundtrip(self):
+        """Ping the server and wait for the answer: a server handles a stream in order, so by
+        then it has processed everything this client sent before."""
+        await self.iq(self.ping_iq())
+
+    def send_chat(self, to: str, body: str | None, *, mtype: str = "chat",
+                  payload: Iterable[ET.Element] = (), mid: str | None = None) -> str:
+        """Send a message (with extra child elements ``payload``); returns its id."""
+        msg = self.make_message(mto=to, mbody=body, mtype=mtype)
+        msg["id"] = mid or f"m-{uuid.uuid4().hex[:12]}"
+        for p in payload:
+            msg.append(p)
+        msg.send()
+        return msg["id"]
+
+    # -- service discovery and stream features ---------------------------------------------
+    @property
+    def stream_features(self) -> ET.Element:
+        """The <stream:features/> of the authenticated stream (the last ones received)."""
+        return self.features_seen[-1]
+
+    async def disco_features(self, jid: str) -> set[str]:
+        """The features (``var``s) of a disco#info query to ``jid``."""
+        iq = self.Iq(stype="get")
+        iq["to"] = jid
+        iq.append(ET.Element(f"{{{NS_DISCO_INFO}}}query"))
+        res = await self.iq(iq)
+        return {f.get("var") for f in res.xml.iter(f"{{{NS_DISCO_INFO}}}feature")}
+
+    # -- stream management (XEP-0198) ------------------------------------------------------
+    @property
+    def sm(self):
+        """slixmpp's XEP-0198 plugin (``seq``: stanzas we sent since enabling, ``handled``:
+        stanzas we received, ``sm_id``: the resumption id)."""
+        return self.plugin["xep_0198"]
+
+    async def wait_sm(self, name: str, predicate: Callable[[ET.Element], bool] = lambda _e: True,
+                      what: str | None = None, timeout: float = WAIT) -> ET.Element:
+        """Wait for (and consume) a XEP-0198 element ``<name xmlns='urn:xmpp:sm:3'/>``."""
+        tag = f"{{{NS_SM}}}{name}"
+        st = await self.wait_for(lambda s: s.xml.tag == tag and predicate(s.xml),
+                                 what or f"<{name} xmlns='{NS_SM}'/>", timeout)
+        return st.xml
+
+    def stop_reading(self):
+        """Leave whatever the server sends from now on unread in the socket buffer (as if it
+        were still in flight when the connection dies): not handled, so not acknowledged."""
+        self.transport.pause_reading()
+
+    async def drop_connection(self, server_notices: bool = True):
+        """Kill the connection the way a crash or a dead network does: the socket goes away
+        with no </stream:stream> and no TLS close_notify. slixmpp keeps its XEP-0198 state
+        (once enabled) so :meth:`resume` can continue the session.
+
+        ``server_notices=False``: the server's end stays open (a duplicate of the socket is
+        kept until :meth:`stop`), like a network switch the server has not noticed yet; it
+        keeps writing into the dead connection."""
+        assert self.transport is not None, "not connected"
+        if not server_notices:
+            self._zombie_sockets.append(socket.socket(fileno=os.dup(
+                self.transport.get_extra_info("socket").fileno())))
+        self.connection_closed.clear()
+        self.transport.abort()
+        await self.wait_disconnected()
+
+    async def resume(self) -> ET.Element:
+        """Reconnect after :meth:`drop_connection` and resume the XEP-0198 session; returns the
+        server's <resumed/>. Fails if the server refuses (<failed/>) or a new session starts."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def finish(result):
+            if not done.done():
+                done.set_result(result)
+
+        handlers = {
+            "session_resumed": lambda st: finish(st.xml),
+            "sm_failed": lambda st: finish(AssertionError(f"resumption refused: {st}")),
+            "session_start": lambda _e: finish(AssertionError("a new session was bound instead")),
+            "connection_failed": lambda e: finish(AssertionError(f"reconnection failed: {e}")),
+            "disconnected": lambda e: finish(AssertionError(f"disconnected while resuming: {e}")),
+        }
+        for event, handler in handlers.items():
+            self.add_event_handler(event, handler)
+        self.connection_closed.clear()
+        try:
+            self.connect(*self.custom_address)
+            try:
+                result = await asyncio.wait_for(done, WAIT)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"{self.boundjid}: not resumed within {WAIT} s") from None
+        finally:
+            for event, handler in handlers.items():
+                self.del_event_handler(event, handler)
+        if isinstance(result, AssertionError):
+            raise result
+        return result
+
+    # -- message carbons (XEP-0280) --------------------------------------------------------
+    async def enable_carbons(self):
+        await self.result(self.plugin["xep_0280"].enable(), "enable carbons")
+
+    async def wait_carbon(self, direction: str, body: str, timeout: float = WAIT) -> tuple[Any, ET.Element]:
+        """Wait for a ``direction`` ("sent"/"received") carbon of a message with ``body``;
+        returns (carbon stanza, forwarded message)."""
+        def match(st):
+            inner = carbon(st, direction)
+            return inner is not None and inner.findtext(f"{{{NS_CLIENT}}}body") == body
+        st = await self.wait_for(match, f"{direction} carbon of {body!r}", timeout)
+        return st, carbon(st, direction)
+
+    # -- blocking (XEP-0191) ---------------------------------------------------------------
+    async def block(self, *jids: str):
+        await self.result(self.plugin["xep_0191"].block(list(jids)), f"block {jids}")
+
+    async def unblock(self, *jids: str):
+        """Unblock ``jids``; with none, an empty <unblock/>: unblock everybody."""
+        if jids:
+            await self.result(self.plugin["xep_0191"].unblock(list(jids)), f"unblock {jids}")
+        else:  # slixmpp's plugin cannot send an empty <unblock/>
+            iq = self.Iq(stype="set")
+            iq.append(ET.Element(f"{{{NS_BLOCKING}}}unblock"))
+            await self.iq(iq)
+
+    async def blocklist(self) -> set[str]:
+        """Fetch the blocklist (which also makes this resource receive block pushes)."""
+        jids = await self.result(self.plugin["xep_0191"].get_blocked_jids(), "blocklist")
+        return {str(j) for j in jids}
+
+    async def wait_block_push(self, action: str, jid: str | None, timeout: float = WAIT):
+        """Wait for a blocklist push: iq set with <block/> or <unblock/> (``action``) naming
+        ``jid`` (None: an empty <unblock/>, i.e. everybody unblocked)."""
+        def match(st):
+            if st.name != "iq" or st["type"] != "set":
+                return False
+            el = st.xml.find(f"{{{NS_BLOCKING}}}{action}")
+            if el is None:
+                return False
+            items = {i.get("jid") for i in el.findall(f"{{{NS_BLOCKING}}}item")}
+            return jid in items if jid is not None else not items
+        return await self.wait_for(match, f"<{action}/> push for {jid or 'everybody'}", timeout)
+
+    # -- message archive (XEP-0313 with XEP-0059 paging) -----------------------------------
+    def mam_query_iq(self, *, to: str | None = None, with_jid: str | None = None,
+                     start: "dt.datetime | None" = None, end: "dt.datetime | None" = None,
+                     max_items: int | None = None, after: str | None = None,
+                     before: str | bool | None = None):
+        """The <iq type='set'><query xmlns='urn:xmpp:mam:2' queryid=…/></iq> for
+        :meth:`mam_query` (``to``: the archive, default the own account)."""
+        iq = self.make_iq_set(ito=to)
+        iq["mam"]["queryid"] = f"q-{uuid.uuid4().hex[:10]}"
+        if with_jid is not None:
+            iq["mam"]["with"] = with_jid
+        if start is not None:
+            iq["mam"]["start"] = start
+        if end is not None:
+            iq["mam"]["end"] = end
+        paging = {"max": None if max_items is None else str(max_items), "after": after, "before": before}
+        for key, value in paging.items():
+            if value is not None:
+                iq["mam"]["rsm"][key] = value  # ``before=True``: an empty <before/>
+        return iq
+
+    async def mam_query(self, **criteria) -> tuple[list[ArchivedMessage], ET.Element]:
+        """Query the own archive (``criteria``: see :meth:`mam_query_iq`; ``before=True`` sends
+        an empty <before/>, i.e. the last page). Returns (results in the order received, <fin/>):
+        the <message><result queryid=…/></message> stanzas the server sent before its iq result.
+        """
+        iq = self.mam_query_iq(**criteria)
+        qid = iq["mam"]["queryid"]
+        res = await self.iq(iq)
+        fin = res.xml.find(f"{{{NS_MAM}}}fin")
+        assert fin is not None, f"MAM iq result without <fin/>: {res}"
+        results = []
+        for i, st in enumerate(self.received):
+            r = st.xml.find(f"{{{NS_MAM}}}result") if st.name == "message" else None
+            if i in self._consumed or r is None or r.get("queryid") != qid:
+                continue
+            self._consumed.add(i)
+            fwd = r.find(f"{{{NS_FORWARD}}}forwarded")
+            assert fwd is not None, f"MAM result without <forwarded/>: {st}"
+            results.append(ArchivedMessage(r.get("id"), fwd))
+        return results, fin
+
+    # -- client state indication (XEP-0352) ------------------------------------------------
+    def set_client_state(self, active: bool):
+        csi = self.plugin["xep_0352"]
+        assert csi.enabled, "the server did not offer <csi xmlns='urn:xmpp:csi:0'/>"
+        csi.send_active() if active else csi.send_inactive()
+
     async def stop(self):
+        for sock in self._zombie_sockets:
+            sock.close()
         if self.transport is not None:
             try:
                 await asyncio.wait_for(self.disconnect(wait=1), 5)
@@ -426,20 +713,26 @@ class Session:
         return Account(local, self.server.domain, password)
 
     def client(self, account: Account, resource: str | None = None, *, password: str | None = None,
-               mechanisms: Iterable[str] | None = None) -> Client:
+               mechanisms: Iterable[str] | None = None, stream_management: bool = False) -> Client:
         jid = account.jid + (f"/{resource}" if resource else "")
-        c = Client(jid, password if password is not None else account.password, mechanisms=mechanisms)
+        c = Client(jid, password if password is not None else account.password, mechanisms=mechanisms,
+                   stream_management=stream_management)
         self.clients.append(c)
         return c
 
     async def login(self, account: Account, resource: str | None = None, *, transport: str = "starttls",
                     mechanisms: Iterable[str] | None = None, roster: bool = True,
-                    presence: bool = True, password: str | None = None) -> Client:
+                    presence: bool = True, password: str | None = None,
+                    stream_management: bool = False) -> Client:
         """Log in and, by default, do what a normal client does next: fetch the roster and send
-        initial presence (so the session receives pushes, subscriptions and presence)."""
-        c = self.client(account, resource, password=password, mechanisms=mechanisms)
+        initial presence (so the session receives pushes, subscriptions and presence).
+        ``stream_management``: enable XEP-0198 with resumption (waits for <enabled/>)."""
+        c = self.client(account, resource, password=password, mechanisms=mechanisms,
+                        stream_management=stream_management)
         port = self.server.c2s_port if transport == "starttls" else self.server.tls_port
         await c.start(self.server.host, port, transport)
+        if stream_management:
+            await c.wait_sm("enabled")
         if roster:
             await c.fetch_roster()
         if presence:
