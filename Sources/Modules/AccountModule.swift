@@ -57,7 +57,7 @@ public enum BuiltinModules {
         var modules: [any ServerModule] = [
             DiscoModule(), RosterModule(), PresenceModule(), OfflineModule(), VCardModule(),
             PrivateStorageModule(), PingModule(), VersionModule(), TimeModule(), AccountModule(),
-            CarbonsModule(), ClientStateModule(), BlockingModule(), ArchiveModule(), PushModule(),
+            CarbonsModule(), ClientStateModule(), BlockingModule(), ArchiveModule(), PushModule(), PEPModule(),
         ]
         if configuration.upload.enabled { modules.append(UploadModule(maxFileBytes: configuration.upload.maxFileBytes)) }
         return modules

@@ -30,6 +30,9 @@ public struct DiscoModule: ServerModule {
             guard try await request.server.accountExists(request.to) else { throw StanzaError.serviceUnavailable }
             var query = XMLElement("query", xmlns: NS.discoInfo)
             query.append(XMLElement("identity", xmlns: NS.discoInfo, ["category": "account", "type": "registered"]))
+            for identity in request.server.modules.accountIdentities {
+                query.append(XMLElement("identity", xmlns: NS.discoInfo, ["category": identity.category, "type": identity.type]))
+            }
             for feature in request.server.modules.accountFeatures.sorted() {
                 query.append(XMLElement("feature", xmlns: NS.discoInfo, ["var": feature]))
             }

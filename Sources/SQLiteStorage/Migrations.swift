@@ -74,6 +74,26 @@ enum Migrations {
         ALTER TABLE archive ADD COLUMN uid TEXT;
         CREATE UNIQUE INDEX archive_uid ON archive (uid);
         """,
+        // 6: personal eventing (XEP-0163) nodes and items.
+        """
+        CREATE TABLE pep_nodes (
+            owner TEXT NOT NULL,
+            node TEXT NOT NULL,
+            access_model TEXT NOT NULL,
+            max_items INTEGER NOT NULL,
+            PRIMARY KEY (owner, node)
+        );
+        CREATE TABLE pep_items (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            owner TEXT NOT NULL,
+            node TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            UNIQUE (owner, node, item_id)
+        );
+        CREATE INDEX pep_items_node ON pep_items (owner, node, seq);
+        """,
     ]
 
     static func migrate(_ connection: Connection) throws {

@@ -19,7 +19,7 @@ public final class SQLiteStores: Sendable {
     }
 
     public var stores: Stores {
-        Stores(accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self, archive: self, uploads: self)
+        Stores(accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self, archive: self, uploads: self, pubsub: self)
     }
 }
 
@@ -80,6 +80,8 @@ extension SQLiteStores: AccountStore {
                 try db.run("DELETE FROM \(table) WHERE substr(user, 1, length(?1)) = ?1", [prefix])
             }
             try db.run("DELETE FROM archive WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
+            try db.run("DELETE FROM pep_items WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
+            try db.run("DELETE FROM pep_nodes WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
             return removed
         }
     }
@@ -335,6 +337,74 @@ extension SQLiteStores: UploadStore {
             }
             try db.run("DELETE FROM uploads WHERE created_at < ?", [.double(time)])
             return files
+        }
+    }
+}
+
+extension SQLiteStores: PubSubStore {
+    private static func node(_ row: Statement) -> PubSubNode {
+        PubSubNode(
+            owner: row.text(0) ?? "", name: row.text(1) ?? "",
+            accessModel: AccessModel(rawValue: row.text(2) ?? "") ?? .presence, maxItems: Int(row.int(3)))
+    }
+
+    public func node(owner: String, name: String) async throws -> PubSubNode? {
+        try await database.run { db in
+            try db.query("SELECT owner, node, access_model, max_items FROM pep_nodes WHERE owner = ? AND node = ?", [.text(owner), .text(name)], Self.node).first
+        }
+    }
+
+    public func nodes(owners: [String]) async throws -> [PubSubNode] {
+        guard !owners.isEmpty else { return [] }
+        return try await database.run { db in
+            var nodes: [PubSubNode] = []
+            for owner in owners {
+                nodes += try db.query("SELECT owner, node, access_model, max_items FROM pep_nodes WHERE owner = ?", [.text(owner)], Self.node)
+            }
+            return nodes
+        }
+    }
+
+    public func saveNode(_ node: PubSubNode) async throws {
+        try await database.run { db in
+            try db.run(
+                "INSERT INTO pep_nodes (owner, node, access_model, max_items) VALUES (?, ?, ?, ?) ON CONFLICT (owner, node) DO UPDATE SET access_model = excluded.access_model, max_items = excluded.max_items",
+                [.text(node.owner), .text(node.name), .text(node.accessModel.rawValue), .int(Int64(node.maxItems))])
+        }
+    }
+
+    public func publish(_ item: PubSubItem, to node: PubSubNode) async throws {
+        try await database.transaction { db in
+            try db.run("DELETE FROM pep_items WHERE owner = ? AND node = ? AND item_id = ?", [.text(node.owner), .text(node.name), .text(item.id)])
+            try db.run(
+                "INSERT INTO pep_items (owner, node, item_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+                [.text(node.owner), .text(node.name), .text(item.id), .text(item.payload), .double(item.time)])
+            try db.run(
+                "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2 AND seq NOT IN (SELECT seq FROM pep_items WHERE owner = ?1 AND node = ?2 ORDER BY seq DESC LIMIT ?3)",
+                [.text(node.owner), .text(node.name), .int(Int64(max(1, node.maxItems)))])
+        }
+    }
+
+    public func items(owner: String, node: String, ids: [String], limit: Int?) async throws -> [PubSubItem] {
+        try await database.run { db in
+            let rows = try db.query(
+                "SELECT item_id, payload, created_at FROM pep_items WHERE owner = ? AND node = ? ORDER BY seq DESC",
+                [.text(owner), .text(node)]) { PubSubItem(id: $0.text(0) ?? "", payload: $0.text(1) ?? "", time: $0.double(2)) }
+            let selected = ids.isEmpty ? rows : rows.filter { ids.contains($0.id) }
+            return limit.map { Array(selected.prefix($0)) } ?? selected
+        }
+    }
+
+    public func retract(owner: String, node: String, id: String) async throws -> Bool {
+        try await database.run { db in
+            try db.run("DELETE FROM pep_items WHERE owner = ? AND node = ? AND item_id = ?", [.text(owner), .text(node), .text(id)]) > 0
+        }
+    }
+
+    public func deleteNode(owner: String, name: String) async throws -> Bool {
+        try await database.transaction { db in
+            try db.run("DELETE FROM pep_items WHERE owner = ? AND node = ?", [.text(owner), .text(name)])
+            return try db.run("DELETE FROM pep_nodes WHERE owner = ? AND node = ?", [.text(owner), .text(name)]) > 0
         }
     }
 }

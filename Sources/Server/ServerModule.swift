@@ -129,6 +129,8 @@ public struct ModuleRegistry: Sendable {
     public private(set) var serverFeatures: [String] = []
     /// XEP-0128 extended information forms in the server's disco#info.
     public private(set) var serverInfoForms: [XMLElement] = []
+    /// Extra disco#info identities of an account's bare JID (e.g. pubsub/pep).
+    public private(set) var accountIdentities: [(category: String, type: String)] = []
     /// Disco#info features of an account's bare JID.
     public private(set) var accountFeatures: [String] = []
     /// Stream features offered after binding (e.g. roster versioning).
@@ -160,6 +162,10 @@ public struct ModuleRegistry: Sendable {
 
     /// Adds an XEP-0128 data form to the server's disco#info (e.g. upload limits).
     public mutating func addServerInfoForm(_ form: XMLElement) { serverInfoForms.append(form) }
+
+    public mutating func addAccountIdentity(category: String, type: String) {
+        accountIdentities.append((category, type))
+    }
 
     public mutating func addAccountFeature(_ feature: String) {
         if !accountFeatures.contains(feature) { accountFeatures.append(feature) }

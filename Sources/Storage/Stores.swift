@@ -7,10 +7,11 @@ public struct Stores: Sendable {
     public var blocklists: any BlocklistStore
     public var archive: any ArchiveStore
     public var uploads: any UploadStore
+    public var pubsub: any PubSubStore
 
     public init(
         accounts: any AccountStore, rosters: any RosterStore, offline: any OfflineStore, privateXML: any PrivateXMLStore,
-        blocklists: any BlocklistStore, archive: any ArchiveStore, uploads: any UploadStore
+        blocklists: any BlocklistStore, archive: any ArchiveStore, uploads: any UploadStore, pubsub: any PubSubStore
     ) {
         self.accounts = accounts
         self.rosters = rosters
@@ -19,5 +20,6 @@ public struct Stores: Sendable {
         self.blocklists = blocklists
         self.archive = archive
         self.uploads = uploads
+        self.pubsub = pubsub
     }
 }
