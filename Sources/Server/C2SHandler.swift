@@ -514,11 +514,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             }
             return nil
         }
-        if let wait = server.throttle.retryAfter(account: nil, address: remoteAddress) {
-            server.metrics.loginsThrottled.increment()
-            saslFailure(SASLError(.temporaryAuthFailure, text: "Too many failed logins; try again in \(Int(wait.rounded(.up))) s"), account: nil, countsAsFailure: false)
-            return nil
-        }
+        if throttled(account: nil, address: remoteAddress) { return nil }
         guard let payload = decodePayload(element) else {
             saslFailure(.incorrectEncoding, account: nil, countsAsFailure: false)
             return nil
@@ -531,22 +527,11 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             return nil
         }
         var scram = SCRAMServer(hash: hash)
-        let username: String
-        do {
+        guard let username = saslParse({ () throws -> String in
             let first = try scram.receiveClientFirst(payload)
-            username = try normalizeUsername(first.username, authzid: first.authzid)
-        } catch let error as SASLError {
-            saslFailure(error, account: nil, countsAsFailure: false)
-            return nil
-        } catch {
-            saslFailure(.malformedRequest, account: nil, countsAsFailure: false)
-            return nil
-        }
-        if let wait = server.throttle.retryAfter(account: username, address: nil) {
-            server.metrics.loginsThrottled.increment()
-            saslFailure(SASLError(.temporaryAuthFailure, text: "Too many failed logins; try again in \(Int(wait.rounded(.up))) s"), account: nil, countsAsFailure: false)
-            return nil
-        }
+            return try normalizeUsername(first.username, authzid: first.authzid)
+        }) else { return nil }
+        if throttled(account: username, address: nil) { return nil }
         sasl = .lookingUp
         let accounts = server.stores.accounts
         return runAsync({ try await accounts.account(username) }) { [self] result in
@@ -588,24 +573,11 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     }
 
     private func authenticatePLAIN(_ payload: [UInt8]) -> EventLoopFuture<Void>? {
-        let username: String
-        let password: String
-        do {
+        guard let (username, password) = saslParse({ () throws -> (String, String) in
             let message = try PLAINMessage.parse(payload)
-            username = try normalizeUsername(message.authcid, authzid: message.authzid)
-            password = message.password
-        } catch let error as SASLError {
-            saslFailure(error, account: nil, countsAsFailure: false)
-            return nil
-        } catch {
-            saslFailure(.malformedRequest, account: nil, countsAsFailure: false)
-            return nil
-        }
-        if let wait = server.throttle.retryAfter(account: username, address: nil) {
-            server.metrics.loginsThrottled.increment()
-            saslFailure(SASLError(.temporaryAuthFailure, text: "Too many failed logins; try again in \(Int(wait.rounded(.up))) s"), account: nil, countsAsFailure: false)
-            return nil
-        }
+            return (try normalizeUsername(message.authcid, authzid: message.authzid), message.password)
+        }) else { return nil }
+        if throttled(account: username, address: nil) { return nil }
         sasl = .lookingUp
         let accounts = server.stores.accounts
         let cache = server.plainLogins
@@ -629,6 +601,27 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
                 saslFailure(.temporaryAuthFailure, account: nil, countsAsFailure: false)
             }
         }
+    }
+
+    /// Refuses (temporary-auth-failure) while the account or address is throttled.
+    private func throttled(account: String?, address: String?) -> Bool {
+        guard let wait = server.throttle.retryAfter(account: account, address: address) else { return false }
+        server.metrics.loginsThrottled.increment()
+        let text = "Too many failed logins; try again in \(Int(wait.rounded(.up))) s"
+        saslFailure(SASLError(.temporaryAuthFailure, text: text), account: nil, countsAsFailure: false)
+        return true
+    }
+
+    /// Runs a SASL parsing step; a failure is answered (malformed-request if not a SASL error) and gives nil.
+    private func saslParse<T>(_ body: () throws -> T) -> T? {
+        do {
+            return try body()
+        } catch let error as SASLError {
+            saslFailure(error, account: nil, countsAsFailure: false)
+        } catch {
+            saslFailure(.malformedRequest, account: nil, countsAsFailure: false)
+        }
+        return nil
     }
 
     /// The SASL authcid as a JID localpart; an authzid must name the same account.

@@ -74,3 +74,15 @@ public final class TestServer: Sendable {
         try? FileManager.default.removeItem(atPath: dataDirectory)
     }
 }
+
+extension TestServer {
+    /// A client logged in as `user/resource` over plain TCP that has sent its initial presence
+    /// and seen it echoed (so it receives messages to the bare JID from then on).
+    public func online(_ user: String, _ resource: String, password: String = "pw") async throws -> TestClient {
+        let client = try await TestClient.connect(port: ports.c2s ?? 0, domain: domain)
+        try await client.login(user, password: password, resource: resource)
+        try await client.send("<presence/>")
+        _ = try await client.next { $0.name == "presence" && $0[attribute: "from"] == "\(user)@\(domain)/\(resource)" }
+        return client
+    }
+}

@@ -20,45 +20,52 @@ struct User: AsyncParsableCommand {
         subcommands: [Add.self, Passwd.self, Del.self, List.self]
     )
 
-    struct Add: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create an account.")
+    /// USER and how to get the password, shared by `add` and `passwd`.
+    struct PasswordArguments: ParsableArguments {
         @OptionGroup var options: ConfigOptions
         @Argument(help: "User name or user@domain.") var user: String
         @Flag(help: "Read the password from the first line of standard input.") var passwordStdin = false
 
-        func run() async throws {
+        /// Opens the stores and derives credentials; `body` stores them.
+        func apply(_ body: (SQLiteStores, String, String, StoredCredentials) async throws -> String) async throws {
             try await withConfigurationErrors {
                 let (configuration, username) = try resolve(options, user)
                 let stores = try SQLiteStores(directory: configuration.dataDir)
                 let (password, generated) = try readPassword(passwordStdin)
+                let credentials = try StoredCredentials.derive(password: password)
+                print(try await body(stores, username, "\(username)@\(configuration.domain)", credentials))
+                if generated { print("password: \(password)") }
+            }
+        }
+    }
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create an account.")
+        @OptionGroup var arguments: PasswordArguments
+
+        func run() async throws {
+            try await arguments.apply { stores, username, address, credentials in
                 do {
                     try await stores.createAccount(
-                        Account(username: username, credentials: try StoredCredentials.derive(password: password), createdAt: Date().timeIntervalSince1970))
+                        Account(username: username, credentials: credentials, createdAt: Date().timeIntervalSince1970))
                 } catch let error as StorageError where error.isConflict {
-                    throw ValidationError("\(username)@\(configuration.domain) already exists; use 'user passwd' to change its password")
+                    throw ValidationError("\(address) already exists; use 'user passwd' to change its password")
                 }
-                print("created \(username)@\(configuration.domain)")
-                if generated { print("password: \(password)") }
+                return "created \(address)"
             }
         }
     }
 
     struct Passwd: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Set an account's password.")
-        @OptionGroup var options: ConfigOptions
-        @Argument(help: "User name or user@domain.") var user: String
-        @Flag(help: "Read the password from the first line of standard input.") var passwordStdin = false
+        @OptionGroup var arguments: PasswordArguments
 
         func run() async throws {
-            try await withConfigurationErrors {
-                let (configuration, username) = try resolve(options, user)
-                let stores = try SQLiteStores(directory: configuration.dataDir)
-                let (password, generated) = try readPassword(passwordStdin)
-                guard try await stores.setCredentials(username, try StoredCredentials.derive(password: password)) else {
-                    throw ValidationError("no account \(username)@\(configuration.domain)")
+            try await arguments.apply { stores, username, address, credentials in
+                guard try await stores.setCredentials(username, credentials) else {
+                    throw ValidationError("no account \(address)")
                 }
-                print("password changed for \(username)@\(configuration.domain)")
-                if generated { print("password: \(password)") }
+                return "password changed for \(address)"
             }
         }
     }

@@ -6,13 +6,6 @@ import XMPPCore
 @Suite struct ArchiveTests {
     private let mam = "urn:xmpp:mam:2"
 
-    private func online(_ server: TestServer, _ user: String, _ resource: String) async throws -> TestClient {
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
-        try await client.login(user, password: "pw", resource: resource)
-        try await client.send("<presence/>")
-        _ = try await client.next { $0.name == "presence" }
-        return client
-    }
 
     /// Sends a MAM query; returns the forwarded messages' bodies, result ids and the <fin/>.
     private func query(_ client: TestClient, id: String, _ inner: String = "") async throws -> (bodies: [String], ids: [String], fin: XMLElement) {
@@ -37,8 +30,8 @@ import XMPPCore
         try await server.addUser("alice", password: "pw")
         try await server.addUser("bob", password: "pw")
         try await server.addUser("carol", password: "pw")
-        let alice = try await online(server, "alice", "desk")
-        let bob = try await online(server, "bob", "pc")
+        let alice = try await server.online("alice", "desk")
+        let bob = try await server.online("bob", "pc")
         for index in 1...5 {
             try await alice.send("<message to='bob@example.test' type='chat' id='a\(index)'><body>msg \(index)</body></message>")
             let delivered = try await bob.next { $0.name == "message" }
@@ -78,7 +71,7 @@ import XMPPCore
         let server = try await TestServer.start { $0.c2s.requireTLS = false }
         try await server.addUser("alice", password: "pw")
         try await server.addUser("bob", password: "pw")
-        let alice = try await online(server, "alice", "desk")
+        let alice = try await server.online("alice", "desk")
         try await alice.send("<enable xmlns='urn:xmpp:sm:3'/>")
         _ = try await alice.next { $0.name == "enabled" }
         var burst = ""
@@ -97,8 +90,8 @@ import XMPPCore
         let server = try await TestServer.start { $0.c2s.requireTLS = false }
         try await server.addUser("alice", password: "pw")
         try await server.addUser("bob", password: "pw")
-        let alice = try await online(server, "alice", "desk")
-        let bob = try await online(server, "bob", "pc")
+        let alice = try await server.online("alice", "desk")
+        let bob = try await server.online("bob", "pc")
         try await alice.send(
             "<message to='bob@example.test' type='chat'><body>x</body><stanza-id xmlns='urn:xmpp:sid:0' by='bob@example.test' id='forged'/></message>")
         let delivered = try await bob.next { $0.name == "message" }
@@ -113,8 +106,8 @@ import XMPPCore
         let server = try await TestServer.start { $0.c2s.requireTLS = false }
         try await server.addUser("alice", password: "pw")
         try await server.addUser("bob", password: "pw")
-        let alice = try await online(server, "alice", "desk")
-        let bob = try await online(server, "bob", "pc")
+        let alice = try await server.online("alice", "desk")
+        let bob = try await server.online("bob", "pc")
         let stanzas = [
             "<message to='bob@example.test' type='chat' id='m1'><body>hello</body><request xmlns='urn:xmpp:receipts'/></message>",
             "<message to='bob@example.test' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>",

@@ -4,25 +4,18 @@ import XMLStream
 import XMPPCore
 
 @Suite struct ClientFeatureTests {
-    private func online(_ server: TestServer, _ user: String, _ resource: String) async throws -> TestClient {
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
-        try await client.login(user, password: "pw", resource: resource)
-        try await client.send("<presence/>")
-        _ = try await client.next { $0.name == "presence" && $0[attribute: "from"] == "\(user)@example.test/\(resource)" }
-        return client
-    }
 
     @Test func carbonsCopySentAndReceivedChatsToOtherDevices() async throws {
         let server = try await TestServer.start { $0.c2s.requireTLS = false }
         try await server.addUser("alice", password: "pw")
         try await server.addUser("bob", password: "pw")
-        let desk = try await online(server, "alice", "desk")
-        let phone = try await online(server, "alice", "phone")
+        let desk = try await server.online("alice", "desk")
+        let phone = try await server.online("alice", "phone")
         for client in [desk, phone] {
             try await client.send("<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
             _ = try await client.next { $0.id == "c" && $0.stanzaType == "result" }
         }
-        let bob = try await online(server, "bob", "pc")
+        let bob = try await server.online("bob", "pc")
 
         try await bob.send("<message to='alice@example.test/desk' type='chat' id='in1'><body>to your desk</body></message>")
         let atDesk = try await desk.next { $0.name == "message" }
@@ -55,8 +48,8 @@ import XMPPCore
         let server = try await TestServer.start { $0.c2s.requireTLS = false }
         try await server.addUser("alice", password: "pw")
         try await server.addUser("bob", password: "pw")
-        let phone = try await online(server, "alice", "phone")
-        let bob = try await online(server, "bob", "pc")
+        let phone = try await server.online("alice", "phone")
+        let bob = try await server.online("bob", "pc")
         try await phone.send("<inactive xmlns='urn:xmpp:csi:0'/>")
         try await phone.send("<iq type='get' id='x'><ping xmlns='urn:xmpp:ping'/></iq>")
         _ = try await phone.next { $0.id == "x" }
@@ -82,9 +75,9 @@ import XMPPCore
     @Test func blockedAddressesCannotReachTheUserAndViceVersa() async throws {
         let server = try await TestServer.start { $0.c2s.requireTLS = false }
         for user in ["alice", "bob", "carol"] { try await server.addUser(user, password: "pw") }
-        let alice = try await online(server, "alice", "desk")
-        let bob = try await online(server, "bob", "pc")
-        let carol = try await online(server, "carol", "pc")
+        let alice = try await server.online("alice", "desk")
+        let bob = try await server.online("bob", "pc")
+        let carol = try await server.online("carol", "pc")
 
         try await alice.send("<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='bob@example.test'/></block></iq>")
         let push = try await alice.next { $0.id == "block-push" }
@@ -104,7 +97,7 @@ import XMPPCore
         #expect(fromCarol.id == "m3")
 
         // The list survives a new login, and unblocking all restores delivery.
-        let again = try await online(server, "alice", "phone")
+        let again = try await server.online("alice", "phone")
         try await again.send("<iq type='get' id='l'><blocklist xmlns='urn:xmpp:blocking'/></iq>")
         let list = try await again.next { $0.id == "l" }
         #expect(list.child("blocklist", namespace: "urn:xmpp:blocking")?.elements.map { $0[attribute: "jid"] } == ["bob@example.test"])

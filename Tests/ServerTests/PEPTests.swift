@@ -7,13 +7,6 @@ import XMPPCore
 @Suite struct PEPTests {
     private let ps = "http://jabber.org/protocol/pubsub"
 
-    private func online(_ server: TestServer, _ user: String, _ resource: String) async throws -> TestClient {
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
-        try await client.login(user, password: "pw", resource: resource)
-        try await client.send("<presence/>")
-        _ = try await client.next { $0.name == "presence" && $0[attribute: "from"] == "\(user)@example.test/\(resource)" }
-        return client
-    }
 
     private func publish(_ client: TestClient, id: String, node: String, item: String, payload: String, access: String? = nil, maxItems: String? = nil) async throws -> XMLElement {
         var options = ""
@@ -38,9 +31,9 @@ import XMPPCore
         // alice and bob share presence; carol is a stranger.
         _ = try await server.stores.put(RosterItem(jid: "bob@example.test", subscription: .both), of: "alice@example.test")
         _ = try await server.stores.put(RosterItem(jid: "alice@example.test", subscription: .both), of: "bob@example.test")
-        let alice = try await online(server, "alice", "desk")
-        let bob = try await online(server, "bob", "pc")
-        let carol = try await online(server, "carol", "pc")
+        let alice = try await server.online("alice", "desk")
+        let bob = try await server.online("bob", "pc")
+        let carol = try await server.online("carol", "pc")
 
         let avatar = "<metadata xmlns='urn:xmpp:avatar:metadata'><info id='abc' bytes='10' type='image/png'/></metadata>"
         let published = try await publish(alice, id: "p1", node: "urn:xmpp:avatar:metadata", item: "abc", payload: avatar)

@@ -4,20 +4,13 @@ import XMLStream
 import XMPPCore
 
 @Suite struct PushTests {
-    private func online(_ server: TestServer, _ user: String, _ resource: String) async throws -> TestClient {
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
-        try await client.login(user, password: "pw", resource: resource)
-        try await client.send("<presence/>")
-        _ = try await client.next { $0.name == "presence" }
-        return client
-    }
 
     @Test func sleepingAndOfflineUsersArePushedWithoutTheBody() async throws {
         let server = try await TestServer.start { $0.c2s.requireTLS = false }
         for user in ["alice", "bob", "pushbot"] { try await server.addUser(user, password: "pw") }
-        let appServer = try await online(server, "pushbot", "app")
-        let bob = try await online(server, "bob", "pc")
-        let phone = try await online(server, "alice", "phone")
+        let appServer = try await server.online("pushbot", "app")
+        let bob = try await server.online("bob", "pc")
+        let phone = try await server.online("alice", "phone")
         try await phone.send("<iq type='set' id='e'><enable xmlns='urn:xmpp:push:0' jid='pushbot@example.test/app' node='device-1'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='secret'><value>s3cr3t</value></field></x></enable></iq>")
         _ = try await phone.next { $0.id == "e" && $0.stanzaType == "result" }
         try await phone.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")

@@ -16,13 +16,6 @@ import XMPPCore
         return server
     }
 
-    private func online(_ server: TestServer, _ user: String, _ resource: String) async throws -> TestClient {
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
-        try await client.login(user, password: "pw", resource: resource)
-        try await client.send("<presence/>")
-        _ = try await client.next { $0.name == "presence" }
-        return client
-    }
 
     @Test func acksCountHandledStanzas() async throws {
         let server = try await start()
@@ -43,8 +36,8 @@ import XMPPCore
 
     @Test func resumptionRedeliversExactlyWhatWasNotAcknowledged() async throws {
         let server = try await start()
-        let bob = try await online(server, "bob", "pc")
-        var alice = try await online(server, "alice", "phone")
+        let bob = try await server.online("bob", "pc")
+        var alice = try await server.online("alice", "phone")
         try await alice.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
         let enabled = try await alice.next { $0.name == "enabled" }
         let token = try #require(enabled[attribute: "id"])
@@ -82,8 +75,8 @@ import XMPPCore
 
     @Test func unresumedSessionsMessagesGoOfflineNotLost() async throws {
         let server = try await start(resumption: 1)
-        let bob = try await online(server, "bob", "pc")
-        let alice = try await online(server, "alice", "phone")
+        let bob = try await server.online("bob", "pc")
+        let alice = try await server.online("alice", "phone")
         try await alice.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
         _ = try await alice.next { $0.name == "enabled" }
         try await bob.send("<message to='alice@example.test/phone' type='chat' id='lost?'><body>keep me</body></message>")
@@ -103,7 +96,7 @@ import XMPPCore
 
     @Test func resumingSomeoneElsesSessionFails() async throws {
         let server = try await start()
-        let alice = try await online(server, "alice", "phone")
+        let alice = try await server.online("alice", "phone")
         try await alice.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
         let token = try #require(try await alice.next { $0.name == "enabled" }[attribute: "id"])
         let bob = try await TestClient.connect(port: server.ports.c2s ?? 0)
