@@ -24,15 +24,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 
-say "swift build (server binary for the end-to-end tests)"
+say "swift build (server and load generator for the end-to-end tests and the benchmark smoke run)"
 swift build --product switchboard
+swift build --product switchboard-bench
 
 say "swift test (unit tests and the in-process server)"
 swift test
 
 if [ -x bench/compare.sh ]; then
-    say "benchmark smoke run (seconds; figures are printed, nothing is asserted on timing)"
-    bench/compare.sh --quick --servers switchboard
+    say "benchmark smoke run (seconds, debug build; figures are printed, nothing is asserted on timing)"
+    SWITCHBOARD_BIN="$ROOT/.build/debug/switchboard" SWITCHBOARD_BENCH_BIN="$ROOT/.build/debug/switchboard-bench" \
+        bench/compare.sh --quick --no-build --servers switchboard
 fi
 
 say "end-to-end tests (real server process, slixmpp, WebSocket, raw sockets, Profanity)"
