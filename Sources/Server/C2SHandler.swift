@@ -926,8 +926,12 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             }
         case "a":
             guard sm.enabled else { return nil }
-            guard let h = element[attribute: "h"].flatMap(UInt32.init), sm.acknowledge(h) else {
-                terminate(StreamError(.undefinedCondition, text: "acknowledged more stanzas than were sent"))
+            guard let h = element[attribute: "h"].flatMap(UInt32.init) else {
+                terminate(StreamError(.undefinedCondition, text: "an acknowledgement needs a numeric h"))
+                return nil
+            }
+            guard sm.acknowledge(h) else {
+                terminate(handledCountTooHigh(h))
                 return nil
             }
         case "resume":
@@ -936,6 +940,15 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             terminate(StreamError(.unsupportedStanzaType))
         }
         return nil
+    }
+
+    /// XEP-0198 §4: the client acknowledged more than we sent.
+    private func handledCountTooHigh(_ h: UInt32) -> StreamError {
+        let sent = sm.acknowledged &+ UInt32(sm.unacked.count)
+        return StreamError(
+            .undefinedCondition, text: "acknowledged more stanzas than were sent",
+            applicationCondition: XMLElement(
+                "handled-count-too-high", xmlns: StreamManagementState.ns, ["h": String(h), "send-count": String(sent)]))
     }
 
     private func smFailed(_ condition: String) {
@@ -981,7 +994,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             server.resumable.register(handOver.token, user: username, handle: handle)
             sendRaw("<resumed xmlns='urn:xmpp:sm:3' previd='\(handOver.token)' h='\(sm.handledInbound)'/>")
             guard sm.acknowledge(h) else {
-                terminate(StreamError(.undefinedCondition, text: "acknowledged more stanzas than were sent"))
+                terminate(handledCountTooHigh(h))
                 return
             }
             // Whatever the client has not seen is sent again, in order, then held presence.

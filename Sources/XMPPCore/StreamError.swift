@@ -32,10 +32,13 @@ public struct StreamError: Error, Hashable, Sendable, CustomStringConvertible {
 
     public var condition: Condition
     public var text: String?
+    /// An application-specific condition (e.g. XEP-0198 `<handled-count-too-high/>`).
+    public var applicationCondition: XMLElement?
 
-    public init(_ condition: Condition, text: String? = nil) {
+    public init(_ condition: Condition, text: String? = nil, applicationCondition: XMLElement? = nil) {
         self.condition = condition
         self.text = text
+        self.applicationCondition = applicationCondition
     }
 
     /// Maps the XML layer's refusal onto the stream error the peer sees.
@@ -59,6 +62,7 @@ public struct StreamError: Error, Hashable, Sendable, CustomStringConvertible {
         if let text {
             error.append(XMLElement("text", xmlns: NS.streamErrors).withText(text))
         }
+        if let applicationCondition { error.append(applicationCondition) }
         return error
     }
 }

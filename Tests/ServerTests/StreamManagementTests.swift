@@ -30,6 +30,11 @@ import XMPPCore
         try await alice.send("<r xmlns='urn:xmpp:sm:3'/>")
         let ack = try await alice.next { $0.name == "a" }
         #expect(ack[attribute: "h"] == "3")
+        // Acknowledging more than was sent ends the stream, saying how many were sent.
+        try await alice.send("<a xmlns='urn:xmpp:sm:3' h='99'/>")
+        let error = try await alice.next { $0.name == "error" }
+        let tooHigh = error.child("handled-count-too-high", namespace: sm)
+        #expect(tooHigh?[attribute: "h"] == "99" && tooHigh?[attribute: "send-count"] == "3")
         await alice.close()
         await server.stop()
     }
