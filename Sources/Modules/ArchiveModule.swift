@@ -248,10 +248,10 @@ final class ArchiveWriter: Sendable {
         if start { server.track { await self.drain(server) } }
     }
 
-    /// Below this many waiting records the writer lingers (20 ms) so that, at low rates too,
+    /// Below this many waiting records the writer lingers (4 ms) so that, at low rates too,
     /// one commit (one fsync) carries many messages instead of one each.
     private static let lingerBelow = 256
-    private static let linger: Duration = .milliseconds(20)
+    private static let linger: Duration = .milliseconds(4)
 
     private func drain(_ server: ServerContext) async {
         var failures = 0
