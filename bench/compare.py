@@ -93,8 +93,9 @@ def build_cases(opts) -> list[Case]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Measures shown in the table: (scenario, json key, label, unit, higher_is_better)
-# The whole JSON line is always kept in the .jsonl file; only these go in the table.
+# Measures shown in the table, per scenario: (label, unit, higher_is_better (None: no ratio),
+# JSON key (dotted) or function of the result). The whole JSON line is always kept in the .jsonl
+# file; only these go in the table.
 # ------------------------------------------------------------------------------------------------
 def _per_op_ms(cpu_key: str, count_key: str):
     def f(r: dict):
@@ -504,7 +505,7 @@ def parse_args(argv):
     ap.add_argument("--rates", default="1000,2500",
                     help="messages: open-loop offered rates after the closed-loop run ('' for none)")
     ap.add_argument("--generator-args", action="append", default=[], metavar="SCENARIO:ARGS",
-                    help="extra generator arguments for one scenario, e.g. 'idle:--sources 8' (repeatable)")
+                    help="extra generator arguments for one scenario, e.g. 'idle:--source-addresses 4' (repeatable)")
     ap.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
                     help="before each case wait up to this long for other processes to use < 0.15 cores "
                          "(default 120; --quick: 0)")
