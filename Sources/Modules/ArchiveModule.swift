@@ -207,11 +207,23 @@ public struct ArchiveModule: ServerModule {
 /// order the archive) and the random ids clients see.
 final class ArchiveIDGenerator: Sendable {
     /// 96 random bits, URL-safe, opaque.
+    /// 128 random bits in base 62. Two draws from the system generator (one getrandom each),
+    /// not one per character: this runs twice for every archived message.
     static func uid() -> String {
         var generator = SystemRandomNumberGenerator()
-        let alphabet = Array("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-        return String((0..<17).map { _ in alphabet[Int(generator.next() % UInt64(alphabet.count))] })
+        var words = [generator.next(), generator.next()]
+        var characters: [UInt8] = []
+        characters.reserveCapacity(22)
+        for index in 0..<2 {
+            for _ in 0..<11 {
+                characters.append(alphabet[Int(words[index] % 62)])
+                words[index] /= 62
+            }
+        }
+        return String(decoding: characters, as: UTF8.self)
     }
+
+    private static let alphabet = Array("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
 
     private let last = NIOLockedValueBox<Int64>(0)
 
