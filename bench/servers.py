@@ -179,6 +179,18 @@ class Server:
                 raise RuntimeError(f"{self.display} did not listen on {ports} within {START_TIMEOUT} s\n{self.logs()}")
             time.sleep(0.1)
 
+    def stop(self) -> None:
+        """Stops a server started as a child process (its PID is the server's own)."""
+        proc = getattr(self, "proc", None)
+        if proc is not None:
+            terminate_pid(proc.pid, self.name)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.proc = None
+        self.pid = None
+
     def version(self) -> str:
         return ""
 
@@ -247,16 +259,6 @@ class Switchboard(Server):
         if int(status["pid"]) != self.proc.pid:
             raise RuntimeError(f"status pid {status['pid']} != spawned pid {self.proc.pid}")
         self.wait_listening([self.c2s_port, self.tls_port, self.http_port], lambda: self.proc.poll() is None)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            terminate_pid(self.proc.pid, "switchboard")
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.proc = None
-        self.pid = None
 
     def version(self) -> str:
         try:
@@ -342,16 +344,6 @@ class Prosody(Server):
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir)
         self.pid = self.proc.pid  # taskset and setpriv exec: the PID is prosody's
         self.wait_listening([self.c2s_port, self.tls_port, self.http_port], lambda: self.proc.poll() is None)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            terminate_pid(self.proc.pid, "prosody")
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.proc = None
-        self.pid = None
 
     def version(self) -> str:
         try:
