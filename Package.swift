@@ -47,6 +47,11 @@ let package = Package(
             name: "SQLiteStorage",
             dependencies: ["Storage", "CSQLite", .product(name: "Logging", package: "swift-log")]
         ),
+        // Layer 4b: the organisation directory's rules, snapshot and search (no I/O of its own).
+        .target(
+            name: "Directory",
+            dependencies: ["Storage", "XMPPCore", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
         // Layer 5: NIO pipelines, sessions, router, module registry, listeners.
         .target(
             name: "Server",
@@ -70,7 +75,7 @@ let package = Package(
         .target(
             name: "Modules",
             dependencies: [
-                "Server", "Storage", "XMPPCore", "XMLStream",
+                "Server", "Storage", "XMPPCore", "XMLStream", "Directory",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
@@ -78,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "switchboard",
             dependencies: [
-                "Server", "Modules", "SQLiteStorage",
+                "Server", "Modules", "SQLiteStorage", "Directory",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -105,6 +110,6 @@ let package = Package(
         ),
         .testTarget(name: "XMLStreamTests", dependencies: ["XMLStream", "CExpat"]),
         .testTarget(name: "XMPPCoreTests", dependencies: ["XMPPCore"]),
-        .testTarget(name: "ServerTests", dependencies: ["SwitchboardTestSupport", "SQLiteStorage", "Server", "Modules"]),
+        .testTarget(name: "ServerTests", dependencies: ["SwitchboardTestSupport", "SQLiteStorage", "Server", "Modules", "Directory"]),
     ]
 )

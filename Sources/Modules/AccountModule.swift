@@ -54,8 +54,10 @@ public struct AccountModule: ServerModule {
 /// The modules every server runs, in registration order.
 public enum BuiltinModules {
     public static func all(_ configuration: ServerConfiguration = ServerConfiguration()) -> [any ServerModule] {
+        let directory = DirectoryRuntime(configuration: configuration.directory)
         var modules: [any ServerModule] = [
-            DiscoModule(), RosterModule(), PresenceModule(), OfflineModule(), VCardModule(),
+            DiscoModule(), RosterModule(directory: directory), PresenceModule(directory: directory), OfflineModule(),
+            VCardModule(directory: directory), DirectoryModule(runtime: directory),
             PrivateStorageModule(), PingModule(), VersionModule(), TimeModule(), AccountModule(),
             CarbonsModule(), ClientStateModule(), BlockingModule(), ArchiveModule(), PushModule(), PEPModule(),
         ]

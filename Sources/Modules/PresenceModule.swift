@@ -5,12 +5,19 @@ import XMPPCore
 
 /// RFC 6121 §4 presence: broadcast to subscribers, probes at login, directed presence,
 /// unavailable on logout, and subscription stanzas (delegated to `Subscriptions`).
+///
+/// Directory colleagues (see `DirectoryRuntime`) share presence as if subscribed both ways.
 public struct PresenceModule: ServerModule {
     public let id = "presence"
-    public init() {}
+    let directory: DirectoryRuntime
+
+    public init(directory: DirectoryRuntime = DirectoryRuntime()) {
+        self.directory = directory
+    }
 
     public func register(in registry: inout ModuleRegistry) {
         registry.addAccountFeature("http://jabber.org/protocol/disco#info")
+        let directory = self.directory
         registry.onPresence { context in
             guard let session = context.session else { return .pass }
             try await handle(context.stanza, to: context.to, session: session, server: context.server)
@@ -21,7 +28,7 @@ public struct PresenceModule: ServerModule {
             guard state.available || !state.directedTo.isEmpty else { return }
             let unavailable = XMLElement(
                 "presence", xmlns: NS.client, ["type": "unavailable", "from": session.jid.description])
-            try await Self.broadcast(unavailable, available: false, session: session, server: server)
+            try await Self.broadcast(unavailable, available: false, session: session, server: server, directory: directory)
         }
     }
 
@@ -32,13 +39,14 @@ public struct PresenceModule: ServerModule {
             if let to {
                 try directed(stanza, to: to, available: type == nil, session: session, server: server)
             } else {
-                try await Self.broadcast(stanza, available: type == nil, session: session, server: server)
+                try await Self.broadcast(stanza, available: type == nil, session: session, server: server, directory: directory)
             }
         case "subscribe", "subscribed", "unsubscribe", "unsubscribed":
             guard let to, let kind = Subscriptions.Kind(rawValue: type ?? "") else {
                 throw StanzaError(.badRequest, text: "subscription requests need a 'to'")
             }
-            try await Subscriptions.process(kind, from: session.jid.bare, to: to.bare, stanza: stanza, server: server)
+            try await Subscriptions.process(
+                kind, from: session.jid.bare, to: to.bare, stanza: stanza, server: server, directory: directory)
         case "probe":
             break  // Probes are the server's business (RFC 6121 §4.3).
         case "error":
@@ -63,7 +71,9 @@ public struct PresenceModule: ServerModule {
         server.deliverPresence(stanza, to: to)
     }
 
-    static func broadcast(_ stanza: XMLElement, available: Bool, session: SessionHandle, server: ServerContext) async throws {
+    static func broadcast(
+        _ stanza: XMLElement, available: Bool, session: SessionHandle, server: ServerContext, directory: DirectoryRuntime
+    ) async throws {
         let priority = min(127, max(-128, Int(stanza.child("priority")?.text.trimmingCharacters(in: .whitespaces) ?? "") ?? 0))
         let (wasAvailable, directed) = session.updatePresence { state -> (Bool, Set<String>) in
             let was = state.available
@@ -88,6 +98,30 @@ public struct PresenceModule: ServerModule {
             server.deliverPresence(copy, to: contact)
             sentTo.insert(item.jid)
         }
+        // Directory colleagues see it without a subscription.
+        let username = session.jid.localpart ?? ""
+        if directory.rosterEnabled {
+            switch directory.snapshot.viewers(of: username) {
+            case .users(let viewers):
+                for viewer in viewers {
+                    let bare = "\(viewer)@\(server.domain)"
+                    guard !sentTo.contains(bare) else { continue }
+                    let targets = server.router.availableSessions(of: bare)
+                    guard !targets.isEmpty, let jid = try? JID(bare) else { continue }
+                    var copy = stanza
+                    copy[attribute: "to"] = bare
+                    server.deliverPresence(copy, to: jid)
+                    sentTo.insert(bare)
+                }
+            case .everyone:
+                for target in server.router.allSessions() where target.bareKey != user && !sentTo.contains(target.bareKey) {
+                    guard target.presence.available else { continue }
+                    var copy = stanza
+                    copy[attribute: "to"] = target.jid.description
+                    server.deliverPresence(copy, to: target.jid)
+                }
+            }
+        }
         for own in server.router.availableSessions(of: user) + (available ? [] : [session]) {
             var copy = stanza
             copy[attribute: "to"] = own.jid.description
@@ -107,6 +141,19 @@ public struct PresenceModule: ServerModule {
                 if var presence = contactSession.presence.presence {
                     presence[attribute: "to"] = session.jid.description
                     session.deliver(presence)
+                }
+            }
+        }
+        if directory.rosterEnabled {
+            let probed = Set(roster.items.filter { $0.inRoster && $0.subscription.userSeesContact }.map(\.jid))
+            for contact in directory.snapshot.contacts(of: username).keys {
+                let bare = "\(contact)@\(server.domain)"
+                guard !probed.contains(bare) else { continue }
+                for contactSession in server.router.availableSessions(of: bare) {
+                    if var presence = contactSession.presence.presence {
+                        presence[attribute: "to"] = session.jid.description
+                        session.deliver(presence)
+                    }
                 }
             }
         }

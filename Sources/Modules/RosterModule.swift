@@ -4,9 +4,16 @@ import XMLStream
 import XMPPCore
 
 /// RFC 6121 §2 roster management, with roster versioning (XEP-0237).
+///
+/// With the directory's roster on, the user's colleagues (own units and always-visible units)
+/// are merged in as server-managed items: groups named by unit path, subscription `both`.
 public struct RosterModule: ServerModule {
     public let id = "roster"
-    public init() {}
+    let directory: DirectoryRuntime
+
+    public init(directory: DirectoryRuntime = DirectoryRuntime()) {
+        self.directory = directory
+    }
 
     public func register(in registry: inout ModuleRegistry) {
         registry.addStreamFeature(XMLElement("ver", xmlns: NS.rosterVersioning))
@@ -20,12 +27,12 @@ public struct RosterModule: ServerModule {
         let user = request.from.bare.description
         let roster = try await request.server.stores.rosters.roster(of: user)
         request.session?.updatePresence { $0.interestedInRoster = true }
-        let version = String(roster.version)
+        let version = directory.rosterVersion(roster.version)
         if let asked = request.payload[attribute: "ver"], asked == version {
             return nil
         }
         var query = XMLElement("query", xmlns: NS.roster, ["ver": version])
-        for item in roster.items where item.inRoster {
+        for item in directory.mergedItems(roster.items, user: user, server: request.server) {
             query.append(RosterPush.element(for: item))
         }
         return query
@@ -52,13 +59,19 @@ public struct RosterModule: ServerModule {
                 throw StanzaError.itemNotFound
             }
             if existing.subscription.userSeesContact || existing.askSubscribe {
-                try await Subscriptions.process(.unsubscribe, from: user, to: contact, stanza: nil, server: server)
+                try await Subscriptions.process(.unsubscribe, from: user, to: contact, stanza: nil, server: server, directory: directory)
             }
             if existing.subscription.contactSeesUser || existing.pendingIn {
-                try await Subscriptions.process(.unsubscribed, from: user, to: contact, stanza: nil, server: server)
+                try await Subscriptions.process(.unsubscribed, from: user, to: contact, stanza: nil, server: server, directory: directory)
             }
-            let version = try await rosters.remove(contact.description, of: user.description)
-            RosterPush.push(RosterItem(jid: contact.description), removed: true, version: version, user: user.description, server: server)
+            let version = directory.rosterVersion(try await rosters.remove(contact.description, of: user.description))
+            if let colleague = directoryGroups(of: contact, for: user, server: server) {
+                // A directory colleague stays: only the user's own name and groups go.
+                let item = directory.item(for: colleague.0, groups: colleague.1, personal: nil, snapshot: directory.snapshot, server: server)
+                RosterPush.push(item, version: version, user: user.description, server: server)
+            } else {
+                RosterPush.push(RosterItem(jid: contact.description), removed: true, version: version, user: user.description, server: server)
+            }
             return nil
         }
         var groups: [String] = []
@@ -75,9 +88,20 @@ public struct RosterModule: ServerModule {
         item.name = element[attribute: "name"]
         item.groups = groups
         item.inRoster = true
-        let version = try await rosters.put(item, of: user.description)
-        RosterPush.push(item, version: version, user: user.description, server: server)
+        let version = directory.rosterVersion(try await rosters.put(item, of: user.description))
+        var shown = item
+        if let colleague = directoryGroups(of: contact, for: user, server: server) {
+            shown = directory.item(for: colleague.0, groups: colleague.1, personal: item, snapshot: directory.snapshot, server: server)
+        }
+        RosterPush.push(shown, version: version, user: user.description, server: server)
         return nil
+    }
+
+    /// The directory's groups for `contact` in `user`'s roster, if the contact is a colleague shown there.
+    private func directoryGroups(of contact: JID, for user: JID, server: ServerContext) -> (String, [String])? {
+        guard directory.rosterEnabled, server.isLocal(contact), let local = contact.localpart, let own = user.localpart else { return nil }
+        guard let groups = directory.snapshot.contacts(of: own)[local] else { return nil }
+        return (local, groups)
     }
 }
 
@@ -98,9 +122,9 @@ enum RosterPush {
         return element
     }
 
-    static func push(_ item: RosterItem, removed: Bool = false, version: Int64, user: String, server: ServerContext) {
+    static func push(_ item: RosterItem, removed: Bool = false, version: String, user: String, server: ServerContext) {
         guard item.inRoster || removed else { return }
-        var query = XMLElement("query", xmlns: NS.roster, ["ver": String(version)])
+        var query = XMLElement("query", xmlns: NS.roster, ["ver": version])
         query.append(element(for: item, removed: removed))
         var iq = XMLElement("iq", xmlns: NS.client, ["type": "set", "id": "push-\(version)"])
         iq.append(query)

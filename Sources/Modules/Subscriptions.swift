@@ -59,7 +59,9 @@ enum Subscriptions {
     }
 
     /// Processes a subscription stanza sent by `user` (bare) to `contact` (bare), for both sides.
-    static func process(_ kind: Kind, from user: JID, to contact: JID, stanza: XMLElement?, server: ServerContext) async throws {
+    static func process(
+        _ kind: Kind, from user: JID, to contact: JID, stanza: XMLElement?, server: ServerContext, directory: DirectoryRuntime
+    ) async throws {
         var outbound = stanza ?? XMLElement("presence", xmlns: NS.client)
         outbound[attribute: "type"] = kind.rawValue
         outbound[attribute: "from"] = user.description
@@ -73,32 +75,32 @@ enum Subscriptions {
         switch kind {
         case .subscribe:
             let updated = Rules.outboundSubscribe(existing ?? RosterItem(jid: contactKey))
-            if updated != existing { try await store(updated, of: userKey, server: server) }
+            if updated != existing { try await store(updated, of: userKey, server: server, directory: directory) }
         case .unsubscribe:
             if let existing {
                 let updated = Rules.dropTo(existing)
-                if updated != existing { try await store(updated, of: userKey, server: server) }
+                if updated != existing { try await store(updated, of: userKey, server: server, directory: directory) }
             }
         case .subscribed:
             guard let existing, let updated = Rules.outboundSubscribed(existing) else { return }  // no request: ignore
-            try await store(updated, of: userKey, server: server)
+            try await store(updated, of: userKey, server: server, directory: directory)
         case .unsubscribed:
             if let existing {
                 let updated = Rules.dropFrom(existing)
                 if !updated.inRoster && updated.subscription == .none && !updated.askSubscribe {
                     _ = try await rosters.remove(contactKey, of: userKey)
                 } else if updated != existing {
-                    try await store(updated, of: userKey, server: server)
+                    try await store(updated, of: userKey, server: server, directory: directory)
                 }
             }
-            sendUnavailable(of: user, to: contact, server: server)
+            sendUnavailable(of: user, to: contact, server: server, directory: directory)
         }
 
         // The contact's side (local contacts only: no server-to-server yet).
         guard server.isLocal(contact), try await server.accountExists(contact) else {
             if kind == .subscribe, server.isLocal(contact) {
                 // RFC 6121 §3.1.3: a subscription request to a non-existent user is refused.
-                try await process(.unsubscribed, from: contact, to: user, stanza: nil, server: server)
+                try await process(.unsubscribed, from: contact, to: user, stanza: nil, server: server, directory: directory)
             }
             return
         }
@@ -107,7 +109,7 @@ enum Subscriptions {
         case .subscribe:
             if let theirs, theirs.subscription.contactSeesUser {
                 // Already approved: answer on the contact's behalf.
-                try await process(.subscribed, from: contact, to: user, stanza: nil, server: server)
+                try await process(.subscribed, from: contact, to: user, stanza: nil, server: server, directory: directory)
                 return
             }
             var pending = theirs ?? RosterItem(jid: userKey, inRoster: false)
@@ -118,7 +120,7 @@ enum Subscriptions {
             server.deliverPresence(outbound, to: contact)
         case .subscribed:
             guard let theirs, let updated = Rules.inboundSubscribed(theirs) else { return }
-            try await store(updated, of: contactKey, server: server)
+            try await store(updated, of: contactKey, server: server, directory: directory)
             server.deliverPresence(outbound, to: contact)
             // The contact now sees the user's available resources.
             for session in server.router.availableSessions(of: userKey) {
@@ -133,26 +135,38 @@ enum Subscriptions {
                 if !updated.inRoster {
                     _ = try await rosters.remove(userKey, of: contactKey)
                 } else if updated != theirs {
-                    try await store(updated, of: contactKey, server: server)
+                    try await store(updated, of: contactKey, server: server, directory: directory)
                 }
             }
             server.deliverPresence(outbound, to: contact)
-            sendUnavailable(of: contact, to: user, server: server)
+            sendUnavailable(of: contact, to: user, server: server, directory: directory)
         case .unsubscribed:
             if let theirs, theirs.askSubscribe || theirs.subscription.userSeesContact {
-                try await store(Rules.dropTo(theirs), of: contactKey, server: server)
+                try await store(Rules.dropTo(theirs), of: contactKey, server: server, directory: directory)
                 server.deliverPresence(outbound, to: contact)
             }
         }
     }
 
-    private static func store(_ item: RosterItem, of user: String, server: ServerContext) async throws {
-        let version = try await server.stores.rosters.put(item, of: user)
-        RosterPush.push(item, version: version, user: user, server: server)
+    private static func store(_ item: RosterItem, of user: String, server: ServerContext, directory: DirectoryRuntime) async throws {
+        let version = directory.rosterVersion(try await server.stores.rosters.put(item, of: user))
+        var shown = item
+        if let owner = DirectoryRuntime.localUsername(user, server), let contact = DirectoryRuntime.localUsername(item.jid, server),
+            let groups = directory.rosterEnabled ? directory.snapshot.contacts(of: owner)[contact] : nil
+        {
+            shown = directory.item(for: contact, groups: groups, personal: item, snapshot: directory.snapshot, server: server)
+        }
+        RosterPush.push(shown, version: version, user: user, server: server)
     }
 
-    /// Every available resource of `owner` tells `viewer`'s resources it is gone.
-    private static func sendUnavailable(of owner: JID, to viewer: JID, server: ServerContext) {
+    /// Every available resource of `owner` tells `viewer`'s resources it is gone (unless the
+    /// directory shares their presence anyway).
+    private static func sendUnavailable(of owner: JID, to viewer: JID, server: ServerContext, directory: DirectoryRuntime) {
+        if directory.rosterEnabled, let ownerName = owner.localpart, let viewerName = viewer.localpart,
+            directory.snapshot.sees(viewerName, ownerName)
+        {
+            return
+        }
         for session in server.router.availableSessions(of: owner.description) {
             let unavailable = XMLElement(
                 "presence", xmlns: NS.client,

@@ -94,6 +94,69 @@ enum Migrations {
         );
         CREATE INDEX pep_items_node ON pep_items (owner, node, seq);
         """,
+        // 7: the organisation directory (units, users, memberships, roles), its change log and sync runs.
+        """
+        CREATE TABLE org_units (
+            id TEXT PRIMARY KEY,
+            parent TEXT,
+            name TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            description TEXT,
+            always_visible INTEGER NOT NULL DEFAULT 0,
+            source TEXT NOT NULL,
+            external_id TEXT,
+            version INTEGER NOT NULL
+        );
+        CREATE INDEX org_units_parent ON org_units (parent);
+        CREATE UNIQUE INDEX org_units_external ON org_units (external_id) WHERE external_id IS NOT NULL;
+        CREATE TABLE directory_users (
+            username TEXT PRIMARY KEY,
+            record BLOB NOT NULL,
+            external_id TEXT,
+            version INTEGER NOT NULL
+        );
+        CREATE UNIQUE INDEX directory_users_external ON directory_users (external_id) WHERE external_id IS NOT NULL;
+        CREATE TABLE memberships (
+            username TEXT NOT NULL,
+            unit TEXT NOT NULL,
+            is_primary INTEGER NOT NULL,
+            title TEXT,
+            PRIMARY KEY (username, unit)
+        );
+        CREATE INDEX memberships_unit ON memberships (unit);
+        CREATE TABLE roles (
+            name TEXT PRIMARY KEY,
+            permissions TEXT NOT NULL,
+            description TEXT
+        );
+        CREATE TABLE role_grants (
+            username TEXT NOT NULL,
+            role TEXT NOT NULL,
+            PRIMARY KEY (username, role)
+        );
+        CREATE TABLE directory_state (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        CREATE TABLE directory_log (
+            version INTEGER NOT NULL,
+            parent TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL
+        );
+        CREATE INDEX directory_log_parent ON directory_log (parent, version);
+        CREATE TABLE sync_runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            record BLOB NOT NULL
+        );
+        INSERT INTO directory_state (key, value) VALUES ('version', '0'), ('log_horizon', '0');
+        INSERT INTO roles (name, permissions, description) VALUES
+            ('admin', 'directory.manage,users.manage,config.manage', 'system administrator: runs the server and the directory; cannot read messages'),
+            ('security-admin', 'roles.manage,keys.manage,audit.verify', 'security administrator: grants roles, manages keys'),
+            ('auditor', 'audit.request,audit.read', 'auditor: reads archived messages within an approved access request'),
+            ('approver', 'audit.approve', 'approves or rejects auditors'' access requests'),
+            ('sms-sender', 'sms.send', 'may send SMS notifications through the gateway');
+        """,
     ]
 
     static func migrate(_ connection: Connection) throws {

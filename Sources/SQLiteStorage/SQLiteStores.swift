@@ -19,15 +19,17 @@ public final class SQLiteStores: Sendable {
     }
 
     public var stores: Stores {
-        Stores(accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self, archive: self, uploads: self, pubsub: self)
+        Stores(
+            accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self, archive: self, uploads: self,
+            pubsub: self, directory: self)
     }
 }
 
 private let encoder = JSONEncoder()
 private let decoder = JSONDecoder()
 
-private func encode<T: Encodable>(_ value: T) throws -> [UInt8] { Array(try encoder.encode(value)) }
-private func decode<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) throws -> T {
+func encode<T: Encodable>(_ value: T) throws -> [UInt8] { Array(try encoder.encode(value)) }
+func decode<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) throws -> T {
     do {
         return try decoder.decode(type, from: Data(bytes))
     } catch {
@@ -41,7 +43,7 @@ extension SQLiteStores: AccountStore {
             try db.query("SELECT username, credentials, disabled, created_at FROM accounts WHERE username = ?", [.text(username)]) {
                 Account(
                     username: $0.text(0) ?? username,
-                    credentials: try decode(StoredCredentials.self, $0.blob(1)),
+                    credentials: try Self.credentials($0.blob(1)),
                     disabled: $0.int(2) != 0,
                     createdAt: $0.double(3)
                 )
@@ -49,8 +51,13 @@ extension SQLiteStores: AccountStore {
         }
     }
 
+    /// An empty blob is an account without local credentials (authenticated elsewhere, e.g. LDAP).
+    static func credentials(_ blob: [UInt8]) throws -> StoredCredentials? {
+        blob.isEmpty ? nil : try decode(StoredCredentials.self, blob)
+    }
+
     public func createAccount(_ account: Account) async throws {
-        let blob = try encode(account.credentials)
+        let blob = try account.credentials.map(encode) ?? []
         try await database.run { db in
             do {
                 try db.run(
@@ -71,19 +78,23 @@ extension SQLiteStores: AccountStore {
     }
 
     public func deleteAccount(_ username: String) async throws -> Bool {
-        try await database.transaction { db in
-            let removed = try db.run("DELETE FROM accounts WHERE username = ?", [.text(username)]) > 0
-            // Everything else is keyed by bare JID "username@domain": match that exact prefix
-            // (not LIKE, whose `_` and `%` wildcards could hit other users).
-            let prefix = SQLValue.text(username + "@")
-            for table in ["roster_items", "roster_versions", "offline_messages", "private_xml", "blocklist"] {
-                try db.run("DELETE FROM \(table) WHERE substr(user, 1, length(?1)) = ?1", [prefix])
-            }
-            try db.run("DELETE FROM archive WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
-            try db.run("DELETE FROM pep_items WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
-            try db.run("DELETE FROM pep_nodes WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
-            return removed
+        try await database.transaction { db in try Self.deleteAccount(username, db) }
+    }
+
+    /// Deletes an account and everything stored for it, inside the caller's transaction.
+    static func deleteAccount(_ username: String, _ db: Connection) throws -> Bool {
+        try removeFromDirectory(username, db)
+        let removed = try db.run("DELETE FROM accounts WHERE username = ?", [.text(username)]) > 0
+        // Everything else is keyed by bare JID "username@domain": match that exact prefix
+        // (not LIKE, whose `_` and `%` wildcards could hit other users).
+        let prefix = SQLValue.text(username + "@")
+        for table in ["roster_items", "roster_versions", "offline_messages", "private_xml", "blocklist"] {
+            try db.run("DELETE FROM \(table) WHERE substr(user, 1, length(?1)) = ?1", [prefix])
         }
+        try db.run("DELETE FROM archive WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
+        try db.run("DELETE FROM pep_items WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
+        try db.run("DELETE FROM pep_nodes WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
+        return removed
     }
 
     public func listAccounts() async throws -> [String] {

@@ -538,7 +538,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             switch result {
             case .success(let account):
                 let challenge = scram.serverFirst(
-                    credentials: account?.credentials.credentials(for: hash), fakeSaltKey: server.fakeSaltKey)
+                    credentials: account?.credentials?.credentials(for: hash), fakeSaltKey: server.fakeSaltKey)
                 sasl = .scram(scram, username: username, disabled: account?.disabled ?? false)
                 send(XMLElement("challenge", xmlns: NS.sasl).withText(Data(challenge).base64EncodedString()))
             case .failure(let error):
@@ -582,10 +582,12 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         let accounts = server.stores.accounts
         let cache = server.plainLogins
         return runAsync({ () -> SASLError? in
-            guard let account = try await accounts.account(username) else { return .notAuthorized }
-            let storedKey = account.credentials.sha256.storedKey
+            guard let account = try await accounts.account(username), let credentials = account.credentials else {
+                return .notAuthorized
+            }
+            let storedKey = credentials.sha256.storedKey
             if !cache.matches(username, password: password, storedKey: storedKey) {
-                guard account.credentials.sha256.verify(password: password) else { return .notAuthorized }
+                guard credentials.sha256.verify(password: password) else { return .notAuthorized }
                 cache.remember(username, password: password, storedKey: storedKey)
             }
             return account.disabled ? .accountDisabled : nil

@@ -71,7 +71,7 @@ public final class Router: Sendable {
     }
 
     /// Every bound session (shutdown).
-    func allSessions() -> [SessionHandle] {
+    public func allSessions() -> [SessionHandle] {
         table.withLockedValue { Array($0.values.joined()) }
     }
 }

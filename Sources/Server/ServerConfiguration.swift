@@ -25,6 +25,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
     public var limits: Limits = Limits()
     public var registration: Registration = Registration()
     public var upload: Upload = Upload()
+    public var directory: Directory = Directory()
 
     public init() {}
 
@@ -100,6 +101,34 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
         }
     }
 
+    public struct Directory: Sendable, Codable, Hashable {
+        /// Put the user's own units and the always-visible units in their roster, as groups named
+        /// by unit path, with presence shared without subscription requests.
+        public var roster: Bool = true
+        /// How often the server looks for directory changes made by other processes (the
+        /// `switchboard org` and `ldap` commands), in milliseconds.
+        public var refreshIntervalMs: Int = 1000
+        /// Most results one directory search (XEP-0055) returns.
+        public var searchMaxResults: Int = 50
+        /// Separator between unit names in roster groups and paths.
+        public var groupSeparator: String = "/"
+        public init() {}
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case roster, refreshIntervalMs = "refresh_interval_ms", searchMaxResults = "search_max_results"
+            case groupSeparator = "group_separator"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            let defaults = Self()
+            roster = try container.decodeIfPresent(Bool.self, forKey: .roster) ?? defaults.roster
+            refreshIntervalMs = try container.decodeIfPresent(Int.self, forKey: .refreshIntervalMs) ?? defaults.refreshIntervalMs
+            searchMaxResults = try container.decodeIfPresent(Int.self, forKey: .searchMaxResults) ?? defaults.searchMaxResults
+            groupSeparator = try container.decodeIfPresent(String.self, forKey: .groupSeparator) ?? defaults.groupSeparator
+        }
+    }
+
     public struct Registration: Sendable, Codable, Hashable {
         /// In-band registration (XEP-0077). Off: enterprise accounts come from the back office.
         public var enabled: Bool = false
@@ -108,7 +137,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case domain, dataDir = "data_dir", logLevel = "log_level", logFormat = "log_format", bootstrapAdmin = "bootstrap_admin", threads
-        case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration, upload
+        case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration, upload, directory
     }
 }
 
@@ -176,6 +205,7 @@ extension ServerConfiguration {
         limits = try container.decodeIfPresent(Limits.self, forKey: .limits) ?? defaults.limits
         registration = try container.decodeIfPresent(Registration.self, forKey: .registration) ?? defaults.registration
         upload = try container.decodeIfPresent(Upload.self, forKey: .upload) ?? defaults.upload
+        directory = try container.decodeIfPresent(Directory.self, forKey: .directory) ?? defaults.directory
     }
 
     /// A listener section falls back to the defaults key by key, so `c2s: {port: 0}` keeps `bind`.
@@ -210,6 +240,7 @@ extension ServerConfiguration {
         "limits": Set(Limits.CodingKeys.allCases.map(\.rawValue)),
         "registration": Set(Registration.CodingKeys.allCases.map(\.rawValue)),
         "upload": Set(Upload.CodingKeys.allCases.map(\.rawValue)),
+        "directory": Set(Directory.CodingKeys.allCases.map(\.rawValue)),
     ]
 
     /// Parses and validates YAML text. `source` names the file in messages.
@@ -321,6 +352,15 @@ extension ServerConfiguration {
         if upload.expireAfterDays < 0 { throw fail("upload.expire_after_days", "must be 0 (keep) or more days") }
         if let url = upload.publicURL, !(url.hasPrefix("http://") || url.hasPrefix("https://")) {
             throw fail("upload.public_url", "must start with http:// or https:// (got '\(url)')")
+        }
+        if !(50...3_600_000).contains(directory.refreshIntervalMs) {
+            throw fail("directory.refresh_interval_ms", "must be between 50 and 3600000 (got \(directory.refreshIntervalMs))")
+        }
+        if !(1...1000).contains(directory.searchMaxResults) {
+            throw fail("directory.search_max_results", "must be between 1 and 1000 (got \(directory.searchMaxResults))")
+        }
+        if directory.groupSeparator.count != 1 {
+            throw fail("directory.group_separator", "must be one character (got '\(directory.groupSeparator)')")
         }
         for (key, value) in [
             ("limits.login_timeout_seconds", limits.loginTimeoutSeconds),

@@ -138,6 +138,7 @@ public struct ModuleRegistry: Sendable {
     private(set) var presenceHooks: [(HookPriority, StanzaHook)] = []
     private(set) var undeliverableMessageHooks: [(HookPriority, StanzaHook)] = []
     private(set) var startHooks: [@Sendable (ServerContext) async throws -> Void] = []
+    private(set) var backgroundTasks: [@Sendable (ServerContext) async -> Void] = []
     private(set) var boundHooks: [(HookPriority, SessionHook)] = []
     private(set) var availableHooks: [(HookPriority, SessionHook)] = []
     private(set) var sessionEndHooks: [(HookPriority, SessionHook)] = []
@@ -188,6 +189,12 @@ public struct ModuleRegistry: Sendable {
     /// Runs once at start-up, before the listeners open (load caches …). A failure stops start-up.
     public mutating func onStart(_ hook: @escaping @Sendable (ServerContext) async throws -> Void) {
         startHooks.append(hook)
+    }
+
+    /// Work that runs while the server serves (after the listeners open) and is cancelled at
+    /// shutdown, e.g. watching for directory changes. Check `Task.isCancelled` between rounds.
+    public mutating func addBackgroundTask(_ task: @escaping @Sendable (ServerContext) async -> Void) {
+        backgroundTasks.append(task)
     }
 
     /// A session bound its resource; runs before the bind result is sent, so per-user state

@@ -136,8 +136,10 @@ public final class XMPPServer: Service, Sendable {
                 try? await Task.sleep(for: .seconds(3600))
             }
         }
+        let background = context.modules.backgroundTasks.map { task in Task { [context] in await task(context) } }
         try? await gracefulShutdown()
         housekeeping.cancel()
+        for task in background { task.cancel() }
 
         logger.notice("shutting down")
         for channel in channels { try? await channel.close() }

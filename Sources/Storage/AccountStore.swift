@@ -34,11 +34,12 @@ public struct StoredCredentials: Sendable, Hashable, Codable {
 /// An account as the back office sees it.
 public struct Account: Sendable, Hashable {
     public var username: String
-    public var credentials: StoredCredentials
+    /// nil for an account without a local password (authenticated by the directory, e.g. LDAP bind).
+    public var credentials: StoredCredentials?
     public var disabled: Bool
     public var createdAt: Double
 
-    public init(username: String, credentials: StoredCredentials, disabled: Bool = false, createdAt: Double) {
+    public init(username: String, credentials: StoredCredentials?, disabled: Bool = false, createdAt: Double) {
         self.username = username
         self.credentials = credentials
         self.disabled = disabled

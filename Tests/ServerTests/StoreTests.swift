@@ -19,8 +19,8 @@ import Testing
             try await stores.createAccount(try account("alice"))
             await #expect(throws: StorageError.self) { try await stores.createAccount(try account("alice")) }
             let loaded = try #require(try await stores.account("alice"))
-            #expect(loaded.credentials.sha256.verify(password: "pw"))
-            #expect(!loaded.credentials.sha256.verify(password: "wrong"))
+            #expect(loaded.credentials?.sha256.verify(password: "pw") == true)
+            #expect(loaded.credentials?.sha256.verify(password: "wrong") == false)
             #expect(try await stores.accountCount() == 1)
         }
     }
