@@ -171,7 +171,7 @@ public final class DirectorySnapshot: Sendable {
         return found
     }
 
-    /// Number of members in a unit and all units below it.
+    /// Number of direct members of a unit.
     public func memberCount(_ unit: String) -> Int {
         (membersByUnit[unit]?.count ?? 0)
     }

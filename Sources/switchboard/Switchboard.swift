@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Directory
 import Modules
 import SQLiteStorage
 import Server
@@ -27,9 +28,12 @@ struct Switchboard: AsyncParsableCommand {
               switchboard serve --config /etc/switchboard/switchboard.yaml
               switchboard user add alice --config /etc/switchboard/switchboard.yaml
               echo 's3cret' | switchboard user passwd alice --password-stdin
+              switchboard org unit add 研发中心
+              switchboard org user add zhangwei --name 张伟 --unit 研发中心 --title 工程师
+              switchboard org tree
             """,
         version: VersionModule.version,
-        subcommands: [Serve.self, User.self]
+        subcommands: [Serve.self, User.self, Org.self]
     )
 }
 
@@ -61,6 +65,9 @@ func withConfigurationErrors<T>(_ body: () async throws -> T) async throws -> T 
     } catch let error as StorageError {
         FileHandle.standardError.write(Data("switchboard: storage: \(error.description)\n".utf8))
         throw ExitCode(74)
+    } catch let error as DirectoryError {
+        FileHandle.standardError.write(Data("switchboard: \(error.description)\n".utf8))
+        throw ExitCode(error.kind == .notFound ? 66 : 65)
     }
 }
 

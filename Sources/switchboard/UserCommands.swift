@@ -103,7 +103,7 @@ struct User: AsyncParsableCommand {
 }
 
 /// Loads the configuration and normalises USER to a localpart of its domain.
-private func resolve(_ options: ConfigOptions, _ user: String) throws -> (ServerConfiguration, String) {
+func resolve(_ options: ConfigOptions, _ user: String) throws -> (ServerConfiguration, String) {
     let configuration = try options.load()
     let jid: JID
     do {
@@ -118,7 +118,7 @@ private func resolve(_ options: ConfigOptions, _ user: String) throws -> (Server
 }
 
 /// The password from stdin, the terminal, or a generated one (second value true).
-private func readPassword(_ fromStdin: Bool) throws -> (String, Bool) {
+func readPassword(_ fromStdin: Bool) throws -> (String, Bool) {
     if fromStdin {
         guard let line = readLine(strippingNewline: true), !line.isEmpty else {
             throw ValidationError("--password-stdin: no password on standard input")
