@@ -143,7 +143,11 @@ private struct DirectoryChanges {
 
     /// Disabled or deleted users lose their sessions at once (logins are refused by the account flag).
     private func kickDisabled() {
-        for (username, user) in old.users where user.status == .active && !new.isActive(username) {
+        var gone = Set<String>()
+        for (username, user) in old.users where user.status == .active && !new.isActive(username) { gone.insert(username) }
+        // Also users created and disabled between two refreshes, who may have logged in meanwhile.
+        for (username, user) in new.users where user.status == .disabled && old.users[username] == nil { gone.insert(username) }
+        for username in gone {
             let sessions = server.router.sessions(of: "\(username)@\(server.domain)")
             for session in sessions {
                 session.close(StreamError(.notAuthorized, text: "the account was disabled"))
