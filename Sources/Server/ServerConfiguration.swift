@@ -26,6 +26,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
     public var registration: Registration = Registration()
     public var upload: Upload = Upload()
     public var directory: Directory = Directory()
+    public var ldap: LDAP = LDAP()
 
     public init() {}
 
@@ -137,7 +138,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case domain, dataDir = "data_dir", logLevel = "log_level", logFormat = "log_format", bootstrapAdmin = "bootstrap_admin", threads
-        case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration, upload, directory
+        case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration, upload, directory, ldap
     }
 }
 
@@ -206,6 +207,7 @@ extension ServerConfiguration {
         registration = try container.decodeIfPresent(Registration.self, forKey: .registration) ?? defaults.registration
         upload = try container.decodeIfPresent(Upload.self, forKey: .upload) ?? defaults.upload
         directory = try container.decodeIfPresent(Directory.self, forKey: .directory) ?? defaults.directory
+        ldap = try container.decodeIfPresent(LDAP.self, forKey: .ldap) ?? defaults.ldap
     }
 
     /// A listener section falls back to the defaults key by key, so `c2s: {port: 0}` keeps `bind`.
@@ -241,6 +243,8 @@ extension ServerConfiguration {
         "registration": Set(Registration.CodingKeys.allCases.map(\.rawValue)),
         "upload": Set(Upload.CodingKeys.allCases.map(\.rawValue)),
         "directory": Set(Directory.CodingKeys.allCases.map(\.rawValue)),
+        "ldap": Set(LDAP.CodingKeys.allCases.map(\.rawValue)),
+        "ldap.attributes": Set(LDAP.Attributes.CodingKeys.allCases.map(\.rawValue)),
     ]
 
     /// Parses and validates YAML text. `source` names the file in messages.
@@ -290,12 +294,12 @@ extension ServerConfiguration {
                 let hint = known.sorted().joined(separator: ", ")
                 throw ConfigurationError("\(source): unknown key '\(qualified)' (known keys here: \(hint))")
             }
-            if section.isEmpty, knownKeys[key] != nil {
+            if knownKeys[qualified] != nil {
                 if value.null != nil { continue }  // `tls:` with only comments under it
                 guard let nested = value.mapping else {
-                    throw ConfigurationError("\(source): key '\(key)' must be a mapping")
+                    throw ConfigurationError("\(source): key '\(qualified)' must be a mapping")
                 }
-                try checkKeys(nested, section: key, source: source)
+                try checkKeys(nested, section: qualified, source: source)
             }
         }
     }
@@ -359,6 +363,7 @@ extension ServerConfiguration {
         if !(1...1000).contains(directory.searchMaxResults) {
             throw fail("directory.search_max_results", "must be between 1 and 1000 (got \(directory.searchMaxResults))")
         }
+        try ldap.validate(fail)
         if directory.groupSeparator.count != 1 {
             throw fail("directory.group_separator", "must be one character (got '\(directory.groupSeparator)')")
         }
