@@ -79,6 +79,19 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
+        // LDAPv3 client (RFC 4511) for directory sync and LDAP bind login. Depends on no other target.
+        .target(
+            name: "LDAP",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The executable: serve, user, bench ...
         .executableTarget(
             name: "switchboard",
@@ -106,10 +119,28 @@ let package = Package(
         // Starts the real server on port 0 with a temporary data directory, for tests.
         .target(
             name: "SwitchboardTestSupport",
-            dependencies: ["Server", "Modules", "SQLiteStorage", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl")]
+            dependencies: [
+                "Server", "Modules", "SQLiteStorage",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
         ),
         .testTarget(name: "XMLStreamTests", dependencies: ["XMLStream", "CExpat"]),
         .testTarget(name: "XMPPCoreTests", dependencies: ["XMPPCore"]),
+        .testTarget(
+            name: "LDAPTests",
+            dependencies: [
+                "LDAP", "SwitchboardTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
         .testTarget(name: "ServerTests", dependencies: ["SwitchboardTestSupport", "SQLiteStorage", "Server", "Modules", "Directory"]),
     ]
 )

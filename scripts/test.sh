@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh Debian 12 machine with Swift 6.3:
-#   1. installs the system libraries the build links (libexpat, libsqlite3) if missing,
+#   1. installs the system libraries the build links (libexpat, libsqlite3) and the OpenLDAP
+#      server and tools the LDAP tests start (slapd, ldap-utils) if missing,
 #   2. builds the server (debug) and runs the Swift test suites (unit + in-process server),
 #   3. runs the end-to-end suite: the real server process driven by slixmpp, a WebSocket
 #      client, raw sockets and two Profanity clients under tmux (Tests/e2e/run.sh installs
@@ -13,9 +14,9 @@ cd "$ROOT"
 
 say() { printf '\n==> %s\n' "$*"; }
 
-say "system libraries"
+say "system libraries and test servers"
 missing=()
-for package in libexpat1-dev libsqlite3-dev; do
+for package in libexpat1-dev libsqlite3-dev slapd ldap-utils; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
