@@ -75,8 +75,11 @@ let package = Package(
         .target(
             name: "Modules",
             dependencies: [
-                "Server", "Storage", "XMPPCore", "XMLStream", "Directory",
+                "Server", "Storage", "XMPPCore", "XMLStream", "Directory", "LDAP",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // LDAPv3 client (RFC 4511) for directory sync and LDAP bind login. Depends on no other target.

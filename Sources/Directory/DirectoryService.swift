@@ -53,7 +53,7 @@ public struct DirectoryService: Sendable {
         return "u" + String((0..<9).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &generator)] })
     }
 
-    static func validateName(_ name: String, what: String) throws -> String {
+    public static func validateName(_ name: String, what: String) throws -> String {
         let trimmed = name.trimmingWhitespace()
         guard !trimmed.isEmpty else { throw DirectoryError.invalid("\(what) must not be empty") }
         guard trimmed.utf8.count <= 256 else { throw DirectoryError.invalid("\(what) is longer than 256 bytes") }

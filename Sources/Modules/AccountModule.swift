@@ -62,6 +62,7 @@ public enum BuiltinModules {
             CarbonsModule(), ClientStateModule(), BlockingModule(), ArchiveModule(), PushModule(), PEPModule(),
         ]
         if configuration.upload.enabled { modules.append(UploadModule(maxFileBytes: configuration.upload.maxFileBytes)) }
+        if configuration.ldap.enabled { modules.append(LDAPModule(configuration: configuration.ldap, directory: directory)) }
         return modules
     }
 }

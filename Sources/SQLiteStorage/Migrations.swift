@@ -105,6 +105,7 @@ enum Migrations {
             always_visible INTEGER NOT NULL DEFAULT 0,
             source TEXT NOT NULL,
             external_id TEXT,
+            external_dn TEXT,
             version INTEGER NOT NULL
         );
         CREATE INDEX org_units_parent ON org_units (parent);

@@ -10,7 +10,7 @@ extension SQLiteStores: DirectoryStore {
         try await database.transaction { db in
             var data = DirectoryData(version: try Self.stateInt(db, "version"))
             data.units = try db.query(
-                "SELECT id, parent, name, position, description, always_visible, source, external_id, version FROM org_units"
+                "SELECT id, parent, name, position, description, always_visible, source, external_id, version, external_dn FROM org_units"
             ) { Self.unit($0) }
             data.users = try db.query("SELECT record, version FROM directory_users") { row in
                 var user = try decode(DirectoryUser.self, row.blob(0))
@@ -37,6 +37,9 @@ extension SQLiteStores: DirectoryStore {
             let version = current + 1
             var log = Set<[String]>()
             for change in changes {
+                if case .requireVersion(let expected) = change, expected != current {
+                    throw StorageError.conflict("the directory changed while this run was planned (version \(expected) → \(current)); run it again")
+                }
                 try Self.apply(change, version: version, db: db, log: &log)
             }
             for entry in log {
@@ -93,7 +96,7 @@ extension SQLiteStores: DirectoryStore {
         OrgUnit(
             id: row.text(0) ?? "", parentID: row.text(1), name: row.text(2) ?? "", position: Int(row.int(3)),
             description: row.text(4), alwaysVisible: row.int(5) != 0, source: row.text(6) ?? "local",
-            externalID: row.text(7), version: row.int(8))
+            externalID: row.text(7), externalDN: row.text(9), version: row.int(8))
     }
 
     private static func split(_ text: String?) -> [String] {
@@ -159,16 +162,16 @@ extension SQLiteStores: DirectoryStore {
             log.insert([unit.parentID ?? "", "unit", unit.id])
             try db.run(
                 """
-                INSERT INTO org_units (id, parent, name, position, description, always_visible, source, external_id, version)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO org_units (id, parent, name, position, description, always_visible, source, external_id, version, external_dn)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (id) DO UPDATE SET parent = excluded.parent, name = excluded.name, position = excluded.position,
                     description = excluded.description, always_visible = excluded.always_visible, source = excluded.source,
-                    external_id = excluded.external_id, version = excluded.version
+                    external_id = excluded.external_id, version = excluded.version, external_dn = excluded.external_dn
                 """,
                 [
                     .text(unit.id), .optional(unit.parentID), .text(unit.name), .int(Int64(unit.position)),
                     .optional(unit.description), .int(unit.alwaysVisible ? 1 : 0), .text(unit.source),
-                    .optional(unit.externalID), .int(version),
+                    .optional(unit.externalID), .int(version), .optional(unit.externalDN),
                 ])
         case .deleteUnit(let id):
             guard let parent = try unitParent(db, id) else { return }
@@ -195,9 +198,10 @@ extension SQLiteStores: DirectoryStore {
             try db.run(
                 """
                 INSERT INTO accounts (username, credentials, disabled, created_at) VALUES (?, x'', ?, ?)
-                ON CONFLICT (username) DO UPDATE SET disabled = excluded.disabled
+                ON CONFLICT (username) DO UPDATE SET disabled = excluded.disabled,
+                    credentials = CASE WHEN ?4 = 'ldap' THEN x'' ELSE credentials END
                 """,
-                [.text(user.username), .int(user.status == .disabled ? 1 : 0), .double(Date().timeIntervalSince1970)])
+                [.text(user.username), .int(user.status == .disabled ? 1 : 0), .double(Date().timeIntervalSince1970), .text(user.source)])
             for unit in try unitsOf(db, user.username) { log.insert([unit, "member", user.username]) }
         case .deleteUser(let username):
             try removeUser(username, db: db, log: &log)
@@ -248,6 +252,8 @@ extension SQLiteStores: DirectoryStore {
             try db.run("DELETE FROM role_grants WHERE username = ? AND role = ?", [.text(grant.username), .text(grant.role)])
         case .setState(let key, let value):
             try setState(db, "x." + key, value)
+        case .requireVersion:
+            break
         }
     }
 }

@@ -112,6 +112,19 @@ public enum FilterVerdict: Sendable {
 /// Synchronous, on the hot path: consult memory only.
 public typealias DeliveryFilter = @Sendable (_ stanza: XMLElement, _ from: JID, _ to: JID) -> FilterVerdict
 
+/// What an external authority says about a password (SASL PLAIN).
+public enum PasswordCheck: Sendable {
+    case accepted
+    case rejected
+    /// The authority cannot be asked now (down, timed out): a temporary failure, not a wrong password.
+    case unavailable
+    /// Not an account this authority handles: ask the next one, or the local credentials.
+    case notApplicable
+}
+
+/// Checks a password against an external authority (e.g. LDAP bind). Must bound its own time.
+public typealias PasswordVerifier = @Sendable (_ username: String, _ password: String, _ server: ServerContext) async -> PasswordCheck
+
 public typealias StanzaHook = @Sendable (StanzaHookContext) async throws -> HookResult
 public typealias SessionHook = @Sendable (SessionHandle, ServerContext) async throws -> Void
 /// Handles a nonza on the session's event loop; returns false if the element is not understood.
@@ -139,6 +152,7 @@ public struct ModuleRegistry: Sendable {
     private(set) var undeliverableMessageHooks: [(HookPriority, StanzaHook)] = []
     private(set) var startHooks: [@Sendable (ServerContext) async throws -> Void] = []
     private(set) var backgroundTasks: [@Sendable (ServerContext) async -> Void] = []
+    private(set) var passwordVerifiers: [PasswordVerifier] = []
     private(set) var boundHooks: [(HookPriority, SessionHook)] = []
     private(set) var availableHooks: [(HookPriority, SessionHook)] = []
     private(set) var sessionEndHooks: [(HookPriority, SessionHook)] = []
@@ -195,6 +209,12 @@ public struct ModuleRegistry: Sendable {
     /// shutdown, e.g. watching for directory changes. Check `Task.isCancelled` between rounds.
     public mutating func addBackgroundTask(_ task: @escaping @Sendable (ServerContext) async -> Void) {
         backgroundTasks.append(task)
+    }
+
+    /// Checks plain-text passwords (SASL PLAIN over TLS) of the accounts it handles, before the
+    /// local SCRAM credentials are consulted.
+    public mutating func addPasswordVerifier(_ verifier: @escaping PasswordVerifier) {
+        passwordVerifiers.append(verifier)
     }
 
     /// A session bound its resource; runs before the bind result is sent, so per-user state

@@ -19,13 +19,17 @@ public struct OrgUnit: Sendable, Hashable, Codable {
     public var source: String
     /// The source's own identifier (LDAP entryUUID / objectGUID), for matching across renames.
     public var externalID: String?
+    /// The entry's DN in the source directory (normalised), for placing entries below it.
+    public var externalDN: String?
     /// The version that last changed this unit (set by the store).
     public var version: Int64
 
     public init(
         id: String, parentID: String? = nil, name: String, position: Int = 0, description: String? = nil,
-        alwaysVisible: Bool = false, source: String = "local", externalID: String? = nil, version: Int64 = 0
+        alwaysVisible: Bool = false, source: String = "local", externalID: String? = nil, externalDN: String? = nil,
+        version: Int64 = 0
     ) {
+        self.externalDN = externalDN
         self.id = id
         self.parentID = parentID
         self.name = name
@@ -53,7 +57,8 @@ public struct DirectoryUser: Sendable, Hashable, Codable {
     public var phones: [String]
     public var mobile: String?
     public var status: UserStatus
-    /// "local" (password kept here, SCRAM) or "ldap" (authenticated by LDAP bind, kept in sync).
+    /// "local" (password kept here, SCRAM) or "ldap" (authenticated by LDAP bind, kept in sync; an
+    /// account taken over by the sync loses its local password).
     public var source: String
     public var externalID: String?
     /// The entry's DN in the source directory, for LDAP bind.
@@ -159,6 +164,9 @@ public enum DirectoryChange: Sendable, Hashable {
     case revokeRole(RoleGrant)
     /// Small state of the directory's owners (e.g. the LDAP sync cookie), versioned with the data.
     case setState(key: String, value: String?)
+    /// Fails the batch (conflict) unless the directory is still at this version: for writers that
+    /// planned from a snapshot (the directory sync) and must not overwrite a newer change.
+    case requireVersion(Int64)
 }
 
 /// What changed under one parent since a version: ids to re-read (still there) or drop (gone).

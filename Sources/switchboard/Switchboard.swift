@@ -33,7 +33,7 @@ struct Switchboard: AsyncParsableCommand {
               switchboard org tree
             """,
         version: VersionModule.version,
-        subcommands: [Serve.self, User.self, Org.self]
+        subcommands: [Serve.self, User.self, Org.self, LDAPCommand.self]
     )
 }
 
