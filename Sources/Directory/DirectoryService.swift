@@ -41,7 +41,7 @@ public struct DirectoryService: Sendable {
         } catch let error as StorageError where error.isConflict {
             throw DirectoryError.conflict(error.message)
         }
-        if !changes.isEmpty { await didChange?(version) }
+        if !changes.isEmpty { await didChange?(version) }  // the callback ignores an unchanged version
         return version
     }
 

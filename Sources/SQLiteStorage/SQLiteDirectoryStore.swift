@@ -34,7 +34,15 @@ extension SQLiteStores: DirectoryStore {
         try await database.transaction { db in
             let current = try Self.stateInt(db, "version")
             guard !changes.isEmpty else { return current }
-            let version = current + 1
+            // Bookkeeping alone (a sync cookie that moved) is not a new directory version:
+            // clients' roster versions stay valid.
+            let changesData = changes.contains {
+                switch $0 {
+                case .setState, .requireVersion: return false
+                default: return true
+                }
+            }
+            let version = changesData ? current + 1 : current
             var log = Set<[String]>()
             for change in changes {
                 if case .requireVersion(let expected) = change, expected != current {
@@ -47,7 +55,7 @@ extension SQLiteStores: DirectoryStore {
                     "INSERT INTO directory_log (version, parent, kind, id) VALUES (?, ?, ?, ?)",
                     [.int(version), .text(entry[0]), .text(entry[1]), .text(entry[2])])
             }
-            try Self.setState(db, "version", String(version))
+            if changesData { try Self.setState(db, "version", String(version)) }
             return version
         }
     }
