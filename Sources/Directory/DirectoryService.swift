@@ -28,8 +28,8 @@ public struct DirectoryService: Sendable {
         self.separator = separator
     }
 
-    public func currentSnapshot() async throws -> DirectorySnapshot {
-        DirectorySnapshot(try await store.loadDirectory(), separator: separator)
+    public func currentSnapshot(searchable: Bool = true) async throws -> DirectorySnapshot {
+        DirectorySnapshot(try await store.loadDirectory(), separator: separator, searchable: searchable)
     }
 
     /// Applies a batch, translating store conflicts into directory errors.

@@ -25,7 +25,8 @@ public final class DirectorySnapshot: Sendable {
 
     public static let empty = DirectorySnapshot(DirectoryData())
 
-    public init(_ data: DirectoryData, separator: String = "/") {
+    /// - Parameter searchable: build the search index (the server needs it; the sync does not).
+    public init(_ data: DirectoryData, separator: String = "/", searchable: Bool = true) {
         version = data.version
         self.separator = separator
         var units: [String: OrgUnit] = [:]
@@ -83,7 +84,9 @@ public final class DirectorySnapshot: Sendable {
         }
         for id in units.keys { _ = path(id, depth: 0) }
         self.paths = paths
-        search = DirectorySearchIndex(users: data.users, memberships: byUser, paths: paths)
+        search = searchable
+            ? DirectorySearchIndex(users: data.users, memberships: byUser, paths: paths)
+            : DirectorySearchIndex(users: [], memberships: [:], paths: [:])
     }
 
     // MARK: - Questions

@@ -112,8 +112,16 @@ enum Migrations {
         CREATE UNIQUE INDEX org_units_external ON org_units (external_id) WHERE external_id IS NOT NULL;
         CREATE TABLE directory_users (
             username TEXT PRIMARY KEY,
-            record BLOB NOT NULL,
+            display_name TEXT NOT NULL,
+            title TEXT,
+            employee_number TEXT,
+            emails TEXT NOT NULL,
+            phones TEXT NOT NULL,
+            mobile TEXT,
+            status TEXT NOT NULL,
+            source TEXT NOT NULL,
             external_id TEXT,
+            external_dn TEXT,
             version INTEGER NOT NULL
         );
         CREATE UNIQUE INDEX directory_users_external ON directory_users (external_id) WHERE external_id IS NOT NULL;

@@ -12,10 +12,18 @@ extension SQLiteStores: DirectoryStore {
             data.units = try db.query(
                 "SELECT id, parent, name, position, description, always_visible, source, external_id, version, external_dn FROM org_units"
             ) { Self.unit($0) }
-            data.users = try db.query("SELECT record, version FROM directory_users") { row in
-                var user = try decode(DirectoryUser.self, row.blob(0))
-                user.version = row.int(1)
-                return user
+            // Columns, not JSON: 50,000 users load in tens of milliseconds.
+            data.users = try db.query(
+                """
+                SELECT username, display_name, title, employee_number, emails, phones, mobile, status, source, external_id,
+                    external_dn, version FROM directory_users
+                """
+            ) { row in
+                DirectoryUser(
+                    username: row.text(0) ?? "", displayName: row.text(1) ?? "", title: row.text(2), employeeNumber: row.text(3),
+                    emails: Self.lines(row.text(4)), phones: Self.lines(row.text(5)), mobile: row.text(6),
+                    status: UserStatus(rawValue: row.text(7) ?? "") ?? .disabled, source: row.text(8) ?? "local",
+                    externalID: row.text(9), externalDN: row.text(10), version: row.int(11))
             }
             data.memberships = try db.query("SELECT username, unit, is_primary, title FROM memberships") {
                 Membership(username: $0.text(0) ?? "", unitID: $0.text(1) ?? "", isPrimary: $0.int(2) != 0, title: $0.text(3))
@@ -107,6 +115,16 @@ extension SQLiteStores: DirectoryStore {
             externalID: row.text(7), externalDN: row.text(9), version: row.int(8))
     }
 
+    /// Lists (emails, phones) as newline-separated text; values never hold a newline.
+    private static func lines(_ text: String?) -> [String] {
+        (text ?? "").split(separator: "\n").map(String.init)
+    }
+
+    private static func joinLines(_ values: [String]) -> String {
+        values.map { $0.replacingOccurrences(of: "\n", with: " ").replacingOccurrences(of: "\r", with: " ") }.filter { !$0.isEmpty }
+            .joined(separator: "\n")
+    }
+
     private static func split(_ text: String?) -> [String] {
         (text ?? "").split(separator: ",").map(String.init)
     }
@@ -194,15 +212,21 @@ extension SQLiteStores: DirectoryStore {
             try db.run("DELETE FROM org_units WHERE id = ?", [.text(id)])
             log.insert([parent ?? "", "unit", id])
         case .putUser(let user):
-            var record = user
-            record.version = version
             try db.run(
                 """
-                INSERT INTO directory_users (username, record, external_id, version) VALUES (?, ?, ?, ?)
-                ON CONFLICT (username) DO UPDATE SET record = excluded.record, external_id = excluded.external_id,
-                    version = excluded.version
+                INSERT INTO directory_users (username, display_name, title, employee_number, emails, phones, mobile, status, source,
+                    external_id, external_dn, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (username) DO UPDATE SET display_name = excluded.display_name, title = excluded.title,
+                    employee_number = excluded.employee_number, emails = excluded.emails, phones = excluded.phones,
+                    mobile = excluded.mobile, status = excluded.status, source = excluded.source, external_id = excluded.external_id,
+                    external_dn = excluded.external_dn, version = excluded.version
                 """,
-                [.text(user.username), .blob(try encode(record)), .optional(user.externalID), .int(version)])
+                [
+                    .text(user.username), .text(user.displayName), .optional(user.title), .optional(user.employeeNumber),
+                    .text(Self.joinLines(user.emails)), .text(Self.joinLines(user.phones)), .optional(user.mobile),
+                    .text(user.status.rawValue), .text(user.source), .optional(user.externalID), .optional(user.externalDN),
+                    .int(version),
+                ])
             try db.run(
                 """
                 INSERT INTO accounts (username, credentials, disabled, created_at) VALUES (?, x'', ?, ?)

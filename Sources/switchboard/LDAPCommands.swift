@@ -70,6 +70,9 @@ struct LDAPCommand: AsyncParsableCommand {
                 }
                 for error in report.plan.errors { print("! \(error)") }
                 print("\(report.mode.rawValue) sync \(report.outcome) in \(String(format: "%.2f", report.seconds)) s: \(report.plan.summary)")
+                if verbose {
+                    print("phases: " + report.phases.map { "\($0.0) \(String(format: "%.3f", $0.1)) s" }.joined(separator: ", "))
+                }
                 if report.outcome == "refused" { throw ExitCode(65) }
             }
         }

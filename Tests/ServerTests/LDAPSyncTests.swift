@@ -1,7 +1,7 @@
 import Directory
 import Foundation
 import Logging
-import Modules
+@testable import Modules
 import SQLiteStorage
 import Server
 import Storage
@@ -51,6 +51,18 @@ import Testing
     }
 
     private func b64(_ text: String) -> String { Data(text.utf8).base64EncodedString() }
+
+    @Test func distinguishedNames() {
+        #expect(DN.normalize("UID=Zhang, OU=平台部 ,dc=Example,DC=com") == "uid=zhang,ou=平台部,dc=example,dc=com")
+        #expect(DN.normalize("cn=Smith\\, John,ou=People") == "cn=smith\\, john,ou=people")
+        #expect(DN.components("cn=Smith\\, John,ou=People").count == 2)
+        #expect(DN.firstValue("cn=Smith\\, John,ou=People") == "Smith, John")
+        #expect(DN.firstValue("ou=\\E5\\B9\\B3,dc=x") == "平")
+        #expect(DN.parent("uid=a,ou=B,dc=C") == "ou=b,dc=c")
+        #expect(DN.parent("dc=c") == "")
+        #expect(DN.isWithin("uid=a,ou=B,dc=C", "ou=b, dc=c"))
+        #expect(!DN.isWithin("uid=a,ou=XB,dc=C", "ou=b,dc=c"))
+    }
 
     @Test func fullSyncBuildsTheCompanyAndIsIdempotent() async throws {
         try await withSync { _, stores, run in

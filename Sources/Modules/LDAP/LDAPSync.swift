@@ -25,6 +25,8 @@ public struct LDAPSync: Sendable {
         public var outcome: String
         public var seconds: Double
         public var message: String
+        /// Seconds per phase (load, read, plan, apply), for --verbose and tuning.
+        public var phases: [(String, Double)] = []
     }
 
     let configuration: ServerConfiguration.LDAP
@@ -71,17 +73,27 @@ public struct LDAPSync: Sendable {
     public func run(_ mode: Mode, dryRun: Bool = false, force: Bool = false) async throws -> Report {
         let started = Date()
         let service = DirectoryService(store: directory, accounts: accounts, separator: separator)
+        var phases: [(String, Double)] = []
+        var mark = Date()
+        func phase(_ name: String) {
+            let now = Date()
+            phases.append((name, now.timeIntervalSince(mark)))
+            mark = now
+        }
         do {
-            let snapshot = try await service.currentSnapshot()
+            let snapshot = try await service.currentSnapshot(searchable: false)
+            phase("load")
             let planner = DirectorySyncPlanner(configuration: configuration, snapshot: snapshot)
             let connection = try await Self.connect(configuration, group: group, logger: logger)
             defer { Task { await connection.close() } }
             var state: [DirectoryChange] = []
             let input = try await read(mode, connection: connection, planner: planner, snapshot: snapshot, state: &state, startedAt: started)
+            phase("read")
             var plan = planner.plan(input, force: force)
+            phase("plan")
             let seconds = { Date().timeIntervalSince(started) }
             if dryRun {
-                let report = Report(mode: mode, dryRun: true, plan: plan, outcome: "dry-run", seconds: seconds(), message: plan.summary)
+                let report = Report(mode: mode, dryRun: true, plan: plan, outcome: "dry-run", seconds: seconds(), message: plan.summary, phases: phases)
                 try await record(report, started: started)
                 return report
             }
@@ -93,7 +105,8 @@ public struct LDAPSync: Sendable {
             }
             plan.changes = [.requireVersion(snapshot.version)] + plan.changes + state
             try await service.apply(plan.changes)
-            let report = Report(mode: mode, dryRun: false, plan: plan, outcome: "ok", seconds: seconds(), message: plan.summary)
+            phase("apply")
+            let report = Report(mode: mode, dryRun: false, plan: plan, outcome: "ok", seconds: seconds(), message: plan.summary, phases: phases)
             logger.notice(
                 "directory sync done",
                 metadata: ["ldap.sync.mode": "\(mode.rawValue)", "summary": "\(plan.summary)", "seconds": "\(report.seconds)"])
