@@ -53,12 +53,11 @@ public final class DirectorySnapshot: Sendable {
             byUnit[membership.unitID, default: []].append(membership)
         }
         membershipsByUser = byUser.mapValues { $0.sorted { ($0.isPrimary ? 0 : 1, $0.unitID) < ($1.isPrimary ? 0 : 1, $1.unitID) } }
+        // Sort keys computed once per member (not per comparison: 50,000 users copy structs otherwise).
         membersByUnit = byUnit.mapValues { members in
-            members.sorted {
-                let left = users[$0.username]?.displayName ?? $0.username
-                let right = users[$1.username]?.displayName ?? $1.username
-                return (left, $0.username) < (right, $1.username)
-            }.map(\.username)
+            members.map { (users[$0.username]?.displayName ?? $0.username, $0.username) }
+                .sorted { $0 < $1 }
+                .map(\.1)
         }
         var roles: [String: Role] = [:]
         for role in data.roles { roles[role.name] = role }
