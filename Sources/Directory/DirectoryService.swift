@@ -269,6 +269,83 @@ public struct DirectoryService: Sendable {
         try await apply(changes)
     }
 
+    // MARK: - Bulk import
+
+    /// One row of a bulk import (HR export, CSV).
+    public struct ImportRow: Sendable {
+        public var user: DirectoryUser
+        /// Unit path (created when missing), e.g. 研发中心/平台部.
+        public var unitPath: String?
+        public var credentials: StoredCredentials?
+
+        public init(user: DirectoryUser, unitPath: String?, credentials: StoredCredentials?) {
+            self.user = user
+            self.unitPath = unitPath
+            self.credentials = credentials
+        }
+    }
+
+    /// Adds or updates many users in one transaction, creating their units by path; returns
+    /// (created, updated). A row with an invalid name fails the whole import before anything changes.
+    public func importUsers(_ rows: [ImportRow]) async throws -> (created: Int, updated: Int) {
+        let snapshot = try await currentSnapshot(searchable: false)
+        var changes: [DirectoryChange] = [.requireVersion(snapshot.version)]
+        var unitsByPath: [String: String] = [:]
+        for (id, path) in snapshot.paths { unitsByPath[path] = id }
+        var newChildren: [String: Int] = [:]
+        var created = 0
+        var updated = 0
+        for (index, row) in rows.enumerated() {
+            var user = row.user
+            do {
+                user.username = try Self.validateUsername(user.username)
+                user.displayName = try Self.validateName(user.displayName, what: "a display name")
+            } catch let error as DirectoryError {
+                throw DirectoryError.invalid("row \(index + 1): \(error.description)")
+            }
+            if let existing = snapshot.users[user.username] {
+                user.version = existing.version
+                if existing != user { changes.append(.putUser(user)); updated += 1 }
+            } else {
+                changes.append(.putUser(user))
+                created += 1
+            }
+            if let path = row.unitPath?.trimmingWhitespace(), !path.isEmpty {
+                var parent: String?
+                var sofar = ""
+                for name in path.split(separator: Character(separator)).map({ String($0).trimmingWhitespace() }) where !name.isEmpty {
+                    sofar = sofar.isEmpty ? name : sofar + separator + name
+                    if let id = unitsByPath[sofar] {
+                        parent = id
+                        continue
+                    }
+                    let id = Self.newUnitID()
+                    let siblings = (snapshot.children[parent ?? ""]?.count ?? 0) + newChildren[parent ?? "", default: 0]
+                    newChildren[parent ?? "", default: 0] += 1
+                    changes.append(.putUnit(OrgUnit(id: id, parentID: parent, name: try Self.validateName(name, what: "a unit name"), position: siblings)))
+                    unitsByPath[sofar] = id
+                    parent = id
+                }
+                if let unit = parent, !(snapshot.membershipsByUser[user.username] ?? []).contains(where: { $0.unitID == unit }) {
+                    let first = (snapshot.membershipsByUser[user.username] ?? []).isEmpty
+                    changes.append(.putMembership(Membership(username: user.username, unitID: unit, isPrimary: first)))
+                }
+            }
+        }
+        // Accounts with passwords first (SCRAM keys), then the directory in one batch.
+        for row in rows {
+            guard let credentials = row.credentials, let username = try? Self.validateUsername(row.user.username) else { continue }
+            if try await accounts.account(username) == nil {
+                try await accounts.createAccount(
+                    Account(username: username, credentials: credentials, disabled: row.user.status == .disabled, createdAt: Date().timeIntervalSince1970))
+            } else {
+                _ = try await accounts.setCredentials(username, credentials)
+            }
+        }
+        try await apply(changes)
+        return (created, updated)
+    }
+
     // MARK: - Roles
 
     public func createRole(_ name: String, permissions: [String], description: String? = nil) async throws {

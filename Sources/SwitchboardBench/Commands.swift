@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import XMLStream
+import XMPPCore
 
 struct SwitchboardBench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -12,7 +14,7 @@ struct SwitchboardBench: ParsableCommand {
             pass --server-pid to get the server's CPU time and RSS; the generator's own CPU share is \
             always reported so a generator limit is not mistaken for a server limit.
             """,
-        subcommands: [Register.self, Login.self, Idle.self, Messages.self, MUC.self, Roster.self, SelfTest.self]
+        subcommands: [Register.self, Login.self, Idle.self, Messages.self, MUC.self, Roster.self, Request.self, SelfTest.self]
     )
 }
 
@@ -113,7 +115,7 @@ struct Login: ParsableCommand {
     var pause: Double = 1
 
     func run() throws {
-        try Scenarios.login(common, rounds: max(1, rounds), presence: presence, pause: pause, roster: false)
+        try Scenarios.login(common, rounds: max(1, rounds), presence: presence, pause: pause)
     }
 }
 
@@ -130,7 +132,55 @@ struct Roster: ParsableCommand {
     var pause: Double = 1
 
     func run() throws {
-        try Scenarios.login(common, rounds: max(1, rounds), presence: false, pause: pause, roster: true)
+        var iq = XMLStream.XMLElement(name: "iq", namespace: NS.client)
+        iq[attribute: "type"] = "get"
+        iq.append(XMLStream.XMLElement("query", xmlns: NS.roster))
+        try Scenarios.login(common, rounds: max(1, rounds), presence: false, pause: pause, request: iq, scenario: "roster")
+    }
+}
+
+struct Request: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "iq",
+        abstract: "Login + one IQ per user (e.g. a directory search); reports the IQ's round-trip latency percentiles.",
+        discussion: """
+            EXAMPLE (XEP-0055 search by pinyin initials):
+              switchboard-bench iq --domain example.com --users 200 --to example.com \\
+                --payload "<query xmlns='jabber:iq:search'><first>zw</first></query>" --type set
+            """)
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(help: "The IQ's payload (one XML element).")
+    var payload: String
+
+    @Option(help: "Address the IQ to this JID (default: the user's own account).")
+    var to: String?
+
+    @Option(help: "get or set.")
+    var type = "get"
+
+    @Option(help: "Rounds.")
+    var rounds = 2
+
+    @Option(help: "Seconds to pause between rounds.")
+    var pause: Double = 1
+
+    @Option(help: "Name of the measured step in the JSON (e.g. search).")
+    var name = "iq"
+
+    func run() throws {
+        let element: XMLStream.XMLElement
+        do {
+            element = try XMLStream.XMLElement.parse(payload)
+        } catch {
+            throw ValidationError("--payload is not one well-formed XML element: \(error)")
+        }
+        var iq = XMLStream.XMLElement(name: "iq", namespace: NS.client)
+        iq[attribute: "type"] = type
+        if let to { iq[attribute: "to"] = to }
+        iq.append(element)
+        try Scenarios.login(common, rounds: max(1, rounds), presence: false, pause: pause, request: iq, scenario: name)
     }
 }
 

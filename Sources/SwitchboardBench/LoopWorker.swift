@@ -3,11 +3,12 @@ import XMLStream
 import XMPPCore
 
 /// What a worker does with a connection once it is ready.
-enum ReadyAction: Sendable {
+enum ReadyAction: Sendable, Equatable {
     /// Login benchmark: record, then close cleanly.
     case close
-    /// Roster benchmark: send a roster get, record the time to its result, then close.
-    case roster
+    /// Request benchmark (roster, directory search …): send this IQ, record the time to its
+    /// result, then close.
+    case request(XMLElement)
     /// Keep the session (idle, messages, muc).
     case hold
 }
@@ -139,16 +140,14 @@ final class LoopWorker: XMPPClientDelegate {
         case .close:
             releaseSlot(client)
             client.close()
-        case .roster:
+        case .request(let iq):
             client.markNanos = MonotonicClock.nanos()
-            var query = XMLElement(name: "iq", namespace: NS.client)
-            query[attribute: "type"] = "get"
-            query[attribute: "id"] = "roster1"
-            query.append(XMLElement("query", xmlns: NS.roster))
-            client.send(query)
+            var request = iq
+            request[attribute: "id"] = "request1"
+            client.send(request)
             loop.assumeIsolated().scheduleTask(in: settings.loginTimeout) { [weak self, weak client] in
                 guard let self, let client, client.holdsSlot else { return }
-                self.stats.fail("roster get timed out")
+                self.stats.fail("request timed out")
                 self.releaseSlot(client)
                 client.close()
             }
@@ -181,11 +180,11 @@ final class LoopWorker: XMPPClientDelegate {
     }
 
     func client(_ client: XMPPClient, receivedStanza stanza: XMLElement) {
-        if stanza.name == "iq", stanza.id == "roster1", client.holdsSlot {
+        if stanza.name == "iq", stanza.id == "request1", client.holdsSlot {
             if stanza.stanzaType == "result" {
                 stats.stepLatency.recordMicros(sinceNanos: client.markNanos, now: MonotonicClock.nanos())
             } else {
-                stats.fail("roster get refused: \(XMPPClient.describeStanzaError(stanza))")
+                stats.fail("request refused: \(XMPPClient.describeStanzaError(stanza))")
             }
             releaseSlot(client)
             client.close()

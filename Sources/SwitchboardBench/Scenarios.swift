@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NIOCore
+import XMLStream
 
 /// The scenarios, run from the main thread.
 enum Scenarios {
@@ -32,11 +33,14 @@ enum Scenarios {
 
     // MARK: - login / roster
 
-    static func login(_ options: CommonOptions, rounds: Int, presence: Bool, pause: Double, roster: Bool) throws {
+    /// Logins, optionally each followed by one IQ (`request`) whose round trip is measured.
+    static func login(
+        _ options: CommonOptions, rounds: Int, presence: Bool, pause: Double, request: XMLStream.XMLElement? = nil, scenario: String = "login"
+    ) throws {
         let harness = try Harness(options: options)
         defer { harness.shutdown() }
         let users = harness.users(count: options.users, from: options.firstUser)
-        let scenario = roster ? "roster" : "login"
+        let roster = request != nil
         progress("\(scenario): \(users.count) users, \(options.concurrency) in flight, \(rounds) rounds, \(options.transport.rawValue) + \(options.mechanism.rawValue)")
         let total = Meter(serverPID: options.serverPID, threads: harness.threads)
         var roundJSON: [JSON] = []
@@ -54,7 +58,7 @@ enum Scenarios {
             let meter = Meter(serverPID: options.serverPID, threads: harness.threads)
             try harness.launch(
                 users: users, concurrency: options.concurrency, goal: .session(presence: presence),
-                action: roster ? .roster : .close)
+                action: request.map { .request($0) } ?? .close)
             let reading = meter.read()
             let stats = try harness.stats()
             for (reason, count) in stats.failures { totalFailures[reason, default: 0] += count }
@@ -81,7 +85,7 @@ enum Scenarios {
                 ("server_cpu_ms_per_login", cpuMillis.map { .number($0, 3) } ?? .null),
                 ("login_latency", latencyJSON(stats.loginLatency)),
             ]
-            if roster { fields.append(("roster_latency", latencyJSON(stats.stepLatency))) }
+            if roster { fields.append(("\(scenario)_latency", latencyJSON(stats.stepLatency))) }
             fields += reading.fields()
             roundJSON.append(.object(fields))
             if round > 1 || rounds == 1 {
@@ -111,8 +115,8 @@ enum Scenarios {
         ]
         if roster {
             out += [
-                ("roster_p50_ms", median(rosterP50s).map { .number($0, 3) } ?? .null),
-                ("roster_p99_ms", median(rosterP99s).map { .number($0, 3) } ?? .null),
+                ("\(scenario)_p50_ms", median(rosterP50s).map { .number($0, 3) } ?? .null),
+                ("\(scenario)_p99_ms", median(rosterP99s).map { .number($0, 3) } ?? .null),
             ]
         }
         out += [

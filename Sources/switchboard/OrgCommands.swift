@@ -32,7 +32,7 @@ struct Org: AsyncParsableCommand {
               switchboard org role grant auditor lisi
               switchboard org tree --members
             """,
-        subcommands: [Tree.self, UnitCommand.self, UserCommand.self, Member.self, RoleCommand.self]
+        subcommands: [Tree.self, UnitCommand.self, UserCommand.self, Member.self, RoleCommand.self, Import.self]
     )
 
     /// Opens the stores and the directory service for one command.
@@ -470,5 +470,114 @@ struct Org: AsyncParsableCommand {
                 }
             }
         }
+    }
+}
+
+extension Org {
+    struct Import: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Add or update many users from a CSV file (an HR export) in one transaction.",
+            discussion: """
+                The first line names the columns; known columns: username (required), name (required), \
+                unit (a path such as 研发中心/平台部, created when missing), title, email, phone, mobile, \
+                employee_number, status (active/disabled), password. Several emails or phones go in one \
+                cell separated by ';'. Rows with a password get a local password (SCRAM keys; the \
+                plain text is not kept); without, the account has none (LDAP login, or set one later \
+                with 'switchboard user passwd'). Fields may be quoted ("…") per RFC 4180. Nothing \
+                changes if any row is invalid.
+                """)
+        @OptionGroup var options: ConfigOptions
+        @Argument(help: "CSV file (UTF-8), or - for standard input.") var file: String
+
+        func run() async throws {
+            try await Org.withService(options) { service, _ in
+                let text: String
+                if file == "-" {
+                    text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+                } else {
+                    do {
+                        text = try String(contentsOfFile: file, encoding: .utf8)
+                    } catch {
+                        throw ValidationError("cannot read \(file): \(error.localizedDescription)")
+                    }
+                }
+                let records = CSV.parse(text)
+                guard let header = records.first?.map({ $0.trimmingCharacters(in: .whitespaces).lowercased() }) else {
+                    throw ValidationError("\(file) is empty")
+                }
+                let known: Set<String> = ["username", "name", "unit", "title", "email", "phone", "mobile", "employee_number", "status", "password"]
+                for column in header where !known.contains(column) {
+                    throw ValidationError("unknown column '\(column)' (known: \(known.sorted().joined(separator: ", ")))")
+                }
+                guard header.contains("username"), header.contains("name") else {
+                    throw ValidationError("the header must name at least the columns username and name")
+                }
+                var rows: [DirectoryService.ImportRow] = []
+                for (number, record) in records.dropFirst().enumerated() where !(record.count == 1 && record[0].isEmpty) {
+                    var fields: [String: String] = [:]
+                    for (index, column) in header.enumerated() where index < record.count { fields[column] = record[index] }
+                    func list(_ key: String) -> [String] {
+                        (fields[key] ?? "").split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+                    }
+                    func value(_ key: String) -> String? { fields[key].flatMap { $0.isEmpty ? nil : $0 } }
+                    let status: UserStatus
+                    switch value("status")?.lowercased() {
+                    case nil, "active": status = .active
+                    case "disabled": status = .disabled
+                    case let other?: throw ValidationError("line \(number + 2): status must be active or disabled (got '\(other)')")
+                    }
+                    let user = DirectoryUser(
+                        username: value("username") ?? "", displayName: value("name") ?? "", title: value("title"),
+                        employeeNumber: value("employee_number"), emails: list("email"), phones: list("phone"), mobile: value("mobile"),
+                        status: status)
+                    let credentials = try value("password").map { try StoredCredentials.derive(password: $0) }
+                    rows.append(DirectoryService.ImportRow(user: user, unitPath: value("unit"), credentials: credentials))
+                }
+                let (created, updated) = try await service.importUsers(rows)
+                print("imported \(rows.count) rows: \(created) created, \(updated) updated")
+            }
+        }
+    }
+}
+
+/// RFC 4180 CSV: comma-separated, double quotes around fields with commas, quotes or newlines.
+enum CSV {
+    static func parse(_ text: String) -> [[String]] {
+        var records: [[String]] = []
+        var record: [String] = []
+        var field = ""
+        var quoted = false
+        var iterator = text.makeIterator()
+        var pending: Character?
+        while let character = pending ?? iterator.next() {
+            pending = nil
+            if quoted {
+                if character == "\"" {
+                    if let next = iterator.next() {
+                        if next == "\"" { field.append("\"") } else { quoted = false; pending = next }
+                    } else {
+                        quoted = false
+                    }
+                } else {
+                    field.append(character)
+                }
+                continue
+            }
+            switch character {
+            case "\"" where field.isEmpty: quoted = true
+            case ",": record.append(field); field = ""
+            case "\n", "\r\n", "\r":
+                record.append(field)
+                records.append(record)
+                record = []
+                field = ""
+            default: field.append(character)
+            }
+        }
+        if !field.isEmpty || !record.isEmpty {
+            record.append(field)
+            records.append(record)
+        }
+        return records
     }
 }

@@ -107,6 +107,13 @@ class Slapd:
         self.proc = proc
         self.log = tmp / "slapd.log"
         self.suspended = False
+        # If the test process dies without teardown (pytest-timeout's os._exit, SIGKILL), a
+        # watchdog shell kills slapd within a second.
+        self.watchdog = subprocess.Popen(
+            ["/bin/sh", "-c", 'while kill -0 "$0" 2>/dev/null; do sleep 0.5; done; kill -KILL "$1" 2>/dev/null',
+             str(os.getpid()), str(proc.pid)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
 
     @property
     def url(self) -> str:
@@ -196,6 +203,9 @@ class Slapd:
                 self.proc.wait()
             except ProcessLookupError:
                 pass
+        if self.watchdog.poll() is None:
+            self.watchdog.kill()
+            self.watchdog.wait()
 
     def stop(self) -> None:
         self._kill()

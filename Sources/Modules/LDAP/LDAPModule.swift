@@ -39,7 +39,7 @@ public struct LDAPModule: ServerModule {
                 let mode: LDAPSync.Mode = fullDue ? .full : .incremental
                 if fullDue || configuration.incrementalIntervalSeconds > 0 {
                     do {
-                        _ = try await gate.run { try await sync.run(mode) }
+                        _ = try await gate.run { try await sync.run(mode, current: directory.snapshot) }
                         if fullDue { lastFull = ContinuousClock.now; first = false }
                         await directory.refresh(server)
                     } catch {

@@ -70,7 +70,9 @@ public struct LDAPSync: Sendable {
         return connection
     }
 
-    public func run(_ mode: Mode, dryRun: Bool = false, force: Bool = false) async throws -> Report {
+    /// - Parameter current: the running server's snapshot, used when it is still current (saves
+    ///   loading the whole directory, most of an incremental run's time).
+    public func run(_ mode: Mode, dryRun: Bool = false, force: Bool = false, current: DirectorySnapshot? = nil) async throws -> Report {
         let started = Date()
         let service = DirectoryService(store: directory, accounts: accounts, separator: separator)
         var phases: [(String, Double)] = []
@@ -81,7 +83,12 @@ public struct LDAPSync: Sendable {
             mark = now
         }
         do {
-            let snapshot = try await service.currentSnapshot(searchable: false)
+            let snapshot: DirectorySnapshot
+            if let current, try await directory.directoryVersion() == current.version {
+                snapshot = current
+            } else {
+                snapshot = try await service.currentSnapshot(searchable: false)
+            }
             phase("load")
             let planner = DirectorySyncPlanner(configuration: configuration, snapshot: snapshot)
             let connection = try await Self.connect(configuration, group: group, logger: logger)
