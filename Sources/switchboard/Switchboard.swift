@@ -21,7 +21,7 @@ struct Switchboard: AsyncParsableCommand {
             With no configuration file, `switchboard serve` runs on its embedded defaults: domain \
             'localhost', data in ./data (SQLite), client connections on port 5222 (STARTTLS) and 5223 \
             (direct TLS), HTTP and XMPP-over-WebSocket on 127.0.0.1:5280, and a self-signed certificate \
-            generated on first start. See docs/configuration.md for every key.
+            generated on first start. Every key is documented in switchboard.example.yaml.
 
             EXAMPLES:
               switchboard serve
