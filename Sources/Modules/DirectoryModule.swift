@@ -60,9 +60,24 @@ public final class DirectoryRuntime: Sendable {
         }
     }
 
-    /// Runs refreshes one at a time, so changes are applied in version order.
+    /// Runs refreshes one at a time, so changes are applied in version order. (An actor alone
+    /// would not do: it is reentrant at every `await` inside the body.)
     private actor Refresher {
-        func run(_ body: @Sendable () async -> Void) async { await body() }
+        private var busy = false
+        private var waiters: [CheckedContinuation<Void, Never>] = []
+
+        func run(_ body: @Sendable () async -> Void) async {
+            if busy {
+                await withCheckedContinuation { waiters.append($0) }
+            }
+            busy = true
+            await body()
+            if waiters.isEmpty {
+                busy = false
+            } else {
+                waiters.removeFirst().resume()  // hand over: `busy` stays true
+            }
+        }
     }
 
     // MARK: - Roster content
@@ -127,9 +142,9 @@ private struct DirectoryChanges {
     let server: ServerContext
 
     func apply() async {
-        kickDisabled()
+        let gone = kickDisabled()
         guard runtime.rosterEnabled else { return }
-        let affected = affectedUsers()
+        let affected = affectedUsers().subtracting(gone)
         var pushes = 0
         for username in affected {
             pushes += await updateRoster(of: username)
@@ -141,19 +156,44 @@ private struct DirectoryChanges {
             ])
     }
 
-    /// Disabled or deleted users lose their sessions at once (logins are refused by the account flag).
-    private func kickDisabled() {
+    /// Disabled or deleted users lose their sessions at once (logins are refused by the account
+    /// flag); their colleagues first see them go offline. Returns who went.
+    private func kickDisabled() -> Set<String> {
         var gone = Set<String>()
         for (username, user) in old.users where user.status == .active && !new.isActive(username) { gone.insert(username) }
         // Also users created and disabled between two refreshes, who may have logged in meanwhile.
         for (username, user) in new.users where user.status == .disabled && old.users[username] == nil { gone.insert(username) }
         for username in gone {
             let sessions = server.router.sessions(of: "\(username)@\(server.domain)")
+            if runtime.rosterEnabled { announceUnavailable(sessions, viewers: old.viewers(of: username)) }
             for session in sessions {
                 session.close(StreamError(.notAuthorized, text: "the account was disabled"))
             }
             if !sessions.isEmpty {
                 server.logger.notice("disabled user's sessions ended", metadata: ["xmpp.user": "\(username)", "sessions": "\(sessions.count)"])
+            }
+        }
+        return gone
+    }
+
+    /// Unavailable presence from these sessions to the colleagues who saw them (the session-end
+    /// broadcast that follows asks the new snapshot, where a disabled user has no colleagues).
+    private func announceUnavailable(_ sessions: [SessionHandle], viewers: DirectorySnapshot.Viewers) {
+        let available = sessions.filter { $0.presence.available }
+        guard !available.isEmpty else { return }
+        let targets: [SessionHandle]
+        switch viewers {
+        case .everyone:
+            targets = server.router.allSessions().filter { $0.presence.available && $0.bareKey != available[0].bareKey }
+        case .users(let users):
+            targets = users.flatMap { server.router.availableSessions(of: "\($0)@\(server.domain)") }
+        }
+        for session in available {
+            for target in targets {
+                target.deliver(
+                    XMLElement(
+                        "presence", xmlns: NS.client,
+                        ["type": "unavailable", "from": session.jid.description, "to": target.jid.description]))
             }
         }
     }

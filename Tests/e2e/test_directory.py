@@ -328,10 +328,6 @@ async def test_ldap_changes_reach_rosters_and_sessions_live(dxmpp, slapd):
                 slapd.modify(f"dn: {dn}\nchangetype: delete\n")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "server bug: DirectoryChanges.kickDisabled closes the deleted user's session before "
-    "updateRoster's sendUnavailable looks for it, and the close-time broadcast asks the new "
-    "snapshot, where a disabled user has no viewers: colleagues keep seeing them online"))
 @async_test()
 async def test_colleague_deleted_in_ldap_goes_offline_for_colleagues(dxmpp, slapd):
     """RFC 6121 §3.2.3: when a contact leaves the roster (subscription both → none), the user
