@@ -112,7 +112,13 @@ final class LDAPClientHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        fail(Self.map(error), context: context)
+        // Once connected, a reset or broken pipe means the server went away: `.closed`.
+        if error is IOError {
+            logger.debug("LDAP: connection lost", metadata: ["ldap.error": "\(error)"])
+            fail(.closed, context: context)
+        } else {
+            fail(Self.map(error), context: context)
+        }
     }
 
     /// Notice of Disconnection (RFC 4511 §4.4.1) or anything else with message ID 0.
@@ -132,8 +138,9 @@ final class LDAPClientHandler: ChannelInboundHandler {
             failure = error
             logger.debug("LDAP: connection failed", metadata: ["ldap.error": "\(error)"])
         }
-        failAll(error)
+        // Close first, so a caller woken by the failure already sees `isActive == false`.
         context.close(promise: nil)
+        failAll(error)
     }
 
     private func failAll(_ error: LDAPError) {

@@ -271,6 +271,7 @@ public final class LDAPConnection: Sendable {
     static func syncResult(from messages: [LDAPMessage], previousCookie: [UInt8]?) throws -> LDAPSyncResult {
         var sync = LDAPSyncResult()
         sync.cookie = previousCookie
+        sync.isFullRefresh = previousCookie == nil
         for message in messages {
             switch message.operation {
             case .searchResultEntry(let entry):
