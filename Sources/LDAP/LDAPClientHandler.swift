@@ -60,7 +60,7 @@ final class LDAPClientHandler: ChannelInboundHandler {
             return
         }
         if let promise {
-            let now = NIODeadline.now()
+            let now = context.eventLoop.now
             var operation = Pending(promise: promise, lastActivity: now, closeOnTimeout: closeOnTimeout)
             operation.timer = scheduleTimeout(messageID: messageID, at: now + operationTimeout, context: context)
             pending[messageID] = operation
@@ -95,7 +95,7 @@ final class LDAPClientHandler: ChannelInboundHandler {
         switch message.operation {
         case .searchResultEntry, .searchResultReference, .intermediateResponse:
             pending[message.messageID]?.messages.append(message)
-            pending[message.messageID]?.lastActivity = .now()
+            pending[message.messageID]?.lastActivity = context.eventLoop.now
         case .bindResponse, .searchResultDone, .extendedResponse, .otherResponse:
             pending[message.messageID]?.messages.append(message)
             let messages = pending[message.messageID]?.messages ?? [message]
@@ -164,7 +164,7 @@ final class LDAPClientHandler: ChannelInboundHandler {
     private func checkTimeout(messageID: Int32) {
         guard let operation = pending[messageID], let context else { return }
         let deadline = operation.lastActivity + operationTimeout
-        if deadline > .now() {
+        if deadline > context.eventLoop.now {
             pending[messageID]?.timer = scheduleTimeout(messageID: messageID, at: deadline, context: context)
             return
         }

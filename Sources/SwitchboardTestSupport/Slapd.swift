@@ -76,16 +76,22 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
     ///     deletions as UUIDs).
     ///   - sizeLimit: nil for unlimited searches; otherwise ordinary searches stop at this many
     ///     entries while paged searches may return any number (like Active Directory's MaxPageSize).
-    public static func start(ldif: URL, tls: Bool = false, syncprov: Bool = true, sizeLimit: Int? = nil) async throws
-        -> SlapdServer
-    {
-        try await start(ldifText: String(contentsOf: ldif, encoding: .utf8), tls: tls, syncprov: syncprov, sizeLimit: sizeLimit)
+    ///   - certificateNames: the subject alternative names of the server certificate (IP
+    ///     literals become IP SANs); leave out 127.0.0.1 to test hostname verification.
+    public static func start(
+        ldif: URL, tls: Bool = false, syncprov: Bool = true, sizeLimit: Int? = nil,
+        certificateNames: [String] = ["127.0.0.1", "localhost"]
+    ) async throws -> SlapdServer {
+        try await start(
+            ldifText: String(contentsOf: ldif, encoding: .utf8), tls: tls, syncprov: syncprov, sizeLimit: sizeLimit,
+            certificateNames: certificateNames)
     }
 
     /// Starts slapd with the entries of `ldif` (LDIF text) loaded.
-    public static func start(ldifText ldif: String, tls: Bool = false, syncprov: Bool = true, sizeLimit: Int? = nil)
-        async throws -> SlapdServer
-    {
+    public static func start(
+        ldifText ldif: String, tls: Bool = false, syncprov: Bool = true, sizeLimit: Int? = nil,
+        certificateNames: [String] = ["127.0.0.1", "localhost"]
+    ) async throws -> SlapdServer {
         for path in [slapdPath, slapaddPath, ldapmodifyPath] where !FileManager.default.isExecutableFile(atPath: path) {
             throw Failure("\(path) not found: install OpenLDAP with scripts/test.sh (apt-get install slapd ldap-utils)")
         }
@@ -94,7 +100,7 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
         do {
             var caPath: String?
             if tls {
-                caPath = try TestCertificateAuthority.writeServerCertificate(in: directory, ipAddress: "127.0.0.1")
+                caPath = try TestCertificateAuthority.writeServerCertificate(in: directory, names: certificateNames)
             }
             let server = SlapdServer.Config(directory: directory, tls: tls, syncprov: syncprov, sizeLimit: sizeLimit)
             try server.write()
@@ -305,6 +311,9 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
                 # 50,000-entry searches (paged or not) must not stop at the default 500.
                 sizelimit unlimited
                 timelimit unlimited
+                # Like Active Directory and many other servers, accept an unauthenticated bind (a DN
+                # with an empty password) as anonymous: the client must refuse to send one.
+                allow bind_anon_dn
 
                 """
             if tls {
@@ -347,8 +356,9 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
 /// Certificates for TLS tests, made with swift-certificates (no openssl CLI needed).
 public enum TestCertificateAuthority {
     /// Writes ca.pem, server.pem and server.key into `directory`: a P-256 CA and a server
-    /// certificate it signed for `ipAddress` (IP SAN) and `localhost`. Returns the CA's path.
-    public static func writeServerCertificate(in directory: URL, ipAddress: String) throws -> String {
+    /// certificate it signed for `names` (IPv4 literals as IP SANs, the rest as DNS names).
+    /// Returns the CA's path.
+    public static func writeServerCertificate(in directory: URL, names: [String]) throws -> String {
         let caKey = P256.Signing.PrivateKey()
         let caName = try DistinguishedName {
             CommonName("Switchboard Test CA \(UUID().uuidString.prefix(8))")
@@ -366,17 +376,20 @@ public enum TestCertificateAuthority {
             },
             issuerPrivateKey: .init(caKey))
         let serverKey = P256.Signing.PrivateKey()
-        let ipBytes = ipAddress.split(separator: ".").compactMap { UInt8($0) }
+        let alternativeNames: [GeneralName] = names.map { name in
+            let octets = name.split(separator: ".").compactMap { UInt8($0) }
+            return octets.count == 4 ? .ipAddress(ASN1OctetString(contentBytes: octets[...])) : .dnsName(name)
+        }
         let server = try Certificate(
             version: .v3, serialNumber: .init(), publicKey: .init(serverKey.publicKey),
             notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(7 * 86400),
-            issuer: caName, subject: try DistinguishedName { CommonName(ipAddress) },
+            issuer: caName, subject: try DistinguishedName { CommonName(names.first ?? "server") },
             signatureAlgorithm: .ecdsaWithSHA256,
             extensions: try Certificate.Extensions {
                 Critical(BasicConstraints.notCertificateAuthority)
                 Critical(KeyUsage(digitalSignature: true))
                 try ExtendedKeyUsage([.serverAuth])
-                SubjectAlternativeNames([.ipAddress(ASN1OctetString(contentBytes: ipBytes[...])), .dnsName("localhost")])
+                SubjectAlternativeNames(alternativeNames)
                 AuthorityKeyIdentifier(keyIdentifier: try ca.extensions.subjectKeyIdentifier?.keyIdentifier)
             },
             issuerPrivateKey: .init(caKey))

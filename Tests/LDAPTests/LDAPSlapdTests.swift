@@ -18,9 +18,11 @@ struct LDAPSlapdTests {
     let company = CompanyLDIF.shared
 
     private func withSlapd<T>(
-        tls: Bool = false, sizeLimit: Int? = nil, _ body: (SlapdServer) async throws -> T
+        tls: Bool = false, sizeLimit: Int? = nil, certificateNames: [String] = ["127.0.0.1", "localhost"],
+        _ body: (SlapdServer) async throws -> T
     ) async throws -> T {
-        let slapd = try await SlapdServer.start(ldif: SlapdServer.companyLDIF, tls: tls, sizeLimit: sizeLimit)
+        let slapd = try await SlapdServer.start(
+            ldif: SlapdServer.companyLDIF, tls: tls, sizeLimit: sizeLimit, certificateNames: certificateNames)
         defer { slapd.stop() }
         return try await body(slapd)
     }
@@ -73,8 +75,6 @@ struct LDAPSlapdTests {
     @Test func emptyPasswordIsRefusedBeforeReachingTheServer() async throws {
         try await withSlapd { slapd in
             try await withConnection(slapd.url) { connection in
-                // slapd answers an empty simple bind with success (unauthenticated bind): the
-                // client must never send it.
                 let error = await #expect(throws: LDAPError.self) {
                     try await connection.bind(dn: Self.zhangweiDN, password: "")
                 }
@@ -82,6 +82,15 @@ struct LDAPSlapdTests {
                     Issue.record("expected .invalidArgument, got \(String(describing: error))")
                     return
                 }
+                // Why: sent anyway, the server (like AD, here `allow bind_anon_dn`) answers an
+                // unauthenticated bind with success, which a login check would take for a
+                // correct password.
+                let raw = try await connection.perform(.bindRequest(version: 3, dn: Self.zhangweiDN, password: []))
+                guard case .bindResponse(let result) = raw.last?.operation else {
+                    Issue.record("no BindResponse")
+                    return
+                }
+                #expect(result.code == LDAPResultCode.success)
             }
         }
     }
@@ -244,6 +253,27 @@ struct LDAPSlapdTests {
         }
     }
 
+    @Test func hostnameVerification() async throws {
+        // A certificate that names only localhost, served on 127.0.0.1.
+        try await withSlapd(tls: true, certificateNames: ["localhost"]) { slapd in
+            let caPath = try #require(slapd.caPath)
+            let ldaps = try #require(slapd.ldapsURL)
+            let error = await #expect(throws: LDAPError.self) {
+                try await LDAPConnection.connect(try LDAPConfiguration(url: ldaps, caCertificatePath: caPath, connectTimeout: .seconds(5)))
+            }
+            if case .tlsFailure = error {} else { Issue.record("expected .tlsFailure, got \(String(describing: error))") }
+            // The documented escape hatch for servers reached by an address their certificate lacks.
+            try await withConnection(ldaps, configure: { $0.caCertificatePath = caPath; $0.verifyHostname = false }) { connection in
+                try await connection.bind(dn: slapd.adminDN, password: slapd.adminPassword)
+            }
+            // The name it does carry verifies.
+            try await withConnection(ldaps.replacingOccurrences(of: "127.0.0.1", with: "localhost"), configure: { $0.caCertificatePath = caPath }) {
+                connection in
+                try await connection.bind(dn: slapd.adminDN, password: slapd.adminPassword)
+            }
+        }
+    }
+
     @Test func untrustedCAIsATLSFailure() async throws {
         try await withSlapd(tls: true) { slapd in
             let other = slapd.directory.appendingPathComponent("other-ca.pem").path
@@ -357,6 +387,23 @@ struct LDAPSlapdTests {
                 #expect(error == .timeout)
                 #expect(elapsed >= .milliseconds(900) && elapsed < .seconds(3), "timed out after \(elapsed)")
                 // The search was abandoned; the connection still works once the server is back.
+                #expect(try await connection.search(base: slapd.baseDN, filter: "(uid=zhangwei)").count == 1)
+            }
+        }
+    }
+
+    @Test func cancellingATaskAbandonsItsOperation() async throws {
+        try await withSlapd { slapd in
+            try await withConnection(slapd.url, configure: { $0.operationTimeout = .seconds(30) }) { connection in
+                slapd.suspend()
+                let search = Task { try await connection.search(base: slapd.baseDN, filter: "(objectClass=*)") }
+                try await Task.sleep(for: .milliseconds(100))
+                let clock = ContinuousClock()
+                let start = clock.now
+                search.cancel()
+                await #expect(throws: CancellationError.self) { _ = try await search.value }
+                #expect(clock.now - start < .seconds(2))
+                slapd.resume()
                 #expect(try await connection.search(base: slapd.baseDN, filter: "(uid=zhangwei)").count == 1)
             }
         }
