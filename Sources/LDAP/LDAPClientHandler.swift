@@ -101,7 +101,7 @@ final class LDAPClientHandler: ChannelInboundHandler {
             let messages = pending[message.messageID]?.messages ?? [message]
             finish(message.messageID, with: .success(messages))
         case .bindRequest, .unbindRequest, .searchRequest, .abandonRequest, .extendedRequest:
-            fail(.protocolError("the server sent a request (\(message.operation))"), context: context)
+            fail(.protocolError("the server sent a request operation"), context: context)
         }
     }
 
