@@ -184,6 +184,7 @@ final class LDAPClientHandler: ChannelInboundHandler {
         case let error as NIOSSLExtraError: return .tlsFailure(String(describing: error))
         case let error as BoringSSLError: return .tlsFailure(String(describing: error))
         case let error as ChannelError where error == .ioOnClosedChannel || error == .alreadyClosed: return .closed
+        case let error as ByteToMessageDecoderError: return .protocolError(String(describing: error))
         default: return .connectionFailed(String(describing: error))
         }
     }

@@ -374,7 +374,7 @@ struct LDAPSlapdTests {
 
     @Test func aHungServerTimesOut() async throws {
         try await withSlapd { slapd in
-            try await withConnection(slapd.url, configure: { $0.operationTimeout = .seconds(1) }) { connection in
+            try await withConnection(slapd.url, configure: { $0.operationTimeout = .seconds(2) }) { connection in
                 try await connection.bind(dn: slapd.adminDN, password: slapd.adminPassword)
                 slapd.suspend()
                 let clock = ContinuousClock()
@@ -385,7 +385,8 @@ struct LDAPSlapdTests {
                 let elapsed = clock.now - start
                 slapd.resume()
                 #expect(error == .timeout)
-                #expect(elapsed >= .milliseconds(900) && elapsed < .seconds(3), "timed out after \(elapsed)")
+                // Bounds loose enough for a loaded CI machine, far from "never" or the 10 s default.
+                #expect(elapsed >= .milliseconds(1_900) && elapsed < .seconds(6), "timed out after \(elapsed)")
                 // The search was abandoned; the connection still works once the server is back.
                 #expect(try await connection.search(base: slapd.baseDN, filter: "(uid=zhangwei)").count == 1)
             }
@@ -402,7 +403,7 @@ struct LDAPSlapdTests {
                 let start = clock.now
                 search.cancel()
                 await #expect(throws: CancellationError.self) { _ = try await search.value }
-                #expect(clock.now - start < .seconds(2))
+                #expect(clock.now - start < .seconds(5), "cancelled at once, not at the 30 s timeout")
                 slapd.resume()
                 #expect(try await connection.search(base: slapd.baseDN, filter: "(uid=zhangwei)").count == 1)
             }
