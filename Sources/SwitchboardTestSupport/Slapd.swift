@@ -72,24 +72,25 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
     /// - Parameters:
     ///   - tls: also listen on LDAPS and accept StartTLS, with a certificate for 127.0.0.1 signed
     ///     by a fresh CA (`caPath`).
-    ///   - syncprov: load the RFC 4533 provider overlay (with a session log, so refreshes report
-    ///     deletions as UUIDs).
+    ///   - syncprov: load the RFC 4533 provider overlay.
+    ///   - sessionLog: give syncprov a session log, so incremental refreshes report deletions
+    ///     as UUIDs (delete phase); without one slapd answers with a present phase.
     ///   - sizeLimit: nil for unlimited searches; otherwise ordinary searches stop at this many
     ///     entries while paged searches may return any number (like Active Directory's MaxPageSize).
     ///   - certificateNames: the subject alternative names of the server certificate (IP
     ///     literals become IP SANs); leave out 127.0.0.1 to test hostname verification.
     public static func start(
-        ldif: URL, tls: Bool = false, syncprov: Bool = true, sizeLimit: Int? = nil,
+        ldif: URL, tls: Bool = false, syncprov: Bool = true, sessionLog: Bool = true, sizeLimit: Int? = nil,
         certificateNames: [String] = ["127.0.0.1", "localhost"]
     ) async throws -> SlapdServer {
         try await start(
-            ldifText: String(contentsOf: ldif, encoding: .utf8), tls: tls, syncprov: syncprov, sizeLimit: sizeLimit,
-            certificateNames: certificateNames)
+            ldifText: String(contentsOf: ldif, encoding: .utf8), tls: tls, syncprov: syncprov, sessionLog: sessionLog,
+            sizeLimit: sizeLimit, certificateNames: certificateNames)
     }
 
     /// Starts slapd with the entries of `ldif` (LDIF text) loaded.
     public static func start(
-        ldifText ldif: String, tls: Bool = false, syncprov: Bool = true, sizeLimit: Int? = nil,
+        ldifText ldif: String, tls: Bool = false, syncprov: Bool = true, sessionLog: Bool = true, sizeLimit: Int? = nil,
         certificateNames: [String] = ["127.0.0.1", "localhost"]
     ) async throws -> SlapdServer {
         for path in [slapdPath, slapaddPath, ldapmodifyPath] where !FileManager.default.isExecutableFile(atPath: path) {
@@ -102,7 +103,8 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
             if tls {
                 caPath = try TestCertificateAuthority.writeServerCertificate(in: directory, names: certificateNames)
             }
-            let server = SlapdServer.Config(directory: directory, tls: tls, syncprov: syncprov, sizeLimit: sizeLimit)
+            let server = SlapdServer.Config(
+                directory: directory, tls: tls, syncprov: syncprov, sessionLog: sessionLog, sizeLimit: sizeLimit)
             try server.write()
             let ldifPath = directory.appendingPathComponent("data.ldif")
             try ldif.write(to: ldifPath, atomically: true, encoding: .utf8)
@@ -293,6 +295,7 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
         let directory: URL
         let tls: Bool
         let syncprov: Bool
+        let sessionLog: Bool
         let sizeLimit: Int?
         var confPath: String { directory.appendingPathComponent("slapd.conf").path }
 
@@ -343,8 +346,7 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
                 text += """
                     overlay syncprov
                     syncprov-checkpoint 100 10
-                    # The session log lets refreshOnly report deletions as UUIDs (delete phase).
-                    syncprov-sessionlog 10000
+                    \(sessionLog ? "# The session log lets refreshOnly report deletions as UUIDs (delete phase).\nsyncprov-sessionlog 10000" : "")
 
                     """
             }

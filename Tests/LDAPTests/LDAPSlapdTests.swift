@@ -18,11 +18,12 @@ struct LDAPSlapdTests {
     let company = CompanyLDIF.shared
 
     private func withSlapd<T>(
-        tls: Bool = false, sizeLimit: Int? = nil, certificateNames: [String] = ["127.0.0.1", "localhost"],
-        _ body: (SlapdServer) async throws -> T
+        tls: Bool = false, sessionLog: Bool = true, sizeLimit: Int? = nil,
+        certificateNames: [String] = ["127.0.0.1", "localhost"], _ body: (SlapdServer) async throws -> T
     ) async throws -> T {
         let slapd = try await SlapdServer.start(
-            ldif: SlapdServer.companyLDIF, tls: tls, sizeLimit: sizeLimit, certificateNames: certificateNames)
+            ldif: SlapdServer.companyLDIF, tls: tls, sessionLog: sessionLog, sizeLimit: sizeLimit,
+            certificateNames: certificateNames)
         defer { slapd.stop() }
         return try await body(slapd)
     }
@@ -366,6 +367,40 @@ struct LDAPSlapdTests {
                 let contractors = try await connection.syncRefresh(base: "ou=Contractors,dc=example,dc=com", filter: filter, cookie: nil)
                 #expect(contractors.changes.count == company.people.filter { $0.dn.hasSuffix("ou=Contractors,dc=example,dc=com") }.count)
                 #expect(contractors.changes.count == 10)
+            }
+        }
+    }
+
+    @Test func refreshOnlyWithoutSessionLogUsesThePresentPhase() async throws {
+        try await withSlapd(sessionLog: false) { slapd in
+            try await withConnection(slapd.url) { connection in
+                try await connection.bind(dn: slapd.adminDN, password: slapd.adminPassword)
+                let filter = try LDAPFilter("(objectClass=inetOrgPerson)")
+                let first = try await connection.syncRefresh(base: Self.departments, filter: filter, cookie: nil)
+                #expect(first.changes.count == 300 && first.isCompleteContent)
+                let people = company.departmentPeople
+                let deleted = try #require(first.changes.first { $0.entry.dn == people[5].dn }?.entryUUID)
+                let retitled = people[6].dn
+                try await slapd.modify(
+                    ldif: """
+                        dn: \(people[5].dn)
+                        changetype: delete
+
+                        dn: \(retitled)
+                        changetype: modify
+                        replace: title
+                        title: 顾问
+
+                        """)
+                let second = try await connection.syncRefresh(base: Self.departments, filter: filter, cookie: first.cookie)
+                // No explicit deletions: the server lists what still exists, the client infers the rest.
+                #expect(!second.refreshDeletes && second.isCompleteContent)
+                #expect(second.deletedEntryUUIDs.isEmpty)
+                #expect(second.changes.map(\.entry.dn) == [retitled])
+                let remaining = Set(second.presentEntryUUIDs).union(second.changes.map(\.entryUUID))
+                #expect(remaining.count == 299)
+                let before = Set(first.changes.map(\.entryUUID))
+                #expect(before.subtracting(remaining) == [deleted])
             }
         }
     }
