@@ -60,7 +60,7 @@ final class LDAPClientHandler: ChannelInboundHandler {
             return
         }
         if let promise {
-            let now = NIODeadline.now()
+            let now = context.eventLoop.now
             var operation = Pending(promise: promise, lastActivity: now, closeOnTimeout: closeOnTimeout)
             operation.timer = scheduleTimeout(messageID: messageID, at: now + operationTimeout, context: context)
             pending[messageID] = operation
@@ -95,13 +95,13 @@ final class LDAPClientHandler: ChannelInboundHandler {
         switch message.operation {
         case .searchResultEntry, .searchResultReference, .intermediateResponse:
             pending[message.messageID]?.messages.append(message)
-            pending[message.messageID]?.lastActivity = .now()
+            pending[message.messageID]?.lastActivity = context.eventLoop.now
         case .bindResponse, .searchResultDone, .extendedResponse, .otherResponse:
             pending[message.messageID]?.messages.append(message)
             let messages = pending[message.messageID]?.messages ?? [message]
             finish(message.messageID, with: .success(messages))
         case .bindRequest, .unbindRequest, .searchRequest, .abandonRequest, .extendedRequest:
-            fail(.protocolError("the server sent a request (\(message.operation))"), context: context)
+            fail(.protocolError("the server sent a request operation"), context: context)
         }
     }
 
@@ -112,7 +112,13 @@ final class LDAPClientHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        fail(Self.map(error), context: context)
+        // Once connected, a reset or broken pipe means the server went away: `.closed`.
+        if error is IOError {
+            logger.debug("LDAP: connection lost", metadata: ["ldap.error": "\(error)"])
+            fail(.closed, context: context)
+        } else {
+            fail(Self.map(error), context: context)
+        }
     }
 
     /// Notice of Disconnection (RFC 4511 §4.4.1) or anything else with message ID 0.
@@ -132,8 +138,9 @@ final class LDAPClientHandler: ChannelInboundHandler {
             failure = error
             logger.debug("LDAP: connection failed", metadata: ["ldap.error": "\(error)"])
         }
-        failAll(error)
+        // Close first, so a caller woken by the failure already sees `isActive == false`.
         context.close(promise: nil)
+        failAll(error)
     }
 
     private func failAll(_ error: LDAPError) {
@@ -157,7 +164,7 @@ final class LDAPClientHandler: ChannelInboundHandler {
     private func checkTimeout(messageID: Int32) {
         guard let operation = pending[messageID], let context else { return }
         let deadline = operation.lastActivity + operationTimeout
-        if deadline > .now() {
+        if deadline > context.eventLoop.now {
             pending[messageID]?.timer = scheduleTimeout(messageID: messageID, at: deadline, context: context)
             return
         }
@@ -177,6 +184,7 @@ final class LDAPClientHandler: ChannelInboundHandler {
         case let error as NIOSSLExtraError: return .tlsFailure(String(describing: error))
         case let error as BoringSSLError: return .tlsFailure(String(describing: error))
         case let error as ChannelError where error == .ioOnClosedChannel || error == .alreadyClosed: return .closed
+        case let error as ByteToMessageDecoderError: return .protocolError(String(describing: error))
         default: return .connectionFailed(String(describing: error))
         }
     }

@@ -33,6 +33,11 @@ public final class LDAPConnection: Sendable {
         self.logger = logger
     }
 
+    /// A connection dropped without `close()` still closes its socket (without an unbind).
+    deinit {
+        channel.close(promise: nil)
+    }
+
     /// False once the connection was closed, by either side or after a fatal error.
     public var isActive: Bool { channel.isActive }
 
@@ -69,8 +74,6 @@ public final class LDAPConnection: Sendable {
         let channel: any Channel
         do {
             channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
-        } catch let error as ChannelError where error == .connectTimeout(TimeAmount(configuration.connectTimeout)) {
-            throw LDAPError.timeout
         } catch {
             if case ChannelError.connectTimeout = error { throw LDAPError.timeout }
             throw LDAPError.connectionFailed(String(describing: error))
@@ -228,10 +231,9 @@ public final class LDAPConnection: Sendable {
                     if case .searchResultEntry(let entry) = message.operation { try await body(entry) }
                 }
             } catch {
-                if let pageSize, let control = done.control(LDAPControl.pagedResultsOID),
+                if pageSize != nil, let control = done.control(LDAPControl.pagedResultsOID),
                     let next = try? control.pagedResultsCookie(), !next.isEmpty
                 {
-                    _ = pageSize
                     abandonPagedSearch(request, cookie: next)
                 }
                 throw error
@@ -271,6 +273,7 @@ public final class LDAPConnection: Sendable {
     static func syncResult(from messages: [LDAPMessage], previousCookie: [UInt8]?) throws -> LDAPSyncResult {
         var sync = LDAPSyncResult()
         sync.cookie = previousCookie
+        sync.isFullRefresh = previousCookie == nil
         for message in messages {
             switch message.operation {
             case .searchResultEntry(let entry):
@@ -306,11 +309,14 @@ public final class LDAPConnection: Sendable {
                     return sync
                 }
                 guard result.isSuccess else { throw result.error }
-                if let control = message.control(LDAPControl.syncDoneOID) {
-                    let done = try control.syncDone()
-                    if let cookie = done.cookie { sync.cookie = cookie }
-                    sync.refreshDeletes = done.refreshDeletes
+                // Without it we could not tell explicit deletions from a present phase, and
+                // guessing "present phase" would make the caller delete everything not listed.
+                guard let control = message.control(LDAPControl.syncDoneOID) else {
+                    throw LDAPError.protocolError("refreshOnly search ended without a Sync Done control")
                 }
+                let done = try control.syncDone()
+                if let cookie = done.cookie { sync.cookie = cookie }
+                sync.refreshDeletes = done.refreshDeletes
             default:
                 continue
             }

@@ -9,7 +9,8 @@ import Foundation
 ///   - `refreshDeletes == true` (delete phase): remove exactly `deletedEntryUUIDs`;
 ///   - `refreshDeletes == false` (present phase): the server listed what still exists;
 ///     keep entries in `changes` or `presentEntryUUIDs` and remove every other local entry
-///     (`isCompleteContent`). A first run without a cookie is always of this kind.
+///     (`isCompleteContent`). A first run without a cookie (`isFullRefresh`) is always complete,
+///     whatever refreshDeletes says (slapd sets it TRUE there).
 /// - store `cookie` for the next run.
 public struct LDAPSyncResult: Sendable, Hashable {
     public enum ChangeKind: Sendable, Hashable {
@@ -35,10 +36,13 @@ public struct LDAPSyncResult: Sendable, Hashable {
     public var refreshDeletes = false
     /// The server answered e-syncRefreshRequired (4096): restart without a cookie.
     public var refreshRequired = false
+    /// The request carried no cookie: every entry in scope was sent as a change.
+    public var isFullRefresh = false
 
     public init() {}
 
     /// True when `changes` plus `presentEntryUUIDs` is the whole content of the searched scope,
-    /// so anything else held locally must be deleted.
-    public var isCompleteContent: Bool { !refreshDeletes && !refreshRequired }
+    /// so anything else held locally must be deleted: after a full refresh, or an incremental
+    /// one that used the present phase.
+    public var isCompleteContent: Bool { !refreshRequired && (isFullRefresh || !refreshDeletes) }
 }

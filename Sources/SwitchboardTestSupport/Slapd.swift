@@ -15,12 +15,12 @@ import Darwin
 /// ```swift
 /// let slapd = try await SlapdServer.start(ldif: SlapdServer.companyLDIF, tls: true)
 /// defer { slapd.stop() }
-/// try slapd.modify(ldif: "dn: uid=zhangwei,...\nchangetype: modify\nreplace: title\ntitle: 总监\n")
+/// try await slapd.modify(ldif: "dn: uid=zhangwei,...\nchangetype: modify\nreplace: title\ntitle: 总监\n")
 /// ```
 ///
 /// Needs the Debian packages `slapd` and `ldap-utils` (scripts/test.sh installs them). The
-/// server and every helper process end with `stop()`, and a watchdog kills slapd within a
-/// second if the test process dies first.
+/// server and every helper process end with `stop()` (SIGKILL: the data is throw-away), and a
+/// watchdog kills slapd within a second if the test process dies first.
 public final class SlapdServer: @unchecked Sendable {  // immutable after start; Process is thread-safe for the calls made here
     public static let slapdPath = "/usr/sbin/slapd"
     public static let slapaddPath = "/usr/sbin/slapadd"
@@ -68,12 +68,31 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
     }
 
     /// Starts slapd with the entries of `ldif` (a file) loaded.
-    public static func start(ldif: URL, tls: Bool = false, syncprov: Bool = true) async throws -> SlapdServer {
-        try await start(ldifText: String(contentsOf: ldif, encoding: .utf8), tls: tls, syncprov: syncprov)
+    ///
+    /// - Parameters:
+    ///   - tls: also listen on LDAPS and accept StartTLS, with a certificate for 127.0.0.1 signed
+    ///     by a fresh CA (`caPath`).
+    ///   - syncprov: load the RFC 4533 provider overlay.
+    ///   - sessionLog: give syncprov a session log, so incremental refreshes report deletions
+    ///     as UUIDs (delete phase); without one slapd answers with a present phase.
+    ///   - sizeLimit: nil for unlimited searches; otherwise ordinary searches stop at this many
+    ///     entries while paged searches may return any number (like Active Directory's MaxPageSize).
+    ///   - certificateNames: the subject alternative names of the server certificate (IP
+    ///     literals become IP SANs); leave out 127.0.0.1 to test hostname verification.
+    public static func start(
+        ldif: URL, tls: Bool = false, syncprov: Bool = true, sessionLog: Bool = true, sizeLimit: Int? = nil,
+        certificateNames: [String] = ["127.0.0.1", "localhost"]
+    ) async throws -> SlapdServer {
+        try await start(
+            ldifText: String(contentsOf: ldif, encoding: .utf8), tls: tls, syncprov: syncprov, sessionLog: sessionLog,
+            sizeLimit: sizeLimit, certificateNames: certificateNames)
     }
 
     /// Starts slapd with the entries of `ldif` (LDIF text) loaded.
-    public static func start(ldifText ldif: String, tls: Bool = false, syncprov: Bool = true) async throws -> SlapdServer {
+    public static func start(
+        ldifText ldif: String, tls: Bool = false, syncprov: Bool = true, sessionLog: Bool = true, sizeLimit: Int? = nil,
+        certificateNames: [String] = ["127.0.0.1", "localhost"]
+    ) async throws -> SlapdServer {
         for path in [slapdPath, slapaddPath, ldapmodifyPath] where !FileManager.default.isExecutableFile(atPath: path) {
             throw Failure("\(path) not found: install OpenLDAP with scripts/test.sh (apt-get install slapd ldap-utils)")
         }
@@ -82,13 +101,14 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
         do {
             var caPath: String?
             if tls {
-                caPath = try TestCertificateAuthority.writeServerCertificate(in: directory, ipAddress: "127.0.0.1")
+                caPath = try TestCertificateAuthority.writeServerCertificate(in: directory, names: certificateNames)
             }
-            let server = SlapdServer.Config(directory: directory, tls: tls, syncprov: syncprov)
+            let server = SlapdServer.Config(
+                directory: directory, tls: tls, syncprov: syncprov, sessionLog: sessionLog, sizeLimit: sizeLimit)
             try server.write()
             let ldifPath = directory.appendingPathComponent("data.ldif")
             try ldif.write(to: ldifPath, atomically: true, encoding: .utf8)
-            try run(slapaddPath, ["-q", "-f", server.confPath, "-l", ldifPath.path])
+            _ = try await offloaded { try run(slapaddPath, ["-q", "-f", server.confPath, "-l", ldifPath.path]) }
 
             // A free port can be taken between our probe and slapd's bind: retry a few times.
             var lastError: (any Error)?
@@ -114,7 +134,7 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
                     return slapd
                 } catch {
                     lastError = error
-                    slapd.shutDown(keepDirectory: true)
+                    await offloaded { slapd.shutDown(keepDirectory: true) }
                 }
             }
             throw lastError ?? Failure("slapd did not start")
@@ -126,11 +146,12 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
 
     /// Applies changes with `ldapmodify` as the admin (changetype add/modify/modrdn/delete;
     /// records without a changetype are modifications).
-    public func modify(ldif: String) throws {
+    public func modify(ldif: String) async throws {
         let file = directory.appendingPathComponent("change-\(UUID().uuidString).ldif")
         try ldif.write(to: file, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: file) }
-        try Self.run(Self.ldapmodifyPath, ["-x", "-H", url, "-D", adminDN, "-w", adminPassword, "-f", file.path])
+        let arguments = ["-x", "-H", url, "-D", adminDN, "-w", adminPassword, "-f", file.path]
+        _ = try await Self.offloaded { try Self.run(Self.ldapmodifyPath, arguments) }
     }
 
     /// SIGSTOP: the server keeps its sockets but answers nothing (a hung directory).
@@ -139,27 +160,50 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
     /// SIGCONT after `suspend()`.
     public func resume() { _ = kill(process.processIdentifier, SIGCONT) }
 
-    /// Stops slapd and its watchdog and removes the temporary directory.
+    /// SIGKILL: the directory dies without a goodbye (its sockets are closed by the kernel).
+    public func crash() { _ = kill(process.processIdentifier, SIGKILL) }
+
+    /// Kills slapd and its watchdog, and removes the temporary directory. Returns at once, so
+    /// it can sit in a `defer`; reaping happens on a background thread, never on the
+    /// cooperative pool the tests share.
     public func stop() {
-        shutDown(keepDirectory: false)
+        _ = kill(process.processIdentifier, SIGKILL)
+        DispatchQueue.global().async { self.shutDown(keepDirectory: false) }
     }
 
-    private func shutDown(keepDirectory: Bool) {
-        let pid = process.processIdentifier
-        if process.isRunning {
-            _ = kill(pid, SIGCONT)
-            process.terminate()
-            let deadline = Date().addingTimeInterval(5)
-            while process.isRunning && Date() < deadline { usleep(20_000) }
-            if process.isRunning { _ = kill(pid, SIGKILL) }
-            process.waitUntilExit()
+    /// `stop()`, waiting until slapd has exited.
+    public func stopAndWait() async {
+        await Self.offloaded { self.shutDown(keepDirectory: false) }
+    }
+
+    /// Runs blocking work (child processes, waiting for exits) off the cooperative thread pool:
+    /// with two cores, a few tests blocking there would stall every other test's awaits.
+    static func offloaded<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
         }
-        if watchdog.isRunning {
-            watchdog.terminate()
-            watchdog.waitUntilExit()
+    }
+
+    static func offloaded(_ body: @escaping @Sendable () -> Void) async {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                body()
+                continuation.resume()
+            }
+        }
+    }
+
+    /// SIGKILL, not SIGTERM: a child started from a Dispatch thread inherits that thread's
+    /// blocked signal mask, so slapd never sees SIGTERM (seen here: 5 s without effect). Its
+    /// data directory is temporary, so nothing is lost by skipping a graceful shutdown.
+    private func shutDown(keepDirectory: Bool) {
+        for child in [process, watchdog] where child.isRunning {
+            _ = kill(child.processIdentifier, SIGKILL)
+            child.waitUntilExit()
         }
         if !keepDirectory { try? FileManager.default.removeItem(at: directory) }
     }
+
 
     private func waitUntilListening(ports: [Int], log: URL) async throws {
         let deadline = Date().addingTimeInterval(15)
@@ -251,6 +295,8 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
         let directory: URL
         let tls: Bool
         let syncprov: Bool
+        let sessionLog: Bool
+        let sizeLimit: Int?
         var confPath: String { directory.appendingPathComponent("slapd.conf").path }
 
         func write() throws {
@@ -268,6 +314,9 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
                 # 50,000-entry searches (paged or not) must not stop at the default 500.
                 sizelimit unlimited
                 timelimit unlimited
+                # Like Active Directory and many other servers, accept an unauthenticated bind (a DN
+                # with an empty password) as anonymous: the client must refuse to send one.
+                allow bind_anon_dn
 
                 """
             if tls {
@@ -288,7 +337,7 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
                 index objectClass eq
                 index uid,mail,cn,employeeNumber eq,sub
                 index entryUUID,entryCSN eq
-                limits * size=unlimited time=unlimited
+                \(sizeLimit.map { "limits * size.soft=\($0) size.hard=\($0) size.prtotal=unlimited" } ?? "limits * size=unlimited time=unlimited")
                 access to attrs=userPassword by self write by anonymous auth by * none
                 access to * by * read
 
@@ -297,8 +346,7 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
                 text += """
                     overlay syncprov
                     syncprov-checkpoint 100 10
-                    # The session log lets refreshOnly report deletions as UUIDs (delete phase).
-                    syncprov-sessionlog 10000
+                    \(sessionLog ? "# The session log lets refreshOnly report deletions as UUIDs (delete phase).\nsyncprov-sessionlog 10000" : "")
 
                     """
             }
@@ -310,8 +358,9 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
 /// Certificates for TLS tests, made with swift-certificates (no openssl CLI needed).
 public enum TestCertificateAuthority {
     /// Writes ca.pem, server.pem and server.key into `directory`: a P-256 CA and a server
-    /// certificate it signed for `ipAddress` (IP SAN) and `localhost`. Returns the CA's path.
-    public static func writeServerCertificate(in directory: URL, ipAddress: String) throws -> String {
+    /// certificate it signed for `names` (IPv4 literals as IP SANs, the rest as DNS names).
+    /// Returns the CA's path.
+    public static func writeServerCertificate(in directory: URL, names: [String]) throws -> String {
         let caKey = P256.Signing.PrivateKey()
         let caName = try DistinguishedName {
             CommonName("Switchboard Test CA \(UUID().uuidString.prefix(8))")
@@ -329,17 +378,20 @@ public enum TestCertificateAuthority {
             },
             issuerPrivateKey: .init(caKey))
         let serverKey = P256.Signing.PrivateKey()
-        let ipBytes = ipAddress.split(separator: ".").compactMap { UInt8($0) }
+        let alternativeNames: [GeneralName] = names.map { name in
+            let octets = name.split(separator: ".").compactMap { UInt8($0) }
+            return octets.count == 4 ? .ipAddress(ASN1OctetString(contentBytes: octets[...])) : .dnsName(name)
+        }
         let server = try Certificate(
             version: .v3, serialNumber: .init(), publicKey: .init(serverKey.publicKey),
             notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(7 * 86400),
-            issuer: caName, subject: try DistinguishedName { CommonName(ipAddress) },
+            issuer: caName, subject: try DistinguishedName { CommonName(names.first ?? "server") },
             signatureAlgorithm: .ecdsaWithSHA256,
             extensions: try Certificate.Extensions {
                 Critical(BasicConstraints.notCertificateAuthority)
                 Critical(KeyUsage(digitalSignature: true))
                 try ExtendedKeyUsage([.serverAuth])
-                SubjectAlternativeNames([.ipAddress(ASN1OctetString(contentBytes: ipBytes[...])), .dnsName("localhost")])
+                SubjectAlternativeNames(alternativeNames)
                 AuthorityKeyIdentifier(keyIdentifier: try ca.extensions.subjectKeyIdentifier?.keyIdentifier)
             },
             issuerPrivateKey: .init(caKey))

@@ -202,6 +202,12 @@ struct LDAPCodecTests {
         let refresh = try LDAPConnection.syncResult(
             from: [LDAPMessage(messageID: 9, operation: .searchResultDone(LDAPResult(code: 4096)))], previousCookie: [1])
         #expect(refresh.refreshRequired && refresh.cookie == nil)
+        // A refreshOnly search must end with a Sync Done control: without it the caller
+        // could not tell a present phase from explicit deletions.
+        #expect(throws: LDAPError.self) {
+            try LDAPConnection.syncResult(
+                from: [LDAPMessage(messageID: 9, operation: .searchResultDone(LDAPResult(code: 0)))], previousCookie: [1])
+        }
         // An entry without a Sync State control is a protocol error.
         #expect(throws: LDAPError.self) {
             try LDAPConnection.syncResult(

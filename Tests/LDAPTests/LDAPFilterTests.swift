@@ -71,6 +71,30 @@ struct LDAPFilterTests {
         #expect(throws: LDAPError.self) { try LDAPFilter(text) }
     }
 
+    /// Every example of RFC 4515 §4.
+    @Test(arguments: [
+        "(cn=Babs Jensen)", "(!(cn=Tim Howes))", "(&(objectClass=Person)(|(sn=Jensen)(cn=Babs J*)))", "(o=univ*of*mich*)",
+        "(seeAlso=)", "(cn:caseExactMatch:=Fred Flintstone)", "(cn:=Betty Rubble)", "(sn:dn:2.4.6.8.10:=Barney Rubble)",
+        "(o:dn:=Ace Industry)", "(:1.2.3:=Wilma Flintstone)", "(:DN:2.4.6.8.10:=Dino)",
+        "(o=Parens R Us \\28for all your parenthetical needs\\29)", "(cn=*\\2A*)", "(filename=C:\\5cMyFile)",
+        "(bin=\\00\\00\\00\\04)", "(sn=Lu\\c4\\8di\\c4\\87)", "(1.3.6.1.4.1.1466.0=\\04\\02\\48\\69)",
+    ])
+    func rfc4515Examples(_ text: String) throws {
+        let filter = try LDAPFilter(text)
+        var serializer = DER.Serializer()
+        filter.encode(into: &serializer)
+        #expect(try LDAPFilter(node: try BER.parse(serializer.serializedBytes)) == filter)
+        #expect(try LDAPFilter(filter.description) == filter)
+    }
+
+    @Test func rfc4515ExampleValues() throws {
+        #expect(try LDAPFilter("(seeAlso=)") == .equality(attribute: "seeAlso", value: []))
+        #expect(try LDAPFilter("(cn=*\\2A*)") == .substrings(attribute: "cn", initial: nil, any: [bytes("*")], final: nil))
+        #expect(try LDAPFilter("(sn=Lu\\c4\\8di\\c4\\87)") == .equality("sn", "Lučić"))
+        #expect(try LDAPFilter("(:DN:2.4.6.8.10:=Dino)") == .extensible(matchingRule: "2.4.6.8.10", attribute: nil, value: bytes("Dino"), dnAttributes: true))
+        #expect(try LDAPFilter("(cn:=Betty Rubble)") == .extensible(matchingRule: nil, attribute: "cn", value: bytes("Betty Rubble"), dnAttributes: false))
+    }
+
     @Test func nestingIsBounded() throws {
         let deep = String(repeating: "(!", count: 40) + "(a=1)" + String(repeating: ")", count: 40)
         #expect(throws: LDAPError.self) { try LDAPFilter(deep) }

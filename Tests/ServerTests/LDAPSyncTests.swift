@@ -112,7 +112,7 @@ import Testing
             let others = before.users.values.filter { $0.status == .active && before.primaryUnit(of: $0.username) != zhangUnit && $0.username != "zhangwei" }
                 .sorted { $0.username < $1.username }
             let mover = others[0], victim = others[1], leaver = others[2]
-            try slapd.modify(ldif: """
+            try await slapd.modify(ldif: """
                 dn:: \(b64("uid=xinren,\(unitDN)"))
                 changetype: add
                 objectClass: inetOrgPerson
@@ -173,7 +173,7 @@ import Testing
             let before = try await snapshot(stores)
             let victim = try #require(before.users.values.filter { $0.status == .active }.sorted { $0.username < $1.username }.first)
             let zhang = try #require(before.users["zhangwei"])
-            try slapd.modify(ldif: """
+            try await slapd.modify(ldif: """
                 dn:: \(b64(victim.externalDN ?? ""))
                 changetype: delete
 
@@ -239,7 +239,7 @@ import Testing
         try await withSync { slapd, stores, run in
             _ = try await run(.full, false)
             let version = try await stores.directoryVersion()
-            try slapd.modify(ldif: """
+            try await slapd.modify(ldif: """
                 dn: uid=zhangwei2,ou=Contractors,dc=example,dc=com
                 changetype: add
                 objectClass: inetOrgPerson
