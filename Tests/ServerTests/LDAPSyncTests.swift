@@ -6,6 +6,7 @@ import SQLiteStorage
 import Server
 import Storage
 import SwitchboardTestSupport
+import LDAP
 import Testing
 
 /// Directory sync against a real slapd loaded with a realistic company (Tests/Fixtures/ldap).
@@ -62,6 +63,53 @@ import Testing
         #expect(DN.parent("dc=c") == "")
         #expect(DN.isWithin("uid=a,ou=B,dc=C", "ou=b, dc=c"))
         #expect(!DN.isWithin("uid=a,ou=XB,dc=C", "ou=b,dc=c"))
+    }
+
+    /// Pure planner rules on synthetic entries: Active Directory defaults (objectGUID, sAMAccountName,
+    /// userAccountControl bit 2) and units from a department attribute.
+    @Test func plannerWithActiveDirectoryDefaultsAndDepartmentAttribute() throws {
+        var config = ServerConfiguration.LDAP()
+        config.enabled = true
+        config.schema = "active_directory"
+        config.unitFrom = "attribute"
+        config.userBases = ["OU=Staff,DC=corp,DC=example"]
+        let planner = DirectorySyncPlanner(configuration: config, snapshot: .empty)
+        func user(_ name: String, _ guid: UInt8, _ control: String, _ department: String) -> LDAPEntry {
+            LDAPEntry(dn: "CN=\(name),OU=Staff,DC=corp,DC=example", attributes: [
+                .init(name: "objectGUID", values: [Array(repeating: guid, count: 16)]),
+                .init(name: "sAMAccountName", strings: [name]),
+                .init(name: "displayName", strings: [name.uppercased()]),
+                .init(name: "userAccountControl", strings: [control]),
+                .init(name: "department", strings: [department]),
+            ])
+        }
+        let input = SyncInput(
+            units: nil, unitsComplete: true,
+            users: [user("alice", 1, "512", "研发中心/平台部"), user("bob", 2, "514", "研发中心"),
+                    user("carol", 3, "512", "销售部"), user("outsider", 4, "512", "x")].enumerated().map { index, entry in
+                index == 3 ? LDAPEntry(dn: "CN=outsider,OU=Other,DC=corp,DC=example", attributes: entry.attributes) : entry
+            },
+            usersComplete: true)
+        let plan = planner.plan(input, force: false)
+        #expect(plan.added == 3)  // the outsider is outside the configured subtree
+        #expect(plan.unitsAdded == 3)  // 研发中心, 研发中心/平台部, 销售部
+        var users: [String: DirectoryUser] = [:]
+        var units: [String: OrgUnit] = [:]
+        var memberships: [Membership] = []
+        for change in plan.changes {
+            switch change {
+            case .putUser(let u): users[u.username] = u
+            case .putUnit(let u): units[u.id] = u
+            case .putMembership(let m): memberships.append(m)
+            default: break
+            }
+        }
+        #expect(users["bob"]?.status == .disabled)  // 514 = 512 | ACCOUNTDISABLE
+        #expect(users["alice"]?.status == .active)
+        #expect(users["alice"]?.externalID == String(repeating: "01", count: 16))
+        let platform = try #require(units.values.first { $0.name == "平台部" })
+        #expect(units[platform.parentID ?? ""]?.name == "研发中心")
+        #expect(memberships.contains { $0.username == "alice" && $0.unitID == platform.id && $0.isPrimary })
     }
 
     @Test func fullSyncBuildsTheCompanyAndIsIdempotent() async throws {
