@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "Tests" / "e2e"))
+from slapd_fixture import Slapd  # noqa: E402  (the same slapd set-up as the end-to-end tests)
 SERVER_CORE, GENERATOR_CORE = "0", "1"
 TARGETS = {"full_sync_s": 60.0, "incremental_sync_s": 1.0, "search_p99_ms": 10.0, "roster_p99_ms": 50.0}
 
@@ -54,53 +56,6 @@ def ensure_packages():
         log(f"installing {' '.join(missing)}")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
-
-
-def start_slapd(work, ldif):
-    db = work / "slapd-db"
-    db.mkdir()
-    password = run(["slappasswd", "-s", "admin-secret"]).stdout.strip()
-    conf = work / "slapd.conf"
-    conf.write_text(f"""include /etc/ldap/schema/core.schema
-include /etc/ldap/schema/cosine.schema
-include /etc/ldap/schema/inetorgperson.schema
-include /etc/ldap/schema/nis.schema
-modulepath /usr/lib/ldap
-moduleload back_mdb
-moduleload syncprov
-pidfile {work}/slapd.pid
-argsfile {work}/slapd.args
-sizelimit unlimited
-timelimit unlimited
-database mdb
-maxsize 4294967296
-suffix "dc=example,dc=com"
-rootdn "cn=admin,dc=example,dc=com"
-rootpw {password}
-directory {db}
-index objectClass eq
-index uid,mail,cn,employeeNumber eq,sub
-index entryUUID,entryCSN eq
-limits * size=unlimited time=unlimited
-access to attrs=userPassword by self write by anonymous auth by * none
-access to * by * read
-overlay syncprov
-syncprov-checkpoint 100 10
-syncprov-sessionlog 10000
-""")
-    started = time.monotonic()
-    run(["slapadd", "-q", "-f", str(conf), "-l", str(ldif)])
-    log(f"slapadd loaded the company in {time.monotonic() - started:.1f} s")
-    port = free_port()
-    proc = subprocess.Popen(["slapd", "-d", "0", "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, port
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("slapd did not start")
 
 
 def user_dns(ldif, count):
@@ -155,7 +110,10 @@ def main():
     try:
         ldif = work / "company.ldif"
         run([sys.executable, str(ROOT / "Tests/Fixtures/ldap/make_company.py"), "--users", str(args.users), "-o", str(ldif)])
-        slapd, ldap_port = start_slapd(work, ldif)
+        started = time.monotonic()
+        slapd = Slapd.start(ldif)
+        ldap_port = slapd.port
+        log(f"slapd loaded the company in {time.monotonic() - started:.1f} s")
         data = work / "data"
         common = f"""domain: example.com
 data_dir: {data}
@@ -190,8 +148,7 @@ bootstrap_admin: false
         changes.write_text("\n".join(
             f"dn:: {base64.b64encode(dn.encode()).decode()}\nchangetype: modify\nreplace: title\ntitle: changed {i}\n-\n"
             for i, dn in enumerate(user_dns(ldif, 100))))
-        run(["ldapmodify", "-x", "-H", f"ldap://127.0.0.1:{ldap_port}", "-D", "cn=admin,dc=example,dc=com", "-w", "admin-secret",
-             "-f", str(changes)])
+        slapd.modify(changes.read_text())
         incremental = sync("incremental")
 
         csv = work / "department.csv"
@@ -247,13 +204,14 @@ directory: {{search_max_results: 50}}
         if figures["failures"]:
             raise SystemExit(f"{figures['failures']} failures (see the JSON above)")
     finally:
-        for proc in [server, slapd]:
-            if proc and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        if server and server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        if slapd:
+            slapd.stop()
         if args.keep:
             log(f"kept {work}")
         else:

@@ -45,6 +45,16 @@ struct Org: AsyncParsableCommand {
         }
     }
 
+    /// The common shape of commands about one user: open the service, normalise USER, act, print.
+    static func withUser(
+        _ options: ConfigOptions, _ user: String, _ body: (DirectoryService, String) async throws -> String
+    ) async throws {
+        try await withService(options) { service, _ in
+            let (_, username) = try resolve(options, user)
+            print(try await body(service, username))
+        }
+    }
+
     struct Tree: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Print the unit tree with member counts.")
         @OptionGroup var options: ConfigOptions
@@ -256,10 +266,9 @@ struct Org: AsyncParsableCommand {
             @OptionGroup var details: UserDetails
 
             func run() async throws {
-                try await Org.withService(options) { service, _ in
-                    let (_, username) = try resolve(options, user)
+                try await Org.withUser(options, user) { service, username in
                     try await service.updateUser(username) { details.apply(to: &$0) }
-                    print("updated \(username)")
+                    return "updated \(username)"
                 }
             }
         }
@@ -271,10 +280,9 @@ struct Org: AsyncParsableCommand {
             @Argument(help: "USER") var user: String
 
             func run() async throws {
-                try await Org.withService(options) { service, _ in
-                    let (_, username) = try resolve(options, user)
+                try await Org.withUser(options, user) { service, username in
                     try await service.setStatus(username, .disabled)
-                    print("disabled \(username)")
+                    return "disabled \(username)"
                 }
             }
         }
@@ -285,10 +293,9 @@ struct Org: AsyncParsableCommand {
             @Argument(help: "USER") var user: String
 
             func run() async throws {
-                try await Org.withService(options) { service, _ in
-                    let (_, username) = try resolve(options, user)
+                try await Org.withUser(options, user) { service, username in
                     try await service.setStatus(username, .active)
-                    print("enabled \(username)")
+                    return "enabled \(username)"
                 }
             }
         }
@@ -300,10 +307,9 @@ struct Org: AsyncParsableCommand {
             @Argument(help: "USER") var user: String
 
             func run() async throws {
-                try await Org.withService(options) { service, _ in
-                    let (_, username) = try resolve(options, user)
+                try await Org.withUser(options, user) { service, username in
                     try await service.deleteUser(username)
-                    print("deleted \(username)")
+                    return "deleted \(username)"
                 }
             }
         }
@@ -377,10 +383,9 @@ struct Org: AsyncParsableCommand {
             @Option(help: "Position held in this unit.") var title: String?
 
             func run() async throws {
-                try await Org.withService(options) { service, _ in
-                    let (_, username) = try resolve(options, user)
+                try await Org.withUser(options, user) { service, username in
                     try await service.addMembership(username, unit: unit, primary: primary, title: title)
-                    print("\(username) is in \(unit)")
+                    return "\(username) is in \(unit)"
                 }
             }
         }
@@ -392,10 +397,9 @@ struct Org: AsyncParsableCommand {
             @Argument(help: "UNIT") var unit: String
 
             func run() async throws {
-                try await Org.withService(options) { service, _ in
-                    let (_, username) = try resolve(options, user)
+                try await Org.withUser(options, user) { service, username in
                     try await service.removeMembership(username, unit: unit)
-                    print("\(username) left \(unit)")
+                    return "\(username) left \(unit)"
                 }
             }
         }
@@ -448,10 +452,9 @@ struct Org: AsyncParsableCommand {
             @Argument(help: "USER") var user: String
 
             func run() async throws {
-                try await Org.withService(options) { service, _ in
-                    let (_, username) = try resolve(options, user)
+                try await Org.withUser(options, user) { service, username in
                     try await service.grantRole(role, to: username)
-                    print("granted \(role) to \(username)")
+                    return "granted \(role) to \(username)"
                 }
             }
         }
@@ -463,10 +466,9 @@ struct Org: AsyncParsableCommand {
             @Argument(help: "USER") var user: String
 
             func run() async throws {
-                try await Org.withService(options) { service, _ in
-                    let (_, username) = try resolve(options, user)
+                try await Org.withUser(options, user) { service, username in
                     try await service.revokeRole(role, from: username)
-                    print("revoked \(role) from \(username)")
+                    return "revoked \(role) from \(username)"
                 }
             }
         }

@@ -63,7 +63,7 @@ sizelimit unlimited
 timelimit unlimited
 
 database mdb
-maxsize 1073741824
+maxsize 4294967296
 suffix "{BASE_DN}"
 rootdn "{ADMIN_DN}"
 rootpw {ssha(ADMIN_PASSWORD)}
