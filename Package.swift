@@ -52,6 +52,15 @@ let package = Package(
             name: "Directory",
             dependencies: ["Storage", "XMPPCore", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
         ),
+        // Layer 4c: keys (master key, data keys, AES-256-GCM field cipher) and the hash-chained trail.
+        .target(
+            name: "Vault",
+            dependencies: [
+                "Storage",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
         // Layer 5: NIO pipelines, sessions, router, module registry, listeners.
         .target(
             name: "Server",

@@ -166,6 +166,49 @@ enum Migrations {
             ('approver', 'audit.approve', 'approves or rejects auditors'' access requests'),
             ('sms-sender', 'sms.send', 'may send SMS notifications through the gateway');
         """,
+        // 8: encryption keys (wrapped), the hash-chained trail, the audit record, access requests.
+        """
+        CREATE TABLE data_keys (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            wrapped BLOB NOT NULL,
+            master_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            retired INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE trail (
+            seq INTEGER PRIMARY KEY,
+            created_at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            details TEXT NOT NULL,
+            previous_hash BLOB NOT NULL,
+            hash BLOB NOT NULL,
+            signature BLOB
+        );
+        CREATE TABLE audit_messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            created_at REAL NOT NULL,
+            sender TEXT NOT NULL,
+            recipients TEXT NOT NULL,
+            type TEXT NOT NULL,
+            room TEXT,
+            stanza BLOB NOT NULL,
+            attachments BLOB NOT NULL
+        );
+        CREATE INDEX audit_messages_time ON audit_messages (created_at);
+        CREATE TABLE audit_participants (
+            user TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            message INTEGER NOT NULL
+        );
+        CREATE INDEX audit_participants_user ON audit_participants (user, created_at, message);
+        CREATE INDEX audit_participants_message ON audit_participants (message);
+        CREATE TABLE access_requests (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            status TEXT NOT NULL,
+            record BLOB NOT NULL
+        );
+        """,
     ]
 
     static func migrate(_ connection: Connection) throws {

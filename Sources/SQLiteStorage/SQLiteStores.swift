@@ -8,6 +8,8 @@ public final class SQLiteStores: Sendable {
     /// A second connection (and queue) for the message archive: its group commits, fsyncs and
     /// WAL checkpoints never make a login, roster read or offline store wait.
     let archiveDatabase: SQLiteDatabase
+    /// Seals message bodies (archive, offline messages, audit record) when set.
+    public let cipher: (any FieldCipher)?
 
     /// Opens `directory/switchboard.sqlite`, creating the directory (mode 0700) if needed.
     public init(directory: String) throws {
@@ -16,12 +18,37 @@ public final class SQLiteStores: Sendable {
         )
         database = try SQLiteDatabase(path: directory + "/switchboard.sqlite")
         archiveDatabase = try SQLiteDatabase(path: directory + "/switchboard.sqlite")
+        cipher = nil
+    }
+
+    private init(database: SQLiteDatabase, archiveDatabase: SQLiteDatabase, cipher: (any FieldCipher)?) {
+        self.database = database
+        self.archiveDatabase = archiveDatabase
+        self.cipher = cipher
+    }
+
+    /// The same database, with message bodies sealed by `cipher` from now on (rows written
+    /// before stay readable).
+    public func encrypted(with cipher: any FieldCipher) -> SQLiteStores {
+        SQLiteStores(database: database, archiveDatabase: archiveDatabase, cipher: cipher)
     }
 
     public var stores: Stores {
         Stores(
             accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self, archive: self, uploads: self,
             pubsub: self, directory: self)
+    }
+
+    /// A value to store: sealed when a cipher is set, UTF-8 text otherwise.
+    func sealed(_ text: String, context: String) throws -> SQLValue {
+        guard let cipher else { return .text(text) }
+        return .blob(try cipher.seal(Array(text.utf8), context: context))
+    }
+
+    /// Reads a value written by `sealed` (or before encryption was on).
+    func opened(_ bytes: [UInt8], context: String) throws -> String {
+        guard let cipher, cipher.isSealed(bytes) else { return String(decoding: bytes, as: UTF8.self) }
+        return String(decoding: try cipher.open(bytes, context: context), as: UTF8.self)
     }
 }
 
@@ -161,14 +188,16 @@ extension SQLiteStores: RosterStore {
 extension SQLiteStores: OfflineStore {
     public func store(_ stanza: String, for user: String, at time: Double) async throws {
         try await database.run { db in
-            try db.run("INSERT INTO offline_messages (user, stanza, created_at) VALUES (?, ?, ?)", [.text(user), .text(stanza), .double(time)])
+            try db.run(
+                "INSERT INTO offline_messages (user, stanza, created_at) VALUES (?, ?, ?)",
+                [.text(user), try self.sealed(stanza, context: "offline"), .double(time)])
         }
     }
 
     public func messages(for user: String) async throws -> [OfflineMessage] {
         try await database.run { db in
             try db.query("SELECT id, stanza, created_at FROM offline_messages WHERE user = ? ORDER BY id", [.text(user)]) {
-                OfflineMessage(id: $0.int(0), stanza: $0.text(1) ?? "", time: $0.double(2))
+                OfflineMessage(id: $0.int(0), stanza: try self.opened($0.blob(1), context: "offline"), time: $0.double(2))
             }
         }
     }
@@ -256,7 +285,7 @@ extension SQLiteStores: ArchiveStore {
                 try db.run(
                     "INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [.int(record.id), .text(record.uid), .text(record.owner), .text(record.peer), .int(record.outgoing ? 1 : 0),
-                     .double(record.time), .text(record.stanza)])
+                     .double(record.time), try self.sealed(record.stanza, context: "archive")])
             }
         }
     }
@@ -298,7 +327,7 @@ extension SQLiteStores: ArchiveStore {
             var records = try db.query(sql, values) {
                 ArchiveRecord(
                     id: $0.int(0), uid: $0.text(1) ?? String($0.int(0)), owner: $0.text(2) ?? "", peer: $0.text(3) ?? "",
-                    outgoing: $0.int(4) != 0, time: $0.double(5), stanza: $0.text(6) ?? "")
+                    outgoing: $0.int(4) != 0, time: $0.double(5), stanza: try self.opened($0.blob(6), context: "archive"))
             }
             let complete = records.count <= limit
             if !complete { records.removeLast() }

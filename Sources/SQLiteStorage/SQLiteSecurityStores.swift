@@ -1,0 +1,179 @@
+import Foundation
+import Storage
+
+extension SQLiteStores: DataKeyStore {
+    public func dataKeys() async throws -> [WrappedDataKey] {
+        try await database.run { db in
+            try db.query("SELECT id, wrapped, master_id, created_at, retired FROM data_keys ORDER BY id") {
+                WrappedDataKey(id: $0.int(0), wrapped: $0.blob(1), masterID: $0.text(2) ?? "", createdAt: $0.double(3), retired: $0.int(4) != 0)
+            }
+        }
+    }
+
+    public func addDataKey(_ key: WrappedDataKey) async throws -> Int64 {
+        try await database.transaction { db in
+            try db.run("UPDATE data_keys SET retired = 1")
+            try db.run(
+                "INSERT INTO data_keys (wrapped, master_id, created_at, retired) VALUES (?, ?, ?, 0)",
+                [.blob(key.wrapped), .text(key.masterID), .double(key.createdAt)])
+            return db.lastInsertRowID
+        }
+    }
+
+    public func rewrapDataKeys(_ keys: [WrappedDataKey]) async throws {
+        try await database.transaction { db in
+            for key in keys {
+                try db.run("UPDATE data_keys SET wrapped = ?, master_id = ? WHERE id = ?", [.blob(key.wrapped), .text(key.masterID), .int(key.id)])
+            }
+        }
+    }
+}
+
+extension SQLiteStores: TrailStore {
+    public func appendTrail(_ make: @escaping @Sendable (TrailEntry?) throws -> TrailEntry) async throws -> TrailEntry {
+        try await database.transaction { db in
+            let last = try db.query(
+                "SELECT seq, created_at, actor, action, details, previous_hash, hash, signature FROM trail ORDER BY seq DESC LIMIT 1"
+            ) { Self.trailEntry($0) }.first
+            let entry = try make(last)
+            try db.run(
+                "INSERT INTO trail (seq, created_at, actor, action, details, previous_hash, hash, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    .int(entry.seq), .double(entry.time), .text(entry.actor), .text(entry.action), .text(entry.details),
+                    .blob(entry.previousHash), .blob(entry.hash), entry.signature.map { .blob($0) } ?? .null,
+                ])
+            return entry
+        }
+    }
+
+    public func trail(from: Int64, limit: Int) async throws -> [TrailEntry] {
+        try await database.run { db in
+            try db.query(
+                "SELECT seq, created_at, actor, action, details, previous_hash, hash, signature FROM trail WHERE seq >= ? ORDER BY seq LIMIT ?",
+                [.int(from), .int(Int64(limit))]
+            ) { Self.trailEntry($0) }
+        }
+    }
+
+    private static func trailEntry(_ row: Statement) -> TrailEntry {
+        TrailEntry(
+            seq: row.int(0), time: row.double(1), actor: row.text(2) ?? "", action: row.text(3) ?? "", details: row.text(4) ?? "",
+            previousHash: row.blob(5), hash: row.blob(6), signature: row.isNull(7) ? nil : row.blob(7))
+    }
+}
+
+extension SQLiteStores: AuditArchiveStore {
+    public func appendAudit(_ records: [AuditRecord]) async throws {
+        guard !records.isEmpty else { return }
+        // Seal outside the database queue: the archive connection only writes.
+        let rows = try records.map { record -> ([SQLValue], [String]) in
+            let values: [SQLValue] = [
+                .double(record.time), .text(record.sender), .text(record.recipients.joined(separator: "\n")), .text(record.type),
+                .optional(record.room), try sealed(record.stanza, context: "audit"),
+                try sealed(record.attachments.joined(separator: "\n"), context: "audit.attachments"),
+            ]
+            var participants = [record.sender] + record.recipients
+            if let room = record.room { participants.append(room) }
+            return (values, Array(Set(participants)))
+        }
+        try await archiveDatabase.transaction { db in
+            for (index, (values, participants)) in rows.enumerated() {
+                try db.run(
+                    "INSERT INTO audit_messages (created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    values)
+                let id = db.lastInsertRowID
+                for user in participants {
+                    try db.run(
+                        "INSERT INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)",
+                        [.text(user), .double(records[index].time), .int(id)])
+                }
+            }
+        }
+    }
+
+    public func auditRecords(in scope: AuditScope, afterID: Int64, limit: Int) async throws -> [AuditRecord] {
+        let names = scope.users + scope.rooms
+        guard !names.isEmpty, limit > 0 else { return [] }
+        let rows = try await archiveDatabase.run { db in
+            let placeholders = Array(repeating: "?", count: names.count).joined(separator: ", ")
+            let values: [SQLValue] = names.map { .text($0) } + [.double(scope.start), .double(scope.end), .int(afterID), .int(Int64(limit))]
+            return try db.query(
+                """
+                SELECT m.id, m.created_at, m.sender, m.recipients, m.type, m.room, m.stanza, m.attachments
+                FROM audit_messages m WHERE m.id IN (
+                    SELECT message FROM audit_participants WHERE user IN (\(placeholders)) AND created_at >= ? AND created_at <= ?)
+                AND m.id > ? ORDER BY m.id LIMIT ?
+                """,
+                values
+            ) { row in
+                (row.int(0), row.double(1), row.text(2) ?? "", row.text(3) ?? "", row.text(4) ?? "", row.text(5), row.blob(6), row.blob(7))
+            }
+        }
+        // Open outside the database queue.
+        return try rows.map { row in
+            AuditRecord(
+                id: row.0, time: row.1, sender: row.2, recipients: row.3.split(separator: "\n").map(String.init), type: row.4, room: row.5,
+                stanza: try opened(row.6, context: "audit"),
+                attachments: try opened(row.7, context: "audit.attachments").split(separator: "\n").map(String.init))
+        }
+    }
+
+    public func purgeAudit(before: Double, users: [String]?) async throws -> Int {
+        try await archiveDatabase.transaction { db in
+            var condition = "created_at < ?"
+            var values: [SQLValue] = [.double(before)]
+            if let users {
+                guard !users.isEmpty else { return 0 }
+                condition += " AND sender IN (\(Array(repeating: "?", count: users.count).joined(separator: ", ")))"
+                values += users.map { .text($0) }
+            }
+            try db.run("DELETE FROM audit_participants WHERE message IN (SELECT id FROM audit_messages WHERE \(condition))", values)
+            return try db.run("DELETE FROM audit_messages WHERE \(condition)", values)
+        }
+    }
+
+    public func auditCount() async throws -> Int {
+        try await archiveDatabase.run { db in Int(try db.query("SELECT count(*) FROM audit_messages") { $0.int(0) }.first ?? 0) }
+    }
+}
+
+extension SQLiteStores: AccessRequestStore {
+    public func createAccessRequest(_ request: AccessRequest) async throws -> Int64 {
+        let blob = try encode(request)
+        return try await database.transaction { db in
+            try db.run("INSERT INTO access_requests (status, record) VALUES (?, ?)", [.text(request.status.rawValue), .blob(blob)])
+            return db.lastInsertRowID
+        }
+    }
+
+    public func accessRequest(_ id: Int64) async throws -> AccessRequest? {
+        try await database.run { db in
+            try db.query("SELECT id, record FROM access_requests WHERE id = ?", [.int(id)]) { row in
+                var request = try decode(AccessRequest.self, row.blob(1))
+                request.id = row.int(0)
+                return request
+            }.first
+        }
+    }
+
+    public func accessRequests(status: AccessRequest.Status?, limit: Int) async throws -> [AccessRequest] {
+        try await database.run { db in
+            let filter = status.map { _ in "WHERE status = ?" } ?? ""
+            let values: [SQLValue] = (status.map { [SQLValue.text($0.rawValue)] } ?? []) + [.int(Int64(limit))]
+            return try db.query("SELECT id, record FROM access_requests \(filter) ORDER BY id DESC LIMIT ?", values) { row in
+                var request = try decode(AccessRequest.self, row.blob(1))
+                request.id = row.int(0)
+                return request
+            }
+        }
+    }
+
+    public func decideAccessRequest(_ request: AccessRequest) async throws -> Bool {
+        let blob = try encode(request)
+        return try await database.run { db in
+            try db.run(
+                "UPDATE access_requests SET status = ?, record = ? WHERE id = ? AND status = 'pending'",
+                [.text(request.status.rawValue), .blob(blob), .int(request.id)]) > 0
+        }
+    }
+}
