@@ -60,6 +60,7 @@ public enum BuiltinModules {
             CarbonsModule(), ClientStateModule(), BlockingModule(), ArchiveModule(), PushModule(), PEPModule(),
         ]
         if configuration.upload.enabled { modules.append(UploadModule(maxFileBytes: configuration.upload.maxFileBytes)) }
+        if configuration.muc.enabled { modules.append(MUCModule(configuration)) }
         return modules
     }
 }

@@ -94,6 +94,22 @@ enum Migrations {
         );
         CREATE INDEX pep_items_node ON pep_items (owner, node, seq);
         """,
+        // 7: multi-user chat (XEP-0045) persistent rooms and their affiliations. Self-contained.
+        """
+        CREATE TABLE muc_rooms (
+            jid TEXT PRIMARY KEY,
+            config TEXT NOT NULL,
+            subject TEXT,
+            subject_by TEXT,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE muc_affiliations (
+            room TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            affiliation TEXT NOT NULL,
+            PRIMARY KEY (room, jid)
+        );
+        """,
     ]
 
     static func migrate(_ connection: Connection) throws {

@@ -111,6 +111,14 @@ public final class ServerContext: Sendable {
     /// - Parameter replay: the message was routed before (e.g. re-routed when a session ended
     ///   with it unacknowledged): skip preparation and the routed hooks (no second archive entry).
     public func routeMessage(_ message: XMLElement, to: JID, from session: SessionHandle?, replay: Bool = false) async -> StanzaError? {
+        if let component = modules.component(for: to.domainpart) {
+            guard let from = message[attribute: "from"].flatMap({ try? JID($0) }) else { return .badRequest }
+            switch component.handler(ComponentStanza(stanza: message, from: from, to: to, session: session, server: self)) {
+            case .done: return nil
+            case .error(let error): return error
+            case .later(let work): return await work()
+            }
+        }
         let prepared = replay ? PreparedMessage(stanza: message) : prepareMessage(message, to: to)
         let stanza = prepared.stanza
         switch deliverMessage(stanza, to: to) {
@@ -162,6 +170,7 @@ public final class ServerContext: Sendable {
     /// Delivers presence: to one full JID if bound, or to every available session of a bare JID.
     /// Presence the filters do not allow is dropped.
     public func deliverPresence(_ stanza: XMLElement, to: JID) {
+        if toComponent(stanza, to: to) { return }
         guard isLocal(to) else { return }
         if !modules.deliveryFilters.isEmpty, let from = stanza[attribute: "from"].flatMap({ try? JID($0) }) {
             guard case .allow = filter(stanza, from: from, to: to) else { return }
@@ -171,6 +180,72 @@ public final class ServerContext: Sendable {
         } else {
             for session in router.availableSessions(of: to.bare.description) { session.deliver(stanza) }
         }
+    }
+
+    // MARK: - Service components
+
+    /// Hands a stanza the server sends on a user's behalf (e.g. unavailable presence at logout)
+    /// to the component owning `to`'s domain; false if no component owns it. Errors are dropped.
+    func toComponent(_ stanza: XMLElement, to: JID) -> Bool {
+        guard let component = modules.component(for: to.domainpart) else { return false }
+        guard let from = stanza[attribute: "from"].flatMap({ try? JID($0) }) else { return true }
+        switch component.handler(ComponentStanza(stanza: stanza, from: from, to: to, session: nil, server: self)) {
+        case .done, .error: break
+        case .later(let work): track { _ = await work() }
+        }
+        return true
+    }
+
+    /// Sends a stanza from a service (a component) to a local address through the normal
+    /// delivery path: message preparation, routing and routed hooks (so carbons, CSI, stream
+    /// management, archive and offline storage behave as for any message), presence through
+    /// the delivery filters. Synchronous; an undeliverable message is stored offline in the
+    /// background. Returns the error a message met (e.g. the occupant's session is gone).
+    @discardableResult
+    public func sendFromService(_ stanza: XMLElement, to: JID) -> StanzaError? {
+        switch stanza.name {
+        case "message":
+            let prepared = prepareMessage(stanza, to: to)
+            switch deliverMessage(prepared.stanza, to: to) {
+            case .delivered(let recipients):
+                messageRouted(prepared, to: to, sender: nil, recipients: recipients)
+                return nil
+            case .dropped:
+                return nil
+            case .error(let error):
+                return error
+            case .undeliverable(let bare):
+                track {
+                    if await self.handleUndeliverable(prepared.stanza, to: bare, session: nil) == nil {
+                        self.messageRouted(prepared, to: to, sender: nil, recipients: [])
+                    }
+                }
+                return nil
+            }
+        case "presence":
+            deliverPresence(stanza, to: to)
+            return nil
+        default:
+            guard isLocal(to) else { return StanzaError(.remoteServerNotFound) }
+            if to.resourcepart != nil { router.session(to)?.deliver(stanza) }
+            return nil
+        }
+    }
+
+    /// Fan-out from a service: delivers a stanza serialised once to one bound full JID (bare
+    /// key given to spare a conversion), through the delivery filters and, for messages, the
+    /// routed hooks. Returns false when that session is not bound.
+    @discardableResult
+    public func deliverShared(_ shared: SharedStanza, to: JID, bareKey: String, from: JID) -> Bool {
+        guard let session = router.sessions(of: bareKey).first(where: { $0.jid == to }) else { return false }
+        if !modules.deliveryFilters.isEmpty {
+            guard case .allow = filter(shared.element, from: from, to: to) else { return true }
+        }
+        session.deliver(shared)
+        if !shared.isPresence, !modules.messageRoutedHooks.isEmpty {
+            messageRouted(PreparedMessage(stanza: shared.element), to: to, sender: nil, recipients: [session])
+        }
+        return true
     }
 
     /// Sends a stanza to every session of a bare JID that wants roster pushes.

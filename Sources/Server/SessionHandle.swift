@@ -55,6 +55,17 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Sends a stanza serialised once for many recipients, addressed to this session (from any thread).
+    public func deliver(_ shared: SharedStanza) {
+        let to = jid.description
+        if eventLoop.inEventLoop {
+            sink.value.sendShared(shared, to: to)
+        } else {
+            let sink = self.sink
+            eventLoop.execute { sink.value.sendShared(shared, to: to) }
+        }
+    }
+
     /// XEP-0352: the client says it is (in)active; inactive sessions get presence batched.
     public func setClientActive(_ active: Bool) {
         if eventLoop.inEventLoop {
@@ -103,6 +114,8 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
 /// What a session handler offers the router: write a stanza, or end the stream. Called on its event loop.
 protocol StanzaSink: AnyObject {
     func send(_ stanza: XMLElement)
+    /// Sends a pre-serialised stanza with `to` set to `to`.
+    func sendShared(_ stanza: SharedStanza, to: String)
     func terminate(_ error: StreamError)
     func setClientActive(_ active: Bool)
     /// XEP-0198: give up the session to a resuming connection; nil if it cannot be resumed.

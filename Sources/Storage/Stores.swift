@@ -8,10 +8,12 @@ public struct Stores: Sendable {
     public var archive: any ArchiveStore
     public var uploads: any UploadStore
     public var pubsub: any PubSubStore
+    public var muc: any MUCStore
 
     public init(
         accounts: any AccountStore, rosters: any RosterStore, offline: any OfflineStore, privateXML: any PrivateXMLStore,
-        blocklists: any BlocklistStore, archive: any ArchiveStore, uploads: any UploadStore, pubsub: any PubSubStore
+        blocklists: any BlocklistStore, archive: any ArchiveStore, uploads: any UploadStore, pubsub: any PubSubStore,
+        muc: any MUCStore
     ) {
         self.accounts = accounts
         self.rosters = rosters
@@ -21,5 +23,6 @@ public struct Stores: Sendable {
         self.archive = archive
         self.uploads = uploads
         self.pubsub = pubsub
+        self.muc = muc
     }
 }
