@@ -288,7 +288,8 @@ struct MUCRoom: Sendable {
         broadcast(occupant, unavailable: false, selfCodes: selfCodes, into: &effects)
         for entry in historyFor(history, now: now) {
             var message = entry.stanza
-            message.append(XMLElement("delay", xmlns: NS.delay, ["stamp": Timestamp.string(Date(timeIntervalSince1970: entry.time)), "from": bareKey]))
+            message.append(
+                XMLElement("delay", xmlns: NS.delay, ["stamp": Timestamp.string(Date(timeIntervalSince1970: entry.time)), "from": self.bareKey]))
             effects.send(message, to: session)
         }
         effects.send(subjectMessage(), to: session)
