@@ -473,6 +473,8 @@ final class MUCService: Sendable {
         let server = item.server
         let key = item.to.bare.description
         guard let box = box(key), box.state.withLockedValue({ !$0.locked || $0.affiliation(of: item.from.bare.description) == .owner }) else {
+            // XEP-0410: a self-ping to a room that is gone means "not joined".
+            if item.to.resourcepart != nil, payload.namespace == NS.ping { throw StanzaError(.notAcceptable, text: "no such room") }
             throw StanzaError(.itemNotFound, text: "no such room")
         }
         if let nick = item.to.resourcepart {

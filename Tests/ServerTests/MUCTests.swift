@@ -446,7 +446,7 @@ import XMPPCore
         let notJoined = try await Self.iq(bob, "<iq type='get' id='p2' to='\(room)/Alice'><ping xmlns='urn:xmpp:ping'/></iq>", id: "p2")
         #expect(Self.errorCondition(notJoined) == "not-acceptable")
         let noRoom = try await Self.iq(bob, "<iq type='get' id='p3' to='nothere@\(Self.service)/X'><ping xmlns='urn:xmpp:ping'/></iq>", id: "p3")
-        #expect(Self.errorCondition(noRoom) == "item-not-found")
+        #expect(Self.errorCondition(noRoom) == "not-acceptable")
 
         // Mediated invitation: bob receives it from the room, with alice's real JID and the reason.
         try await alice.send(
