@@ -243,8 +243,10 @@ final class MUCService: Sendable {
         }
     }
 
-    private func leave(session: JID, box: MUCRoomBox, server: ServerContext) {
-        _ = try? withRoom(box, server: server) { (room: inout MUCRoom) throws(StanzaError) in (room.leave(session: session), ()) }
+    private func leave(session: JID, box: MUCRoomBox, server: ServerContext, status: XMLElement? = nil) {
+        _ = try? withRoom(box, server: server) { (room: inout MUCRoom) throws(StanzaError) in
+            (room.leave(session: session, status: status?.stanzaType == "unavailable" ? status : nil), ())
+        }
     }
 
     /// A session ended or went offline: it leaves every room it is in.
@@ -318,7 +320,7 @@ final class MUCService: Sendable {
         let key = item.to.bare.description
         switch stanza.stanzaType {
         case "unavailable", "error":
-            if let box = box(key) { leave(session: item.from, box: box, server: item.server) }
+            if let box = box(key) { leave(session: item.from, box: box, server: item.server, status: stanza) }
             return .done
         case nil:
             break
@@ -658,18 +660,18 @@ final class MUCService: Sendable {
         try withRoom(box, server: server) { (room: inout MUCRoom) throws(StanzaError) in
             var effects = MUCEffects()
             room.locked = false
-            room.configuration.name = String(name.prefix(MUCRoomConfiguration.longestText))
-            room.configuration.persistent = true
-            room.configuration.membersOnly = true
-            effects.persist = true
             for (member, affiliation) in room.affiliations where affiliation == .member && !wanted.contains(member) {
                 try room.setAffiliation(.none, of: member, by: nil, actor: nil, reason: "no longer in the department", into: &effects)
             }
             for member in wanted.sorted() where room.affiliation(of: member) < .member {
                 try room.setAffiliation(.member, of: member, by: nil, actor: nil, reason: nil, into: &effects)
             }
-            // Occupants who are not members (the room just became members-only) leave.
-            effects.merge(try room.configure(nil, maxUsersCap: limits.maxOccupants))
+            var configuration = room.configuration
+            configuration.name = String(name.prefix(MUCRoomConfiguration.longestText))
+            configuration.persistent = true
+            configuration.membersOnly = true
+            // Occupants who are not members (if the room just became members-only) leave (322).
+            effects.merge(room.reconfigure(configuration))
             return (effects, ())
         }
         await persistence.flushed()

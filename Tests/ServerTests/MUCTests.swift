@@ -615,9 +615,16 @@ import XMPPCore
         let (server, clients) = try await Self.start(["alice", "bob", "carol"])
         let (alice, bob, carol) = (clients[0], clients[1], clients[2])
         let muc = try #require(server.server.context.modules.service(MUCModule.self))
+        // An existing open room with a non-member in it becomes the department room: he leaves (322).
+        try await Self.createInstantRoom(alice, "sales", nick: "Alice")
+        try await Self.join(carol, "sales@\(Self.service)/Carol")
+        _ = try await Self.history(carol)
         let members: Set<JID> = [try JID("alice@example.test"), try JID("bob@example.test/ignored-resource")]
         try await muc.ensureDepartmentRoom(localpart: "sales", name: "Sales", members: members)
-        #expect(muc.members(ofRoom: "sales") == ["alice@example.test", "bob@example.test"])
+        let carolOut = try await carol.next { $0.name == "presence" && $0.stanzaType == "unavailable" && Self.codes($0).contains("110") }
+        #expect(Self.codes(carolOut) == ["110", "322"])
+        // Alice stays owner (owners and admins are left as they are); bob becomes member.
+        #expect(muc.members(ofRoom: "sales") == ["bob@example.test"])
         let room = "sales@\(Self.service)"
         #expect(Self.item(try await Self.join(bob, "\(room)/Bob"))?[attribute: "affiliation"] == "member")
         _ = try await Self.history(bob)
@@ -626,10 +633,11 @@ import XMPPCore
         try await muc.ensureDepartmentRoom(localpart: "sales", name: "Sales & Marketing", members: [try JID("alice@example.test"), try JID("carol@example.test")])
         let removed = try await bob.next { $0.name == "presence" && $0.stanzaType == "unavailable" }
         #expect(Self.codes(removed) == ["110", "321"])
-        #expect(muc.members(ofRoom: "sales") == ["alice@example.test", "carol@example.test"])
+        #expect(muc.members(ofRoom: "sales") == ["carol@example.test"])
         #expect(Self.codes(try await Self.join(carol, "\(room)/Carol")).contains("110"))
         let stored = try await server.stores.rooms()
-        #expect(stored.count == 1 && stored.first?.affiliations == ["alice@example.test": "member", "carol@example.test": "member"])
+        // Alice created the room: she stays owner; the members are exactly the department.
+        #expect(stored.count == 1 && stored.first?.affiliations == ["alice@example.test": "owner", "carol@example.test": "member"])
         #expect(stored.first?.config.contains("Sales & Marketing") == true)
         await #expect(throws: MUCError.self) { try await muc.ensureDepartmentRoom(localpart: "bad@name", name: "x", members: []) }
         try await muc.removeDepartmentRoom(localpart: "sales", reason: "reorganised")

@@ -704,6 +704,12 @@ struct MUCRoom: Sendable {
     mutating func configure(_ form: XMLElement?, maxUsersCap: Int) throws(StanzaError) -> MUCEffects {
         var next = configuration
         if let form { try next.apply(form, maxUsersCap: maxUsersCap, historyCap: limits.maxHistory) }
+        return reconfigure(next)
+    }
+
+    /// Switches to a new configuration (unlocking a new room), with the notices and removals
+    /// the change implies.
+    mutating func reconfigure(_ next: MUCRoomConfiguration) -> MUCEffects {
         let previous = configuration
         configuration = next
         let wasLocked = locked
