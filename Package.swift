@@ -72,6 +72,7 @@ let package = Package(
             dependencies: [
                 "Server", "Storage", "XMPPCore", "XMLStream",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         // The executable: serve, user, bench ...

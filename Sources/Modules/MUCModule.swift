@@ -130,6 +130,7 @@ final class MUCService: Sendable {
                 configuration = decoded
             }
             configuration.persistent = true
+            let newKey = configuration.occupantIDKey == nil
             var room = MUCRoom(jid: jid, configuration: configuration, limits: limits, createdAt: record.createdAt)
             room.subject = record.subject
             room.subjectBy = record.subjectBy
@@ -150,6 +151,8 @@ final class MUCService: Sendable {
                             stanza: stanza, stanzaID: record.uid, time: record.time, characters: record.stanza.count)
                     })
             }
+            // A room stored before it had an occupant-id key keeps the one it just got.
+            if newKey { persistence.enqueue(.save(self.record(of: room)), server: server) }
             loaded.append(MUCRoomBox(room))
         }
         rooms.withLockedValue { rooms in for box in loaded { rooms[box.key] = box } }

@@ -124,7 +124,17 @@ import XMPPCore
             #expect(message.child("body")?.text == "hello room")
             let stanzaID = message.child("stanza-id", namespace: "urn:xmpp:sid:0")
             #expect(stanzaID?[attribute: "by"] == room && stanzaID?[attribute: "id"]?.isEmpty == false)
+            // XEP-0421: the same occupant id as in bob's presence, not his JID.
+            let occupantID = message.child("occupant-id", namespace: "urn:xmpp:occupant-id:0")?[attribute: "id"]
+            #expect(occupantID != nil && occupantID == bobSeen.child("occupant-id", namespace: "urn:xmpp:occupant-id:0")?[attribute: "id"])
+            #expect(occupantID?.contains("bob") == false)
         }
+        // A forged occupant id is replaced.
+        try await bob.send(
+            "<message to='\(room)' type='groupchat' id='forged'><body>x</body><occupant-id xmlns='urn:xmpp:occupant-id:0' id='alice'/></message>")
+        let forged = try await alice.next { $0.name == "message" && $0.id == "forged" }
+        #expect(forged.elements.filter { $0.name == "occupant-id" }.map { $0[attribute: "id"] } == [Self.item(bobSeen).flatMap { _ in bobSeen.child("occupant-id", namespace: "urn:xmpp:occupant-id:0")?[attribute: "id"] }])
+        _ = try await bob.next { $0.name == "message" && $0.id == "forged" }
 
         // Private message between occupants.
         try await alice.send("<message to='\(room)/Bob' type='chat' id='pm1'><body>psst</body></message>")
@@ -607,6 +617,13 @@ import XMPPCore
         #expect(info.child("query")?.child("identity")?[attribute: "name"] == "Kept")
         let features = Set(info.child("query")?.elements.compactMap { $0[attribute: "var"] } ?? [])
         #expect(features.contains("muc_membersonly") && features.contains("muc_persistent"))
+        // Occupant ids (XEP-0421) are stable across the restart: alice's in the history equals her new one.
+        let before = history.first?.child("occupant-id", namespace: "urn:xmpp:occupant-id:0")?[attribute: "id"]
+        let aliceAgain = try await restarted.online("alice", "pc")
+        try await Self.join(aliceAgain, "\(room)/Alice")
+        let aliceSeen = try await bob.next { $0.name == "presence" && $0[attribute: "from"] == "\(room)/Alice" }
+        #expect(before != nil && aliceSeen.child("occupant-id", namespace: "urn:xmpp:occupant-id:0")?[attribute: "id"] == before)
+        await aliceAgain.close()
         await bob.close()
         await restarted.stop()
     }

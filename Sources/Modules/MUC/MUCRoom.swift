@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Server
 import XMLStream
@@ -29,6 +30,7 @@ enum MUCNS {
     static let moderate = "urn:xmpp:message-moderate:1"
     static let mam = "urn:xmpp:mam:2"
     static let conference = "jabber:x:conference"
+    static let occupantID = "urn:xmpp:occupant-id:0"
 }
 
 /// A local address a room sends to, with its router key precomputed.
@@ -97,6 +99,8 @@ struct MUCOccupant: Sendable {
     var role: MUCRole
     /// The latest presence payload (show, status, caps …) without the MUC elements.
     var payload: [XMLNode]
+    /// XEP-0421: stable per real JID and room, reveals nothing about the JID.
+    var occupantID: String = ""
 }
 
 /// A multi-user chat room (XEP-0045) as a pure state machine: events in, `MUCEffects` out.
@@ -127,6 +131,20 @@ struct MUCRoom: Sendable {
         self.configuration = configuration
         self.limits = limits
         self.createdAt = createdAt
+        if configuration.occupantIDKey == nil {
+            self.configuration.occupantIDKey = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0).base64EncodedString() }
+        }
+    }
+
+    /// XEP-0421 occupant id: HMAC-SHA-256 of the real bare JID under the room's secret key.
+    func occupantID(of bare: String) -> String {
+        let key = SymmetricKey(data: Data(base64Encoded: configuration.occupantIDKey ?? "") ?? Data(bareKey.utf8))
+        let code = HMAC<SHA256>.authenticationCode(for: Data(bare.utf8), using: key)
+        return Data(code.prefix(18)).base64EncodedString()
+    }
+
+    private func occupantIDElement(_ occupant: MUCOccupant) -> XMLElement {
+        XMLElement("occupant-id", xmlns: MUCNS.occupantID, ["id": occupant.occupantID])
     }
 
     var isEmpty: Bool { occupants.isEmpty }
@@ -189,6 +207,7 @@ struct MUCRoom: Sendable {
         } else {
             presence.children = occupant.payload
         }
+        presence.append(occupantIDElement(occupant))
         var x = XMLElement("x", xmlns: MUCNS.user)
         var item = item(for: occupant, showJID: showJID)
         for (name, value) in itemAttributes.sorted(by: { $0.key < $1.key }) { item[attribute: name] = value }
@@ -275,7 +294,7 @@ struct MUCRoom: Sendable {
         }
         var occupant = existing ?? MUCOccupant(
             nick: nick, realJID: session.bare, bareKey: bareKey, sessions: [], role: defaultRole(for: affiliation),
-            payload: [])
+            payload: [], occupantID: occupantID(of: bareKey))
         occupant.sessions.append(session)
         occupant.payload = Self.payload(of: stanza)
         occupants[nick] = occupant
@@ -413,8 +432,9 @@ struct MUCRoom: Sendable {
         let by = bareKey
         out.removeChildren {
             ($0.name == "stanza-id" && $0.namespace == MUCNS.stanzaID && $0[attribute: "by"] == by)
-                || $0.namespace == MUCNS.user || $0.name == "delay" && $0.namespace == NS.delay
+                || $0.namespace == MUCNS.user || $0.name == "delay" && $0.namespace == NS.delay || $0.namespace == MUCNS.occupantID
         }
+        out.append(occupantIDElement(occupant))
         out.append(XMLElement("stanza-id", xmlns: MUCNS.stanzaID, ["id": stanzaID, "by": by]))
         if body != nil {
             appendHistory(MUCHistoryEntry(stanza: out, stanzaID: stanzaID, time: now, characters: XMLSerializer.string(out).count))
@@ -493,8 +513,9 @@ struct MUCRoom: Sendable {
         guard let target = occupants[nick] else { throw StanzaError(.itemNotFound, text: "no such occupant") }
         var out = message
         out[attribute: "from"] = occupantJID(senderNick).description
-        out.removeChildren { $0.namespace == MUCNS.user }
+        out.removeChildren { $0.namespace == MUCNS.user || $0.namespace == MUCNS.occupantID }
         out.append(XMLElement("x", xmlns: MUCNS.user))
+        if let sender = occupants[senderNick] { out.append(occupantIDElement(sender)) }
         var effects = MUCEffects()
         for recipient in target.sessions { effects.send(out, to: recipient) }
         return effects
@@ -765,7 +786,7 @@ struct MUCRoom: Sendable {
             XMLElement(
                 "identity", xmlns: NS.discoInfo,
                 ["category": "conference", "type": "text", "name": configuration.name.isEmpty ? (jid.localpart ?? "") : configuration.name]))
-        var features = [MUCNS.muc, NS.discoInfo, NS.discoItems, MUCNS.selfPing, MUCNS.stanzaID, MUCNS.retract, MUCNS.moderate]
+        var features = [MUCNS.muc, NS.discoInfo, NS.discoItems, MUCNS.selfPing, MUCNS.stanzaID, MUCNS.retract, MUCNS.moderate, MUCNS.occupantID]
         features += configuration.features
         if configuration.archiving { features.append(MUCNS.mam) }
         for feature in features.sorted() { query.append(XMLElement("feature", xmlns: NS.discoInfo, ["var": feature])) }

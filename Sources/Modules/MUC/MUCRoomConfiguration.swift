@@ -24,6 +24,9 @@ struct MUCRoomConfiguration: Codable, Hashable, Sendable {
     var historyLength: Int
     /// Messages are archived (XEP-0313 on the room JID).
     var archiving = true
+    /// Secret key of the room's XEP-0421 occupant ids (base64), kept with the configuration so
+    /// the ids stay stable across restarts. Not part of the form.
+    var occupantIDKey: String?
 
     init(maxUsers: Int, historyLength: Int) {
         self.maxUsers = maxUsers
