@@ -12,6 +12,8 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
     public let jid: JID
     /// Bare JID string, the router's key.
     public let bareKey: String
+    /// Full JID string (the `to` of everything delivered to this session).
+    public let fullKey: String
     public let id: UInt64
     let eventLoop: any EventLoop
     private let sink: NIOLoopBound<any StanzaSink>
@@ -37,6 +39,7 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
     init(jid: JID, id: UInt64, eventLoop: any EventLoop, sink: any StanzaSink) {
         self.jid = jid
         self.bareKey = jid.bare.description
+        self.fullKey = jid.description
         self.id = id
         self.eventLoop = eventLoop
         self.sink = NIOLoopBound(sink, eventLoop: eventLoop)
@@ -57,7 +60,7 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
 
     /// Sends a stanza serialised once for many recipients, addressed to this session (from any thread).
     public func deliver(_ shared: SharedStanza) {
-        let to = jid.description
+        let to = fullKey
         if eventLoop.inEventLoop {
             sink.value.sendShared(shared, to: to)
         } else {
