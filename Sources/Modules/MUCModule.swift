@@ -368,14 +368,14 @@ final class MUCService: Sendable {
             throw StanzaError(.notAllowed, text: "room creation is restricted")
         }
         guard let local = jid.localpart, local.count <= 256 else { throw StanzaError(.jidMalformed) }
+        // Counted outside the table's lock (room locks may be held for a fan-out); two
+        // creations racing may pass together, which the limit tolerates.
+        let owned = allBoxes().reduce(0) { count, box in
+            count + (box.state.withLockedValue { !$0.gone && $0.affiliations[creatorKey] == .owner } ? 1 : 0)
+        }
+        guard owned < maxRoomsPerUser else { throw StanzaError(.notAllowed, text: "you own \(owned) rooms, the most allowed") }
         let result: Result<MUCRoomBox, StanzaError> = rooms.withLockedValue { rooms in
             if let existing = rooms[jid.description] { return .success(existing) }
-            let owned = rooms.values.reduce(0) { count, box in
-                count + (box.state.withLockedValue { $0.affiliations[creatorKey] == .owner } ? 1 : 0)
-            }
-            guard owned < maxRoomsPerUser else {
-                return .failure(StanzaError(.notAllowed, text: "you own \(owned) rooms, the most allowed"))
-            }
             var room = MUCRoom(jid: jid, configuration: newConfiguration(), limits: limits, createdAt: Date().timeIntervalSince1970)
             room.affiliations[creatorKey] = .owner
             room.locked = locked
