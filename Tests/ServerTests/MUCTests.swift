@@ -734,4 +734,30 @@ import XMPPCore
         let effects = room.leave(session: alice)
         #expect(effects.destroyed && room.gone)
     }
+
+    /// Newcomers get each occupant's presence from a serialised cache: it must follow role changes.
+    @Test func newcomersSeeCurrentRoles() throws {
+        var room = MUCRoom(
+            jid: try JID("r@conference.example.test"), configuration: MUCRoomConfiguration(maxUsers: 10, historyLength: 3),
+            limits: MUCLimits(), createdAt: 0)
+        room.affiliations["alice@example.test"] = .owner
+        let presence = XMLElement("presence", xmlns: NS.client)
+        func enter(_ jid: String, _ nick: String) throws -> MUCEffects {
+            try room.enter(session: try JID(jid), requestedNick: nick, nick: nick, presence: presence, password: nil, history: nil, now: 0)
+        }
+        func roleOf(_ nick: String, in effects: MUCEffects) -> String? {
+            for case .shared(let stanza, _) in effects.deliveries where stanza.element[attribute: "from"] == "r@conference.example.test/\(nick)" {
+                return stanza.element.child("x", namespace: Self.userNS)?.child("item")?[attribute: "role"]
+            }
+            return nil
+        }
+        _ = try enter("alice@example.test/pc", "A")
+        _ = try enter("bob@example.test/pc", "B")
+        #expect(roleOf("B", in: try enter("carol@example.test/pc", "C")) == "participant")
+        var query = XMLElement("query", xmlns: "http://jabber.org/protocol/muc#admin")
+        query.append(XMLElement("item", xmlns: "http://jabber.org/protocol/muc#admin", ["nick": "B", "role": "visitor"]))
+        _ = try room.adminSet(query, from: try JID("alice@example.test/pc"))
+        #expect(roleOf("B", in: try enter("dave@example.test/pc", "D")) == "visitor")
+        #expect(roleOf("A", in: try enter("erin@example.test/pc", "E")) == "moderator")
+    }
 }

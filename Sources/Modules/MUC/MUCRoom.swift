@@ -101,6 +101,9 @@ struct MUCOccupant: Sendable {
     var payload: [XMLNode]
     /// XEP-0421: stable per real JID and room, reveals nothing about the JID.
     var occupantID: String = ""
+    /// Its current presence as others see it, serialised, by "shows the real JID": what a
+    /// newcomer is sent for each occupant. Replaced by every broadcast of its presence.
+    var cachedPresence: [Bool: SharedStanza] = [:]
 }
 
 /// A multi-user chat room (XEP-0045) as a pure state machine: events in, `MUCEffects` out.
@@ -222,10 +225,19 @@ struct MUCRoom: Sendable {
     /// Broadcasts an occupant's presence: its own sessions get the self variant (110 and
     /// `selfCodes`), the others a variant with or without the real JID (non-anonymous rooms
     /// and moderators see it). Each variant is serialised once.
-    private func broadcast(
+    private mutating func broadcast(
         _ occupant: MUCOccupant, unavailable: Bool, codes: [Int] = [], selfCodes: [Int] = [], itemChildren: [XMLElement] = [],
         itemAttributes: [String: String] = [:], extra: [XMLElement] = [], alsoTo: [JID] = [], into effects: inout MUCEffects
     ) {
+        // A plain available presence is what newcomers get too: keep it serialised.
+        let plain = !unavailable && codes.isEmpty && itemChildren.isEmpty && itemAttributes.isEmpty && extra.isEmpty
+        var cache: [Bool: SharedStanza] = [:]
+        defer {
+            if var stored = occupants[occupant.nick], stored.bareKey == occupant.bareKey {
+                stored.cachedPresence = cache
+                occupants[occupant.nick] = stored
+            }
+        }
         var own = occupant.sessions.map { MUCRecipient(jid: $0, bareKey: occupant.bareKey) }
         for session in alsoTo where !occupant.sessions.contains(session) { own.append(MUCRecipient(jid: session, bareKey: occupant.bareKey)) }
         var withJID: [MUCRecipient] = []
@@ -240,8 +252,16 @@ struct MUCRoom: Sendable {
                     of: occupant, unavailable: unavailable, showJID: showJID, codes: codes, itemChildren: itemChildren,
                     itemAttributes: itemAttributes, extra: extra))
         }
-        if !withJID.isEmpty { effects.deliveries.append(.shared(variant(showJID: true, codes: codes), withJID)) }
-        if !withoutJID.isEmpty { effects.deliveries.append(.shared(variant(showJID: false, codes: codes), withoutJID)) }
+        if !withJID.isEmpty {
+            let shared = variant(showJID: true, codes: codes)
+            if plain { cache[true] = shared }
+            effects.deliveries.append(.shared(shared, withJID))
+        }
+        if !withoutJID.isEmpty {
+            let shared = variant(showJID: false, codes: codes)
+            if plain { cache[false] = shared }
+            effects.deliveries.append(.shared(shared, withoutJID))
+        }
         if !own.isEmpty {
             effects.deliveries.append(.shared(variant(showJID: true, codes: [110] + codes + selfCodes), own))
         }
@@ -289,9 +309,18 @@ struct MUCRoom: Sendable {
         var effects = MUCEffects()
         // Everyone already present, as the newcomer may see them.
         let sees = configuration.nonAnonymous || affiliation >= .admin
-        for other in occupants.values where other.nick != nick {
-            effects.send(presence(of: other, unavailable: false, showJID: sees, codes: []), to: session)
+        let newcomer = [MUCRecipient(jid: session, bareKey: bareKey)]
+        var built: [(String, SharedStanza)] = []
+        for (key, other) in occupants where other.nick != nick {
+            if let cached = other.cachedPresence[sees] {
+                effects.deliveries.append(.shared(cached, newcomer))
+            } else {
+                let shared = SharedStanza(presence(of: other, unavailable: false, showJID: sees, codes: []))
+                built.append((key, shared))
+                effects.deliveries.append(.shared(shared, newcomer))
+            }
         }
+        for (key, shared) in built { occupants[key]?.cachedPresence[sees] = shared }
         var occupant = existing ?? MUCOccupant(
             nick: nick, realJID: session.bare, bareKey: bareKey, sessions: [], role: defaultRole(for: affiliation),
             payload: [], occupantID: occupantID(of: bareKey))
@@ -357,8 +386,8 @@ struct MUCRoom: Sendable {
         guard let nick = nickOf.removeValue(forKey: session), var occupant = occupants[nick] else { return MUCEffects() }
         var effects = MUCEffects()
         occupant.sessions.removeAll { $0 == session }
-        if let status { occupant.payload = Self.payload(of: status) } else { occupant.payload = [] }
         if occupant.sessions.isEmpty {
+            occupant.payload = status.map(Self.payload(of:)) ?? []
             occupants[nick] = nil
             broadcast(occupant, unavailable: true, alsoTo: [session], into: &effects)
         } else {
