@@ -314,6 +314,15 @@ import XMPPCore
         #expect(Self.item(promoted)?[attribute: "affiliation"] == "admin" && Self.item(promoted)?[attribute: "role"] == "moderator")
         // An admin cannot touch the owner.
         #expect(Self.errorCondition(try await Self.admin(bob, room, "<item jid='alice@example.test' affiliation='none'/>", id: "ad2")) == "not-allowed")
+        // Privacy changes are announced: 173 semi-anonymous, 172 non-anonymous, 171/170 archiving.
+        for (fields, code) in [
+            (["muc#roomconfig_whois": "moderators"], "173"), (["muc#roomconfig_whois": "anyone"], "172"),
+            (["muc#roomconfig_enablearchiving": "0"], "171"), (["muc#roomconfig_enablearchiving": "1"], "170"),
+        ] {
+            #expect(try await Self.configure(alice, "mod", fields, id: "c\(code)").stanzaType == "result")
+            let notice = try await bob.next { $0.name == "message" && Self.codes($0).contains("104") }
+            #expect(Self.codes(notice) == ["104", code])
+        }
         for client in [alice, bob, carol] { await client.close() }
         await server.stop()
     }
@@ -493,6 +502,57 @@ import XMPPCore
         #expect(try await alice.next { $0.name == "presence" && $0[attribute: "from"] == "\(room)/Carol" }.stanzaType == "unavailable")
         await alice.close()
         await carol.close()
+        await server.stop()
+    }
+
+    // MARK: - The normal delivery path: CSI, stream management
+
+    @Test func roomTrafficTakesTheNormalDeliveryPath() async throws {
+        let (server, clients) = try await Self.start(["alice", "bob", "carol"])
+        let (alice, bob, carol) = (clients[0], clients[1], clients[2])
+        let room = "path@\(Self.service)"
+        try await Self.createInstantRoom(alice, "path", nick: "Alice")
+        try await Self.join(bob, "\(room)/Bob")
+        _ = try await Self.history(bob)
+
+        // CSI: an inactive occupant gets room presence held, flushed before the next message.
+        try await bob.send("<inactive xmlns='urn:xmpp:csi:0'/>")
+        try await bob.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>")
+        _ = try await bob.next { $0.id == "sync" }
+        try await Self.join(carol, "\(room)/Carol")
+        _ = try await Self.history(carol)
+        try await alice.send("<message to='\(room)' type='groupchat' id='wake'><body>news</body></message>")
+        let first = try await bob.next()
+        #expect(first.name == "presence" && first[attribute: "from"] == "\(room)/Carol", "\(XMLSerializer.string(first))")
+        #expect(try await bob.next().id == "wake")
+        try await bob.send("<active xmlns='urn:xmpp:csi:0'/>")
+
+        // Stream management: room messages are counted and re-sent on resumption, including
+        // those that arrived while the connection was gone.
+        var phone = try await server.online("alice", "phone")
+        try await phone.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        let token = try #require(try await phone.next { $0.name == "enabled" }[attribute: "id"])
+        try await Self.join(phone, "\(room)/AlicePhone")
+        let joinStanzas = try await Self.history(phone).count
+        #expect(joinStanzas == 1, "history: the 'news' message")
+        try await bob.send("<message to='\(room)' type='groupchat' id='g1'><body>one</body></message>")
+        _ = try await phone.next { $0.id == "g1" }
+        await phone.disconnect()
+        try await Task.sleep(for: .milliseconds(200))
+        try await bob.send("<message to='\(room)' type='groupchat' id='g2'><body>two</body></message>")
+        _ = try await bob.next { $0.id == "g2" }
+        phone = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        try await phone.authenticate("alice", password: "pw")
+        // Acknowledge everything up to and including g1: occupants' presence (3), own presence,
+        // history (1), subject, g1.
+        try await phone.send("<resume xmlns='urn:xmpp:sm:3' previd='\(token)' h='7'/>")
+        #expect(try await phone.next().name == "resumed")
+        let resent = try await phone.next { $0.name == "message" }
+        #expect(resent.id == "g2" && resent[attribute: "from"] == "\(room)/Bob")
+        // Still an occupant after resumption.
+        let ping = try await Self.iq(phone, "<iq type='get' id='sp' to='\(room)/AlicePhone'><ping xmlns='urn:xmpp:ping'/></iq>", id: "sp")
+        #expect(ping.stanzaType == "result")
+        for client in [alice, bob, carol, phone] { await client.close() }
         await server.stop()
     }
 
