@@ -104,6 +104,7 @@ final class MUCService: Sendable {
     let archive = ArchiveWriter()
     let persistence = MUCPersistence()
     private let ids = ArchiveIDGenerator.shared
+    private let relays = NIOLockedValueBox<[String: Relay]>([:])
 
     init(_ configuration: ServerConfiguration) {
         domain = configuration.mucDomain
@@ -472,7 +473,10 @@ final class MUCService: Sendable {
 
     private func iq(_ item: ComponentStanza) throws(StanzaError) -> ComponentOutcome {
         let stanza = item.stanza
-        guard stanza.stanzaType == "get" || stanza.stanzaType == "set" else { return .done }
+        guard stanza.stanzaType == "get" || stanza.stanzaType == "set" else {
+            relayResponse(item)
+            return .done
+        }
         guard let payload = stanza.firstChild else { throw StanzaError.badRequest }
         let isSet = stanza.stanzaType == "set"
         let server = item.server
@@ -483,10 +487,11 @@ final class MUCService: Sendable {
             throw StanzaError(.itemNotFound, text: "no such room")
         }
         if let nick = item.to.resourcepart {
-            // XEP-0410 self-ping; other IQs to occupants are not relayed.
             guard payload.namespace == NS.ping, !isSet else {
-                throw StanzaError(.serviceUnavailable, text: "IQs to occupants are not relayed")
+                try relay(item, to: nick, box: box)
+                return .done
             }
+            // XEP-0410 self-ping.
             let (joined, exists) = box.state.withLockedValue { ($0.isJoined(item.from, as: nick), $0.hasOccupant(nick)) }
             if joined {
                 reply(item, nil)
@@ -538,6 +543,62 @@ final class MUCService: Sendable {
         }
         return .done
     }
+
+    // MARK: IQ relay (XEP-0045 §7.7: IQs to an occupant, e.g. vCard avatars)
+
+    struct Relay: Sendable {
+        let requester: JID
+        let originalID: String?
+        let target: JID
+        /// The occupant JID the requester addressed, where the response appears to come from.
+        let occupant: String
+        let time: Double
+    }
+
+    /// Forwards an IQ request from an occupant to another occupant's (first) session, as
+    /// coming from the requester's occupant JID, under an id of the room's.
+    private func relay(_ item: ComponentStanza, to nick: String, box: MUCRoomBox) throws(StanzaError) {
+        let (sender, target) = box.state.withLockedValue { room in
+            (room.occupant(session: item.from), room.hasOccupant(nick) ? room.sessions(of: nick).first : nil)
+        }
+        guard let sender else { throw StanzaError(.notAcceptable, text: "join the room first") }
+        guard let target else { throw StanzaError(.itemNotFound, text: "no such occupant") }
+        let id = "muc-relay-" + ArchiveIDGenerator.uid()
+        let now = Date().timeIntervalSince1970
+        relays.withLockedValue { relays in
+            if relays.count >= Self.maxRelays {
+                // Unanswered requests expire after a minute; beyond that, the oldest go.
+                relays = relays.filter { now - $0.value.time < 60 }
+                if relays.count >= Self.maxRelays, let oldest = relays.min(by: { $0.value.time < $1.value.time }) {
+                    relays[oldest.key] = nil
+                }
+            }
+            relays[id] = Relay(requester: item.from, originalID: item.stanza.id, target: target, occupant: item.to.description, time: now)
+        }
+        var forwarded = item.stanza
+        forwarded[attribute: "id"] = id
+        forwarded[attribute: "from"] = "\(box.key)/\(sender.nick)"
+        forwarded[attribute: "to"] = target.description
+        item.server.sendFromService(forwarded, to: target)
+    }
+
+    /// A response to a relayed IQ goes back to the requester, from the addressed occupant JID.
+    private func relayResponse(_ item: ComponentStanza) {
+        guard let id = item.stanza.id, id.hasPrefix("muc-relay-") else { return }
+        let relay = relays.withLockedValue { relays -> Relay? in
+            guard let relay = relays[id], relay.target == item.from else { return nil }
+            relays[id] = nil
+            return relay
+        }
+        guard let relay else { return }
+        var response = item.stanza
+        response[attribute: "id"] = relay.originalID
+        response[attribute: "from"] = relay.occupant
+        response[attribute: "to"] = relay.requester.description
+        item.server.sendFromService(response, to: relay.requester)
+    }
+
+    static let maxRelays = 10_000
 
     /// Answers once everything the room queued for storage is written.
     private func durableReply(_ item: ComponentStanza) -> ComponentOutcome {

@@ -467,6 +467,25 @@ import XMPPCore
         let noRoom = try await Self.iq(bob, "<iq type='get' id='p3' to='nothere@\(Self.service)/X'><ping xmlns='urn:xmpp:ping'/></iq>", id: "p3")
         #expect(Self.errorCondition(noRoom) == "not-acceptable")
 
+        // IQs to an occupant are relayed (vCard avatars): bob answers alice's request through the room.
+        try await Self.join(carol, "\(room)/Carol")
+        _ = try await Self.history(carol)
+        try await alice.send("<iq type='get' id='vc1' to='\(room)/Carol'><vCard xmlns='vcard-temp'/></iq>")
+        let relayed = try await carol.next { $0.name == "iq" && $0.stanzaType == "get" }
+        #expect(relayed[attribute: "from"] == "\(room)/Alice" && relayed.child("vCard", namespace: "vcard-temp") != nil)
+        let relayID = try #require(relayed.id)
+        #expect(relayID != "vc1")
+        // Only the addressed occupant may answer.
+        try await bob.send("<iq type='result' id='\(relayID)' to='\(room)/Alice'/>")
+        try await carol.send("<iq type='result' id='\(relayID)' to='\(room)/Alice'><vCard xmlns='vcard-temp'><FN>Carol</FN></vCard></iq>")
+        let answer = try await alice.next { $0.name == "iq" && $0.id == "vc1" }
+        #expect(answer.stanzaType == "result" && answer[attribute: "from"] == "\(room)/Carol")
+        #expect(answer.child("vCard", namespace: "vcard-temp")?.child("FN")?.text == "Carol")
+        let unknownOccupant = try await Self.iq(alice, "<iq type='get' id='vc2' to='\(room)/Nobody'><vCard xmlns='vcard-temp'/></iq>", id: "vc2")
+        #expect(Self.errorCondition(unknownOccupant) == "item-not-found")
+        try await carol.send("<presence to='\(room)/Carol' type='unavailable'/>")
+        _ = try await carol.next { $0.name == "presence" && $0.stanzaType == "unavailable" }
+
         // Mediated invitation: bob receives it from the room, with alice's real JID and the reason.
         try await alice.send(
             "<message to='\(room)' id='inv1'><x xmlns='\(Self.userNS)'><invite to='bob@example.test'><reason>join us</reason></invite></x></message>")

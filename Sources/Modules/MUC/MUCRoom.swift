@@ -612,6 +612,9 @@ struct MUCRoom: Sendable {
 
     func hasOccupant(_ nick: String) -> Bool { occupants[nick] != nil }
 
+    /// The joined sessions of an occupant (IQ relay).
+    func sessions(of nick: String) -> [JID] { occupants[nick]?.sessions ?? [] }
+
     // MARK: - Administration (XEP-0045 §8, §9)
 
     /// `muc#admin` get: the occupants with a role, or the users with an affiliation.
