@@ -12,10 +12,9 @@ import XMPPCore
 ///
 /// Concurrency: each room is a pure state machine (`MUCRoom`) behind its own lock. A stanza
 /// for a room is handled synchronously on the sender's event loop: lock, run the state
-/// machine, perform its deliveries, unlock. Deliveries happen inside the lock so every
-/// occupant sees the room's messages in one order; a delivery to a session on another event
-/// loop is only an enqueue, so the lock is held for the fan-out's CPU time and never across
-/// I/O. A lock rather than an owning event loop: most senders would have to hop anyway, and
+/// machine, enqueue its deliveries (`ServerContext.deliverInOrder`: one task per recipient
+/// event loop), unlock. Enqueueing inside the lock makes every occupant see the room's
+/// messages in one order; the lock is never held across I/O. A lock rather than an owning event loop: most senders would have to hop anyway, and
 /// the lock keeps the hot path free of allocation for the hop and of `await`. Rooms are all
 /// in memory (persistent ones loaded at start-up); storage is written behind, in order, by
 /// one task, and owner/admin IQs answer only once their change is durable.
@@ -209,22 +208,23 @@ final class MUCService: Sendable {
     }
 
     private func perform(_ effects: MUCEffects, room: MUCRoom, server: ServerContext) -> [JID] {
-        var gone: [JID] = []
+        // Stanzas for sessions go out in order (all occupants see one order); the rest
+        // (invitations to bare JIDs) through normal routing, offline storage included.
+        var ordered: [ServiceDelivery] = []
+        ordered.reserveCapacity(effects.deliveries.count == 1 ? room.occupantCount + 1 : 16)
         for delivery in effects.deliveries {
             switch delivery {
             case .one(let stanza, let to):
-                if server.sendFromService(stanza, to: to) != nil, stanza.name == "message", to.resourcepart != nil,
-                    room.occupant(session: to) != nil
-                {
-                    gone.append(to)
+                if to.resourcepart != nil, to.domainpart == serverDomain {
+                    ordered.append(.stanza(stanza, to: to, bareKey: to.bare.description))
+                } else {
+                    server.sendFromService(stanza, to: to)
                 }
             case .shared(let stanza, let recipients):
-                for recipient in recipients
-                where !server.deliverShared(stanza, to: recipient.jid, bareKey: recipient.bareKey, from: room.jid) {
-                    gone.append(recipient.jid)
-                }
+                for recipient in recipients { ordered.append(.shared(stanza, to: recipient.jid, bareKey: recipient.bareKey)) }
             }
         }
+        let gone = ordered.isEmpty ? [] : server.deliverInOrder(ordered, from: room.jid).filter { room.occupant(session: $0) != nil }
         if let (stanza, stanzaID, sender) = effects.archive {
             let record = ArchiveRecord(
                 id: ids.next(), uid: stanzaID, owner: room.bareKey, peer: sender, outgoing: false,
@@ -345,8 +345,7 @@ final class MUCService: Sendable {
             if let existing = self.box(key) {
                 box = existing
             } else {
-                box = try createRoom(item.to.bare, creator: item.from, locked: x != nil)
-                created = true
+                (box, created) = try createRoom(item.to.bare, creator: item.from, locked: x != nil)
             }
             let entered: Bool = try withRoom(box, server: server) { (room: inout MUCRoom) throws(StanzaError) in
                 guard !room.gone else { return (MUCEffects(), false) }
@@ -356,11 +355,14 @@ final class MUCService: Sendable {
                 return (effects, true)
             }
             if entered { return .done }
+            removeIfDestroyed(box, server: server)  // raced with its destruction: start afresh
         }
         throw StanzaError(.resourceConstraint, text: "the room is busy; try again")
     }
 
-    private func createRoom(_ jid: JID, creator: JID, locked: Bool) throws(StanzaError) -> MUCRoomBox {
+    /// Creates a room owned by `creator`; returns the room and whether it is new (another
+    /// session may have created it first).
+    private func createRoom(_ jid: JID, creator: JID, locked: Bool) throws(StanzaError) -> (MUCRoomBox, Bool) {
         let creatorKey = creator.bare.description
         guard creator.domainpart == serverDomain, creator.localpart != nil else {
             throw StanzaError(.notAllowed, text: "only users of this server create rooms")
@@ -375,14 +377,14 @@ final class MUCService: Sendable {
             count + (box.state.withLockedValue { !$0.gone && $0.affiliations[creatorKey] == .owner } ? 1 : 0)
         }
         guard owned < maxRoomsPerUser else { throw StanzaError(.notAllowed, text: "you own \(owned) rooms, the most allowed") }
-        let result: Result<MUCRoomBox, StanzaError> = rooms.withLockedValue { rooms in
-            if let existing = rooms[jid.description] { return .success(existing) }
+        let result: Result<(MUCRoomBox, Bool), StanzaError> = rooms.withLockedValue { rooms in
+            if let existing = rooms[jid.description] { return .success((existing, false)) }
             var room = MUCRoom(jid: jid, configuration: newConfiguration(), limits: limits, createdAt: Date().timeIntervalSince1970)
             room.affiliations[creatorKey] = .owner
             room.locked = locked
             let box = MUCRoomBox(room)
             rooms[jid.description] = box
-            return .success(box)
+            return .success((box, true))
         }
         return try result.get()
     }

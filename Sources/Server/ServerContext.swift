@@ -232,20 +232,57 @@ public final class ServerContext: Sendable {
         }
     }
 
-    /// Fan-out from a service: delivers a stanza serialised once to one bound full JID (bare
-    /// key given to spare a conversion), through the delivery filters and, for messages, the
-    /// routed hooks. Returns false when that session is not bound.
-    @discardableResult
-    public func deliverShared(_ shared: SharedStanza, to: JID, bareKey: String, from: JID) -> Bool {
-        guard let session = router.sessions(of: bareKey).first(where: { $0.jid == to }) else { return false }
-        if !modules.deliveryFilters.isEmpty {
-            guard case .allow = filter(shared.element, from: from, to: to) else { return true }
+    /// Delivers a service's stanzas to bound sessions so that order holds: each recipient gets
+    /// them in the given order, and every recipient sees the batches in the order they were
+    /// submitted (a room submits under its lock, so all occupants see one order). The work is
+    /// enqueued on each recipient's event loop, one task per loop and batch; there it runs
+    /// through the delivery filters and, for messages, the preparation and routed hooks.
+    /// - Returns: the recipients that are not bound (any more).
+    public func deliverInOrder(_ deliveries: [ServiceDelivery], from: JID) -> [JID] {
+        var batches: [(loop: any EventLoop, items: [(SessionHandle, ServiceDelivery)])] = []
+        var gone: [JID] = []
+        for delivery in deliveries {
+            guard let session = router.sessions(of: delivery.bareKey).first(where: { $0.jid == delivery.to }) else {
+                gone.append(delivery.to)
+                continue
+            }
+            if let index = batches.firstIndex(where: { $0.loop === session.eventLoop }) {
+                batches[index].items.append((session, delivery))
+            } else {
+                batches.append((session.eventLoop, [(session, delivery)]))
+            }
         }
-        session.deliver(shared)
-        if !shared.isPresence, !modules.messageRoutedHooks.isEmpty {
-            messageRouted(PreparedMessage(stanza: shared.element), to: to, sender: nil, recipients: [session])
+        for batch in batches {
+            let items = batch.items
+            batch.loop.execute {
+                for (session, delivery) in items { self.deliverNow(delivery, to: session, from: from) }
+            }
         }
-        return true
+        return gone
+    }
+
+    private func deliverNow(_ delivery: ServiceDelivery, to session: SessionHandle, from: JID) {
+        switch delivery {
+        case .shared(let shared, _, _):
+            if !modules.deliveryFilters.isEmpty {
+                guard case .allow = filter(shared.element, from: from, to: session.jid) else { return }
+            }
+            session.deliver(shared)
+            if !shared.isPresence, !modules.messageRoutedHooks.isEmpty {
+                messageRouted(PreparedMessage(stanza: shared.element), to: session.jid, sender: nil, recipients: [session])
+            }
+        case .stanza(let stanza, _, _):
+            if !modules.deliveryFilters.isEmpty {
+                guard case .allow = filter(stanza, from: from, to: session.jid) else { return }
+            }
+            guard stanza.name == "message" else {
+                session.deliver(stanza)
+                return
+            }
+            let prepared = prepareMessage(stanza, to: session.jid)
+            session.deliver(prepared.stanza)
+            messageRouted(prepared, to: session.jid, sender: nil, recipients: [session])
+        }
     }
 
     /// Sends a stanza to every session of a bare JID that wants roster pushes.

@@ -53,3 +53,24 @@ public final class SharedStanza: Sendable {
 
     var isPresence: Bool { element.name == "presence" }
 }
+
+/// One stanza a service delivers to one bound session (see `ServerContext.deliverInOrder`).
+public enum ServiceDelivery: Sendable {
+    /// A stanza serialised once for many sessions, to the session `to` (bare key given to
+    /// spare a conversion).
+    case shared(SharedStanza, to: JID, bareKey: String)
+    /// A stanza for one session, `to` set.
+    case stanza(XMLElement, to: JID, bareKey: String)
+
+    var to: JID {
+        switch self {
+        case .shared(_, let to, _), .stanza(_, let to, _): return to
+        }
+    }
+
+    var bareKey: String {
+        switch self {
+        case .shared(_, _, let key), .stanza(_, _, let key): return key
+        }
+    }
+}

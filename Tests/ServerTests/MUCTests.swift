@@ -524,6 +524,49 @@ import XMPPCore
         await server.stop()
     }
 
+    // MARK: - Concurrency
+
+    /// Occupants on different connections (event loops) send at once: everybody gets every
+    /// message, and all see the same order.
+    @Test func concurrentSendersOneOrder() async throws {
+        let names = (1...10).map { "user\($0)" }
+        let (server, clients) = try await Self.start(names)
+        let room = "busy@\(Self.service)"
+        try await Self.createInstantRoom(clients[0], "busy", nick: names[0])
+        for (index, client) in clients.enumerated().dropFirst() {
+            try await Self.join(client, "\(room)/\(names[index])")
+            _ = try await Self.history(client)
+        }
+        let perSender = 10
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (index, client) in clients.enumerated() {
+                group.addTask {
+                    var burst = ""
+                    for n in 1...perSender { burst += "<message to='\(room)' type='groupchat' id='\(index)-\(n)'><body>\(n)</body></message>" }
+                    try await client.send(burst)
+                }
+            }
+            try await group.waitForAll()
+        }
+        var orders: [[String]] = []
+        for client in clients {
+            var ids: [String] = []
+            while ids.count < clients.count * perSender {
+                let message = try await client.next { $0.name == "message" && $0.child("body") != nil }
+                ids.append(message.id ?? "")
+            }
+            orders.append(ids)
+        }
+        #expect(Set(orders[0]).count == clients.count * perSender)
+        #expect(orders.allSatisfy { $0 == orders[0] }, "occupants saw different orders")
+        // Each sender's own messages stay in its order.
+        for index in clients.indices {
+            #expect(orders[0].filter { $0.hasPrefix("\(index)-") } == (1...perSender).map { "\(index)-\($0)" })
+        }
+        for client in clients { await client.close() }
+        await server.stop()
+    }
+
     // MARK: - The normal delivery path: CSI, stream management
 
     @Test func roomTrafficTakesTheNormalDeliveryPath() async throws {
