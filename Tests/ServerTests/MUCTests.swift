@@ -349,6 +349,14 @@ import XMPPCore
         #expect(try await Self.admin(alice, room, "<item jid='bob@example.test' affiliation='none'/>", id: "m2").stanzaType == "result")
         let revoked = try await bob.next { $0.name == "presence" && $0.stanzaType == "unavailable" }
         #expect(Self.codes(revoked) == ["110", "321"])
+        // The archive of a members-only room is for members.
+        let archive = try await Self.iq(bob, "<iq type='set' id='mam' to='\(room)'><query xmlns='urn:xmpp:mam:2'/></iq>", id: "mam")
+        #expect(Self.errorCondition(archive) == "forbidden")
+        // An owner's invitation to a members-only room makes the invitee a member.
+        try await alice.send("<message to='\(room)'><x xmlns='\(Self.userNS)'><invite to='dave@example.test'/></x></message>")
+        _ = try await dave.next { $0.name == "message" && $0.child("x", namespace: Self.userNS)?.child("invite") != nil }
+        #expect(Self.item(try await Self.join(dave, "\(room)/Dave"))?[attribute: "affiliation"] == "member")
+        _ = try await Self.history(dave)
 
         // Password and size limits on an open room.
         let open = "gated@\(Self.service)"
