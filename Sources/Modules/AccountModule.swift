@@ -63,6 +63,7 @@ public enum BuiltinModules {
         ]
         if configuration.upload.enabled { modules.append(UploadModule(maxFileBytes: configuration.upload.maxFileBytes)) }
         if configuration.ldap.enabled { modules.append(LDAPModule(configuration: configuration.ldap, directory: directory)) }
+        if configuration.muc.enabled { modules.append(MUCModule(configuration)) }
         return modules
     }
 }

@@ -21,7 +21,7 @@ public struct ArchiveModule: ServerModule {
     static let outgoingPosition = "archive.position.out"
     public static let senderArchiveID = "archive.sender-id"
     private let writer = ArchiveWriter()
-    private let ids = ArchiveIDGenerator()
+    private let ids = ArchiveIDGenerator.shared
 
     public init() {}
 
@@ -84,7 +84,10 @@ public struct ArchiveModule: ServerModule {
             switch request.payload.name {
             case "query":
                 guard request.isSet else { return Self.queryForm() }
-                return try await Self.query(request, writer: writer)
+                return try await Self.query(
+                    request.payload, owner: request.from.bare.description, from: nil, to: request.from, server: request.server,
+                    writer: writer
+                ) { request.session?.deliver($0) }
             case "prefs":
                 if request.isSet {
                     throw StanzaError(.notAllowed, text: "archiving is set by the organisation's policy")
@@ -114,9 +117,13 @@ public struct ArchiveModule: ServerModule {
         return stanza.elements.contains { $0.name == "body" || archivedPayloads.contains($0.namespace) }
     }
 
-    private static func query(_ request: IQRequest, writer: ArchiveWriter) async throws -> XMLElement {
-        let payload = request.payload
-        var query = ArchiveQuery(owner: request.from.bare.description)
+    /// Answers a XEP-0313 query on `owner`'s archive (a user's, or a room's): the results go
+    /// to `to` through `deliver` (from `from`, when set), the returned `<fin/>` ends the IQ.
+    static func query(
+        _ payload: XMLElement, owner: String, from: String?, to: JID, server: ServerContext, writer: ArchiveWriter,
+        deliver: (XMLElement) -> Void
+    ) async throws -> XMLElement {
+        var query = ArchiveQuery(owner: owner)
         if let form = payload.child("x", namespace: NS.dataForms) {
             for field in form.elements where field.name == "field" {
                 let value = field.child("value")?.text ?? ""
@@ -153,7 +160,7 @@ public struct ArchiveModule: ServerModule {
         }
         // Make the user's own recent messages visible before answering.
         await writer.flushed()
-        guard let page = try await request.server.stores.archive.query(query) else {
+        guard let page = try await server.stores.archive.query(query) else {
             throw StanzaError(.itemNotFound, text: "no such archive id")
         }
         let queryID = payload[attribute: "queryid"]
@@ -166,9 +173,10 @@ public struct ArchiveModule: ServerModule {
             var result = XMLElement("result", xmlns: Self.ns, ["id": record.uid])
             if let queryID { result[attribute: "queryid"] = queryID }
             result.append(forwarded)
-            var message = XMLElement("message", xmlns: NS.client, ["to": request.from.description])
+            var message = XMLElement("message", xmlns: NS.client, ["to": to.description])
+            if let from { message[attribute: "from"] = from }
             message.append(result)
-            request.session?.deliver(message)
+            deliver(message)
         }
         var fin = XMLElement("fin", xmlns: Self.ns)
         if page.complete { fin[attribute: "complete"] = "true" }
@@ -226,6 +234,10 @@ final class ArchiveIDGenerator: Sendable {
     private static let alphabet = Array("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
 
     private let last = NIOLockedValueBox<Int64>(0)
+
+    /// One generator per process: archive positions are the table's primary key, so every
+    /// writer (user archives, room archives) must draw from the same sequence.
+    static let shared = ArchiveIDGenerator()
 
     func next() -> Int64 {
         let now = Int64(Date().timeIntervalSince1970 * 1_000_000)

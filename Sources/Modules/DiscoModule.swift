@@ -23,7 +23,13 @@ public struct DiscoModule: ServerModule {
         }
         registry.handleIQ(NS.discoItems, target: .server) { request in
             guard !request.isSet else { throw StanzaError.notAllowed }
-            return XMLElement("query", xmlns: NS.discoItems)
+            var query = XMLElement("query", xmlns: NS.discoItems)
+            guard request.payload[attribute: "node"] == nil else { return query }
+            // Services on their own domains (e.g. multi-user chat), from the module registry.
+            for component in request.server.modules.components.values.sorted(by: { $0.domain < $1.domain }) {
+                query.append(XMLElement("item", xmlns: NS.discoItems, ["jid": component.domain, "name": component.name]))
+            }
+            return query
         }
         registry.handleIQ(NS.discoInfo, target: .account) { request in
             guard !request.isSet else { throw StanzaError.notAllowed }

@@ -209,6 +209,22 @@ enum Migrations {
             record BLOB NOT NULL
         );
         """,
+        // 9: multi-user chat (XEP-0045) persistent rooms and their affiliations. Self-contained.
+        """
+        CREATE TABLE muc_rooms (
+            jid TEXT PRIMARY KEY,
+            config TEXT NOT NULL,
+            subject TEXT,
+            subject_by TEXT,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE muc_affiliations (
+            room TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            affiliation TEXT NOT NULL,
+            PRIMARY KEY (room, jid)
+        );
+        """,
     ]
 
     static func migrate(_ connection: Connection) throws {

@@ -36,7 +36,7 @@ public final class SQLiteStores: Sendable {
     public var stores: Stores {
         Stores(
             accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self, archive: self, uploads: self,
-            pubsub: self, directory: self)
+            pubsub: self, directory: self, muc: self)
     }
 
     /// A value to store: sealed when a cipher is set, UTF-8 text otherwise.
@@ -336,6 +336,27 @@ extension SQLiteStores: ArchiveStore {
         }
     }
 
+    public func record(owner: String, uid: String) async throws -> ArchiveRecord? {
+        try await archiveDatabase.run { db in
+            try db.query(
+                "SELECT id, uid, owner, peer, outgoing, created_at, stanza FROM archive WHERE uid = ? AND owner = ?",
+                [.text(uid), .text(owner)]
+            ) {
+                ArchiveRecord(
+                    id: $0.int(0), uid: $0.text(1) ?? "", owner: $0.text(2) ?? "", peer: $0.text(3) ?? "",
+                    outgoing: $0.int(4) != 0, time: $0.double(5), stanza: try self.opened($0.blob(6), context: "archive"))
+            }.first
+        }
+    }
+
+    public func replaceStanza(owner: String, uid: String, stanza: String) async throws -> Bool {
+        try await archiveDatabase.run { db in
+            try db.run(
+                "UPDATE archive SET stanza = ? WHERE uid = ? AND owner = ?",
+                [try self.sealed(stanza, context: "archive"), .text(uid), .text(owner)]) > 0
+        }
+    }
+
     public func archiveCount(owner: String) async throws -> Int {
         try await archiveDatabase.run { db in
             Int(try db.query("SELECT count(*) FROM archive WHERE owner = ?", [.text(owner)]) { $0.int(0) }.first ?? 0)
@@ -445,6 +466,45 @@ extension SQLiteStores: PubSubStore {
         try await database.transaction { db in
             try db.run("DELETE FROM pep_items WHERE owner = ? AND node = ?", [.text(owner), .text(name)])
             return try db.run("DELETE FROM pep_nodes WHERE owner = ? AND node = ?", [.text(owner), .text(name)]) > 0
+        }
+    }
+}
+
+extension SQLiteStores: MUCStore {
+    public func rooms() async throws -> [MUCRoomRecord] {
+        try await database.run { db in
+            var rooms = try db.query("SELECT jid, config, subject, subject_by, created_at FROM muc_rooms ORDER BY jid") {
+                MUCRoomRecord(
+                    jid: $0.text(0) ?? "", config: $0.text(1) ?? "{}", subject: $0.text(2), subjectBy: $0.text(3), createdAt: $0.double(4))
+            }
+            var affiliations: [String: [String: String]] = [:]
+            for (room, jid, affiliation) in try db.query("SELECT room, jid, affiliation FROM muc_affiliations", [], {
+                ($0.text(0) ?? "", $0.text(1) ?? "", $0.text(2) ?? "")
+            }) {
+                affiliations[room, default: [:]][jid] = affiliation
+            }
+            for index in rooms.indices { rooms[index].affiliations = affiliations[rooms[index].jid] ?? [:] }
+            return rooms
+        }
+    }
+
+    public func saveRoom(_ room: MUCRoomRecord) async throws {
+        try await database.transaction { db in
+            try db.run(
+                "INSERT INTO muc_rooms (jid, config, subject, subject_by, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (jid) DO UPDATE SET config = excluded.config, subject = excluded.subject, subject_by = excluded.subject_by",
+                [.text(room.jid), .text(room.config), .optional(room.subject), .optional(room.subjectBy), .double(room.createdAt)])
+            try db.run("DELETE FROM muc_affiliations WHERE room = ?", [.text(room.jid)])
+            for (jid, affiliation) in room.affiliations.sorted(by: { $0.key < $1.key }) {
+                try db.run(
+                    "INSERT INTO muc_affiliations (room, jid, affiliation) VALUES (?, ?, ?)", [.text(room.jid), .text(jid), .text(affiliation)])
+            }
+        }
+    }
+
+    public func deleteRoom(_ jid: String) async throws {
+        try await database.transaction { db in
+            try db.run("DELETE FROM muc_affiliations WHERE room = ?", [.text(jid)])
+            try db.run("DELETE FROM muc_rooms WHERE jid = ?", [.text(jid)])
         }
     }
 }

@@ -227,6 +227,25 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         write(element)
     }
 
+    /// Like `send`, for a stanza serialised once for many recipients: on a plain TCP stream the
+    /// bytes are copied with `to` spliced in; otherwise it takes the element path.
+    func sendShared(_ shared: SharedStanza, to: String) {
+        if successor != nil || transport == .websocket || (!clientActive && shared.isPresence) {
+            send(shared.element(to: to))
+            return
+        }
+        if !clientActive { flushHeldPresence() }
+        var requestAck = false
+        if sm.enabled { requestAck = sm.sent(shared.element(to: to)) }
+        guard let context, !closing else { return }
+        var buffer = context.channel.allocator.buffer(capacity: shared.byteCount + to.utf8.count)
+        shared.write(to: to, into: &buffer)
+        server.metrics.stanzasOut.increment()
+        context.write(wrapOutboundOut(buffer), promise: nil)
+        scheduleFlush()
+        if requestAck { sendRaw("<r xmlns='urn:xmpp:sm:3'/>") }
+    }
+
     /// Serialises and writes one element; flushes once per event-loop tick.
     private func write(_ element: XMLElement) {
         var requestAck = false
@@ -774,6 +793,9 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
                 return nil
             }
         }
+        if let to, let component = server.modules.component(for: to.domainpart) {
+            return toComponent(component, stanza, to: to, session: session)
+        }
         switch element.name {
         case "message":
             return routeMessage(stanza, to: to ?? session.jid.bare, session: session)
@@ -781,6 +803,39 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             return handlePresence(stanza, to: to, session: session)
         default:
             return handleIQ(stanza, to: to, session: session)
+        }
+    }
+
+    /// A stanza for a service domain a module owns (e.g. a MUC service).
+    private func toComponent(_ component: ServiceComponent, _ stanza: XMLElement, to: JID, session: SessionHandle) -> EventLoopFuture<Void>? {
+        if stanza.name == "iq" {
+            let type = stanza.stanzaType ?? ""
+            guard ["get", "set", "result", "error"].contains(type) else {
+                bounce(stanza, .badRequest)
+                return nil
+            }
+            if type == "get" || type == "set", stanza.elements.reduce(0, { count, _ in count + 1 }) != 1 {
+                bounce(stanza, StanzaError(.badRequest, text: "an IQ request has exactly one payload"))
+                return nil
+            }
+        }
+        let item = ComponentStanza(stanza: stanza, from: session.jid, to: to, session: session, server: server)
+        switch component.handler(item) {
+        case .done:
+            return nil
+        case .error(let error):
+            bounce(stanza, error)
+            return nil
+        case .later(let work):
+            return runAsync({ await work() }) { [self] result in
+                switch result {
+                case .success(let error?): bounce(stanza, error)
+                case .success(nil): break
+                case .failure(let error):
+                    logger.error("component failed", metadata: ["error": "\(error)", "xmpp.component": "\(component.domain)"])
+                    bounce(stanza, .internalServerError)
+                }
+            }
         }
     }
 

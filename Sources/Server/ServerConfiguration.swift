@@ -27,8 +27,45 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
     public var upload: Upload = Upload()
     public var directory: Directory = Directory()
     public var ldap: LDAP = LDAP()
+    public var muc: MUC = MUC()
 
     public init() {}
+
+    public struct MUC: Sendable, Codable, Hashable {
+        /// Multi-user chat (XEP-0045) on `domain`.
+        public var enabled: Bool = true
+        /// The service's domain; default `conference.<domain>`. Clients must be able to resolve
+        /// nothing for it: it is served by this server, no DNS needed.
+        public var domain: String?
+        /// Messages a room keeps in memory for history on join (rooms may ask for fewer).
+        public var maxHistory: Int = 50
+        /// Most occupants a room may hold (rooms may set a lower limit).
+        public var maxOccupants: Int = 1000
+        /// Rooms one user may own.
+        public var maxRoomsPerUser: Int = 100
+        /// Bare JIDs allowed to create rooms; empty: any local user.
+        public var roomCreators: [String] = []
+        public init() {}
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case enabled, domain, maxHistory = "max_history", maxOccupants = "max_occupants"
+            case maxRoomsPerUser = "max_rooms_per_user", roomCreators = "room_creators"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            let defaults = Self()
+            enabled = try container.decodeIfPresent(Bool.self, forKey: .enabled) ?? defaults.enabled
+            domain = try container.decodeIfPresent(String.self, forKey: .domain)
+            maxHistory = try container.decodeIfPresent(Int.self, forKey: .maxHistory) ?? defaults.maxHistory
+            maxOccupants = try container.decodeIfPresent(Int.self, forKey: .maxOccupants) ?? defaults.maxOccupants
+            maxRoomsPerUser = try container.decodeIfPresent(Int.self, forKey: .maxRoomsPerUser) ?? defaults.maxRoomsPerUser
+            roomCreators = try container.decodeIfPresent([String].self, forKey: .roomCreators) ?? defaults.roomCreators
+        }
+    }
+
+    /// The multi-user chat service's domain.
+    public var mucDomain: String { muc.domain ?? "conference.\(domain)" }
 
     public struct Listener: Sendable, Codable, Hashable {
         public var enabled: Bool = true
@@ -138,7 +175,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case domain, dataDir = "data_dir", logLevel = "log_level", logFormat = "log_format", bootstrapAdmin = "bootstrap_admin", threads
-        case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration, upload, directory, ldap
+        case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration, upload, directory, ldap, muc
     }
 }
 
@@ -208,6 +245,7 @@ extension ServerConfiguration {
         upload = try container.decodeIfPresent(Upload.self, forKey: .upload) ?? defaults.upload
         directory = try container.decodeIfPresent(Directory.self, forKey: .directory) ?? defaults.directory
         ldap = try container.decodeIfPresent(LDAP.self, forKey: .ldap) ?? defaults.ldap
+        muc = try container.decodeIfPresent(MUC.self, forKey: .muc) ?? defaults.muc
     }
 
     /// A listener section falls back to the defaults key by key, so `c2s: {port: 0}` keeps `bind`.
@@ -245,6 +283,7 @@ extension ServerConfiguration {
         "directory": Set(Directory.CodingKeys.allCases.map(\.rawValue)),
         "ldap": Set(LDAP.CodingKeys.allCases.map(\.rawValue)),
         "ldap.attributes": Set(LDAP.Attributes.CodingKeys.allCases.map(\.rawValue)),
+        "muc": Set(MUC.CodingKeys.allCases.map(\.rawValue)),
     ]
 
     /// Parses and validates YAML text. `source` names the file in messages.
@@ -366,6 +405,19 @@ extension ServerConfiguration {
         try ldap.validate(fail)
         if directory.groupSeparator.count != 1 {
             throw fail("directory.group_separator", "must be one character (got '\(directory.groupSeparator)')")
+        }
+        if let mucDomain = muc.domain,
+            mucDomain.isEmpty || mucDomain == domain || mucDomain.contains(where: { $0 == "@" || $0 == "/" || $0 == " " })
+        {
+            throw fail("muc.domain", "must be a host name other than 'domain', such as conference.\(domain) (got '\(mucDomain)')")
+        }
+        if !(0...10_000).contains(muc.maxHistory) { throw fail("muc.max_history", "must be between 0 and 10000 (got \(muc.maxHistory))") }
+        if !(1...100_000).contains(muc.maxOccupants) {
+            throw fail("muc.max_occupants", "must be between 1 and 100000 (got \(muc.maxOccupants))")
+        }
+        if muc.maxRoomsPerUser < 0 { throw fail("muc.max_rooms_per_user", "must be 0 or more (got \(muc.maxRoomsPerUser))") }
+        for creator in muc.roomCreators where creator.isEmpty || creator.contains("/") || !creator.contains("@") {
+            throw fail("muc.room_creators", "must list bare JIDs such as alice@\(domain) (got '\(creator)')")
         }
         for (key, value) in [
             ("limits.login_timeout_seconds", limits.loginTimeoutSeconds),

@@ -111,6 +111,14 @@ public final class ServerContext: Sendable {
     /// - Parameter replay: the message was routed before (e.g. re-routed when a session ended
     ///   with it unacknowledged): skip preparation and the routed hooks (no second archive entry).
     public func routeMessage(_ message: XMLElement, to: JID, from session: SessionHandle?, replay: Bool = false) async -> StanzaError? {
+        if let component = modules.component(for: to.domainpart) {
+            guard let from = message[attribute: "from"].flatMap({ try? JID($0) }) else { return .badRequest }
+            switch component.handler(ComponentStanza(stanza: message, from: from, to: to, session: session, server: self)) {
+            case .done: return nil
+            case .error(let error): return error
+            case .later(let work): return await work()
+            }
+        }
         let prepared = replay ? PreparedMessage(stanza: message) : prepareMessage(message, to: to)
         let stanza = prepared.stanza
         switch deliverMessage(stanza, to: to) {
@@ -162,6 +170,7 @@ public final class ServerContext: Sendable {
     /// Delivers presence: to one full JID if bound, or to every available session of a bare JID.
     /// Presence the filters do not allow is dropped.
     public func deliverPresence(_ stanza: XMLElement, to: JID) {
+        if toComponent(stanza, to: to) { return }
         guard isLocal(to) else { return }
         if !modules.deliveryFilters.isEmpty, let from = stanza[attribute: "from"].flatMap({ try? JID($0) }) {
             guard case .allow = filter(stanza, from: from, to: to) else { return }
@@ -170,6 +179,109 @@ public final class ServerContext: Sendable {
             router.session(to)?.deliver(stanza)
         } else {
             for session in router.availableSessions(of: to.bare.description) { session.deliver(stanza) }
+        }
+    }
+
+    // MARK: - Service components
+
+    /// Hands a stanza the server sends on a user's behalf (e.g. unavailable presence at logout)
+    /// to the component owning `to`'s domain; false if no component owns it. Errors are dropped.
+    func toComponent(_ stanza: XMLElement, to: JID) -> Bool {
+        guard let component = modules.component(for: to.domainpart) else { return false }
+        guard let from = stanza[attribute: "from"].flatMap({ try? JID($0) }) else { return true }
+        switch component.handler(ComponentStanza(stanza: stanza, from: from, to: to, session: nil, server: self)) {
+        case .done, .error: break
+        case .later(let work): track { _ = await work() }
+        }
+        return true
+    }
+
+    /// Sends a stanza from a service (a component) to a local address through the normal
+    /// delivery path: message preparation, routing and routed hooks (so carbons, CSI, stream
+    /// management, archive and offline storage behave as for any message), presence through
+    /// the delivery filters. Synchronous; an undeliverable message is stored offline in the
+    /// background. Returns the error a message met (e.g. the occupant's session is gone).
+    @discardableResult
+    public func sendFromService(_ stanza: XMLElement, to: JID) -> StanzaError? {
+        switch stanza.name {
+        case "message":
+            let prepared = prepareMessage(stanza, to: to)
+            switch deliverMessage(prepared.stanza, to: to) {
+            case .delivered(let recipients):
+                messageRouted(prepared, to: to, sender: nil, recipients: recipients)
+                return nil
+            case .dropped:
+                return nil
+            case .error(let error):
+                return error
+            case .undeliverable(let bare):
+                track {
+                    if await self.handleUndeliverable(prepared.stanza, to: bare, session: nil) == nil {
+                        self.messageRouted(prepared, to: to, sender: nil, recipients: [])
+                    }
+                }
+                return nil
+            }
+        case "presence":
+            deliverPresence(stanza, to: to)
+            return nil
+        default:
+            guard isLocal(to) else { return StanzaError(.remoteServerNotFound) }
+            if to.resourcepart != nil { router.session(to)?.deliver(stanza) }
+            return nil
+        }
+    }
+
+    /// Delivers a service's stanzas to bound sessions so that order holds: each recipient gets
+    /// them in the given order, and every recipient sees the batches in the order they were
+    /// submitted (a room submits under its lock, so all occupants see one order). The work is
+    /// enqueued on each recipient's event loop, one task per loop and batch; there it runs
+    /// through the delivery filters and, for messages, the preparation and routed hooks.
+    /// - Returns: the recipients that are not bound (any more).
+    public func deliverInOrder(_ deliveries: [ServiceDelivery], from: JID) -> [JID] {
+        var batches: [(loop: any EventLoop, items: [(SessionHandle, ServiceDelivery)])] = []
+        var gone: [JID] = []
+        for delivery in deliveries {
+            guard let session = router.sessions(of: delivery.bareKey).first(where: { $0.jid == delivery.to }) else {
+                gone.append(delivery.to)
+                continue
+            }
+            if let index = batches.firstIndex(where: { $0.loop === session.eventLoop }) {
+                batches[index].items.append((session, delivery))
+            } else {
+                batches.append((session.eventLoop, [(session, delivery)]))
+            }
+        }
+        for batch in batches {
+            let items = batch.items
+            batch.loop.execute {
+                for (session, delivery) in items { self.deliverNow(delivery, to: session, from: from) }
+            }
+        }
+        return gone
+    }
+
+    private func deliverNow(_ delivery: ServiceDelivery, to session: SessionHandle, from: JID) {
+        switch delivery {
+        case .shared(let shared, _, _):
+            if !modules.deliveryFilters.isEmpty {
+                guard case .allow = filter(shared.element, from: from, to: session.jid) else { return }
+            }
+            session.deliver(shared)
+            if !shared.isPresence, !modules.messageRoutedHooks.isEmpty {
+                messageRouted(PreparedMessage(stanza: shared.element), to: session.jid, sender: nil, recipients: [session])
+            }
+        case .stanza(let stanza, _, _):
+            if !modules.deliveryFilters.isEmpty {
+                guard case .allow = filter(stanza, from: from, to: session.jid) else { return }
+            }
+            guard stanza.name == "message" else {
+                session.deliver(stanza)
+                return
+            }
+            let prepared = prepareMessage(stanza, to: session.jid)
+            session.deliver(prepared.stanza)
+            messageRouted(prepared, to: session.jid, sender: nil, recipients: [session])
         }
     }
 

@@ -130,6 +130,41 @@ public typealias SessionHook = @Sendable (SessionHandle, ServerContext) async th
 /// Handles a nonza on the session's event loop; returns false if the element is not understood.
 public typealias NonzaHandler = @Sendable (XMLElement, SessionHandle) -> Bool
 
+/// A stanza addressed to a service domain a module owns (e.g. `conference.example.com`, or
+/// `room@conference.example.com/nick`), with `from` stamped.
+public struct ComponentStanza: Sendable {
+    public let stanza: XMLElement
+    public let from: JID
+    public let to: JID
+    /// The local session that sent it (nil when the server itself sends, e.g. unavailable presence at logout).
+    public let session: SessionHandle?
+    public let server: ServerContext
+}
+
+/// What a component did with a stanza.
+public enum ComponentOutcome: Sendable {
+    /// Handled (replies, if any, were sent by the component).
+    case done
+    /// Refused: the sender gets this error (never for error stanzas).
+    case error(StanzaError)
+    /// Needs storage or other async work: the sending session's queue waits for it, so the
+    /// client's stanzas stay in order. A returned error is bounced to the sender.
+    case later(@Sendable () async -> StanzaError?)
+}
+
+/// Handles stanzas for a service domain. Synchronous, on the sender's event loop: must not
+/// block (answer `.later` for work that needs to wait).
+public typealias ComponentHandler = @Sendable (ComponentStanza) -> ComponentOutcome
+
+/// A service a module runs on its own (sub)domain, like an XEP-0114 component inside the server.
+public struct ServiceComponent: Sendable {
+    /// The domain it owns, e.g. `conference.example.com`.
+    public let domain: String
+    /// Human-readable name for the server's disco#items.
+    public let name: String
+    let handler: ComponentHandler
+}
+
 /// Everything modules registered.
 public struct ModuleRegistry: Sendable {
     struct IQKey: Hashable, Sendable {
@@ -163,8 +198,36 @@ public struct ModuleRegistry: Sendable {
     /// Top-level elements (nonzas) a bound client may send, by namespace, e.g. CSI.
     private(set) var nonzaHandlers: [String: NonzaHandler] = [:]
     public private(set) var moduleIDs: [String] = []
+    /// Service domains owned by modules, by domain.
+    public private(set) var components: [String: ServiceComponent] = [:]
+    private struct Provided: Sendable { let value: any Sendable }
+    private var services: [ObjectIdentifier: Provided] = [:]
 
     public init() {}
+
+    /// Makes a module the owner of a service domain: every stanza to `domain` or an address
+    /// in it (`local@domain/resource`) goes to `handler` instead of the local-user router, and
+    /// the server's disco#items lists it. One module per domain.
+    public mutating func addComponent(domain: String, name: String, _ handler: @escaping ComponentHandler) {
+        precondition(components[domain] == nil, "component domain \(domain) registered twice")
+        components[domain] = ServiceComponent(domain: domain, name: name, handler: handler)
+    }
+
+    /// Makes a module's API reachable by other modules (e.g. the MUC service for the
+    /// organisation directory): `server.modules.service(MUCModule.self)`.
+    public mutating func provide<T: Sendable>(_ service: T) {
+        services[ObjectIdentifier(T.self)] = Provided(value: service)
+    }
+
+    /// A service another module provided, by type.
+    public func service<T: Sendable>(_ type: T.Type) -> T? {
+        services[ObjectIdentifier(type)]?.value as? T
+    }
+
+    /// The component owning a domain, if any.
+    public func component(for domain: String) -> ServiceComponent? {
+        components.isEmpty ? nil : components[domain]
+    }
 
     /// Registers a handler for IQ get/set whose payload is in `namespace`, addressed to `target`.
     public mutating func handleIQ(_ namespace: String, target: IQTarget, _ handler: @escaping IQHandler) {

@@ -12,6 +12,8 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
     public let jid: JID
     /// Bare JID string, the router's key.
     public let bareKey: String
+    /// Full JID string (the `to` of everything delivered to this session).
+    public let fullKey: String
     public let id: UInt64
     let eventLoop: any EventLoop
     private let sink: NIOLoopBound<any StanzaSink>
@@ -37,6 +39,7 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
     init(jid: JID, id: UInt64, eventLoop: any EventLoop, sink: any StanzaSink) {
         self.jid = jid
         self.bareKey = jid.bare.description
+        self.fullKey = jid.description
         self.id = id
         self.eventLoop = eventLoop
         self.sink = NIOLoopBound(sink, eventLoop: eventLoop)
@@ -52,6 +55,17 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
         } else {
             let sink = self.sink
             eventLoop.execute { sink.value.send(stanza) }
+        }
+    }
+
+    /// Sends a stanza serialised once for many recipients, addressed to this session (from any thread).
+    public func deliver(_ shared: SharedStanza) {
+        let to = fullKey
+        if eventLoop.inEventLoop {
+            sink.value.sendShared(shared, to: to)
+        } else {
+            let sink = self.sink
+            eventLoop.execute { sink.value.sendShared(shared, to: to) }
         }
     }
 
@@ -103,6 +117,8 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
 /// What a session handler offers the router: write a stanza, or end the stream. Called on its event loop.
 protocol StanzaSink: AnyObject {
     func send(_ stanza: XMLElement)
+    /// Sends a pre-serialised stanza with `to` set to `to`.
+    func sendShared(_ stanza: SharedStanza, to: String)
     func terminate(_ error: StreamError)
     func setClientActive(_ active: Bool)
     /// XEP-0198: give up the session to a resuming connection; nil if it cannot be resumed.

@@ -75,4 +75,8 @@ public protocol ArchiveStore: Sendable {
     /// - Returns: nil when `after` or `before` names no record of the owner's archive.
     func query(_ query: ArchiveQuery) async throws -> ArchivePage?
     func archiveCount(owner: String) async throws -> Int
+    /// The record with this archive id in the owner's archive (e.g. the message a retraction names).
+    func record(owner: String, uid: String) async throws -> ArchiveRecord?
+    /// Replaces the stored stanza of a record (e.g. by a XEP-0424/0425 tombstone); false if none.
+    func replaceStanza(owner: String, uid: String, stanza: String) async throws -> Bool
 }

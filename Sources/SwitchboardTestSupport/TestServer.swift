@@ -36,11 +36,13 @@ public final class TestServer: Sendable {
     }
 
     /// Starts a server on 127.0.0.1 with every listener on port 0.
+    /// - Parameter dataDirectory: reuse a data directory (restart tests); default a new one.
     public static func start(
         domain: String = "example.test",
+        dataDirectory: String? = nil,
         configure: (inout ServerConfiguration) -> Void = { _ in }
     ) async throws -> TestServer {
-        let directory = FileManager.default.temporaryDirectory
+        let directory = dataDirectory ?? FileManager.default.temporaryDirectory
             .appendingPathComponent("switchboard-test-\(UUID().uuidString)").path
         var configuration = ServerConfiguration()
         configuration.domain = domain
@@ -67,11 +69,11 @@ public final class TestServer: Sendable {
             Account(username: username, credentials: try StoredCredentials.derive(password: password), createdAt: Date().timeIntervalSince1970))
     }
 
-    /// Graceful shutdown, then removes the data directory.
-    public func stop() async {
+    /// Graceful shutdown, then removes the data directory unless `keepData` (to restart on it).
+    public func stop(keepData: Bool = false) async {
         await group.triggerGracefulShutdown()
         _ = await task.result
-        try? FileManager.default.removeItem(atPath: dataDirectory)
+        if !keepData { try? FileManager.default.removeItem(atPath: dataDirectory) }
     }
 }
 

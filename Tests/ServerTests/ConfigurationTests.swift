@@ -31,6 +31,16 @@ import Testing
         #expect(configuration.limits.maxDepth == 64)
     }
 
+    @Test func mucSection() throws {
+        let configuration = try ServerConfiguration.parse(
+            yaml: "domain: corp.example\nmuc: {max_history: 10, room_creators: [boss@corp.example]}\n", source: "t")
+        #expect(configuration.mucDomain == "conference.corp.example")
+        #expect(configuration.muc.maxHistory == 10 && configuration.muc.maxOccupants == 1000)
+        #expect(configuration.muc.roomCreators == ["boss@corp.example"])
+        let other = try ServerConfiguration.parse(yaml: "muc: {enabled: false, domain: rooms.localhost}\n", source: "t")
+        #expect(!other.muc.enabled && other.mucDomain == "rooms.localhost")
+    }
+
     @Test(arguments: [
         ("colour: blue", "unknown key 'colour'"),
         ("c2s: {prot: 1}", "unknown key 'c2s.prot'"),
@@ -43,6 +53,11 @@ import Testing
         ("limits: {max_stanza_bytes: 10}", "'limits.max_stanza_bytes' must be between"),
         ("c2s: 5", "'c2s' must be a mapping"),
         ("- a\n- b", "top level must be a mapping"),
+        ("muc: {rooms: 5}", "unknown key 'muc.rooms'"),
+        ("muc: {domain: localhost}", "'muc.domain' must be a host name other than 'domain'"),
+        ("muc: {max_occupants: 0}", "'muc.max_occupants' must be between"),
+        ("muc: {max_history: -1}", "'muc.max_history' must be between"),
+        ("muc: {room_creators: [alice]}", "'muc.room_creators' must list bare JIDs"),
     ])
     func badConfigurationNamesTheKey(yaml: String, expected: String) {
         do {

@@ -25,6 +25,32 @@ import Testing
         }
     }
 
+    @Test func mucRoomsRoundTripAndArchiveTombstones() async throws {
+        try await withStores { stores, directory in
+            var room = MUCRoomRecord(
+                jid: "team@conference.example.test", config: "{\"name\":\"Team\"}", subject: "Hi", subjectBy: "Alice",
+                affiliations: ["alice@example.test": "owner", "bob@example.test": "member"], createdAt: 1)
+            try await stores.saveRoom(room)
+            room.affiliations = ["alice@example.test": "owner", "carol@example.test": "outcast"]
+            room.subject = nil
+            try await stores.saveRoom(room)
+            try await stores.saveRoom(MUCRoomRecord(jid: "other@conference.example.test", config: "{}", createdAt: 2))
+            let reopened = try SQLiteStores(directory: directory)
+            let loaded = try await reopened.rooms()
+            #expect(loaded == [MUCRoomRecord(jid: "other@conference.example.test", config: "{}", createdAt: 2), room], "\(loaded)")
+            try await reopened.deleteRoom("team@conference.example.test")
+            #expect(try await reopened.rooms().map(\.jid) == ["other@conference.example.test"])
+
+            let record = ArchiveRecord(id: 1, uid: "u1", owner: "team@conference.example.test", peer: "bob@example.test", outgoing: false, time: 1, stanza: "<message/>")
+            try await stores.append([record])
+            #expect(try await stores.record(owner: "team@conference.example.test", uid: "u1") == record)
+            #expect(try await stores.record(owner: "someone@example.test", uid: "u1") == nil)
+            #expect(try await stores.replaceStanza(owner: "team@conference.example.test", uid: "u1", stanza: "<message><retracted/></message>"))
+            #expect(try await !stores.replaceStanza(owner: "team@conference.example.test", uid: "nope", stanza: "x"))
+            #expect(try await stores.record(owner: "team@conference.example.test", uid: "u1")?.stanza == "<message><retracted/></message>")
+        }
+    }
+
     @Test func noPlaintextPasswordOnDisk() async throws {
         try await withStores { stores, directory in
             try await stores.createAccount(

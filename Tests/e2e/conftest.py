@@ -200,7 +200,7 @@ PROSODY_MODULES = (
 #: marked ``@pytest.mark.xep("XEP-…")`` skip against Prosody unless the module is listed.
 PROSODY_MODULE_FOR_XEP = {
     "XEP-0191": "blocklist", "XEP-0198": "smacks", "XEP-0280": "carbons",
-    "XEP-0313": "mam", "XEP-0352": "csi_simple",
+    "XEP-0313": "mam", "XEP-0352": "csi_simple", "XEP-0045": "muc",
 }
 
 #: Switchboard ``limits`` keys and the Prosody option for each (for servers started with
