@@ -128,6 +128,36 @@ public final class DirectoryRuntime: Sendable {
         return parsed.localpart
     }
 
+    // MARK: - Department rooms
+
+    /// The room of a unit: `UNIT-ID@conference.DOMAIN`.
+    public static func roomLocalpart(_ unitID: String) -> String { unitID.lowercased() }
+
+    /// Keeps one members-only room per unit with the unit's active members (all units when
+    /// `old` is nil, else those whose name or members changed), and removes rooms of deleted units.
+    func syncDepartmentRooms(_ server: ServerContext, old: DirectorySnapshot?, new: DirectorySnapshot) async {
+        guard configuration.departmentRooms, let muc = server.modules.service(MUCModule.self) else { return }
+        func members(_ snapshot: DirectorySnapshot, _ unit: String) -> Set<String> {
+            Set((snapshot.membersByUnit[unit] ?? []).filter { snapshot.isActive($0) })
+        }
+        var updated = 0
+        for (id, _) in new.units {
+            let current = members(new, id)
+            if let old, old.units[id] != nil, old.paths[id] == new.paths[id], members(old, id) == current { continue }
+            let jids = Set(current.compactMap { try? JID("\($0)@\(server.domain)") })
+            do {
+                try await muc.ensureDepartmentRoom(localpart: Self.roomLocalpart(id), name: new.paths[id] ?? id, members: jids)
+                updated += 1
+            } catch {
+                server.logger.error("department room update failed", metadata: ["directory.unit": "\(id)", "error": "\(error)"])
+            }
+        }
+        for id in old?.units.keys.filter({ new.units[$0] == nil }) ?? [] {
+            try? await muc.removeDepartmentRoom(localpart: Self.roomLocalpart(id), reason: "the department was dissolved")
+        }
+        if updated > 0 { server.logger.info("department rooms updated", metadata: ["rooms": "\(updated)"]) }
+    }
+
     /// The roster version clients see: the personal roster's and the directory's together.
     func rosterVersion(_ personal: Int64) -> String {
         rosterEnabled ? "\(personal)-\(snapshot.version)" : String(personal)
@@ -143,6 +173,7 @@ private struct DirectoryChanges {
 
     func apply() async {
         let gone = kickDisabled()
+        await runtime.syncDepartmentRooms(server, old: old, new: new)
         guard runtime.rosterEnabled else { return }
         let affected = affectedUsers().subtracting(gone)
         var pushes = 0
@@ -312,6 +343,7 @@ public struct DirectoryModule: ServerModule {
         registry.onStart { server in try await runtime.start(server) }
         registry.addBackgroundTask { server in
             let interval = Duration.milliseconds(runtime.configuration.refreshIntervalMs)
+            await runtime.syncDepartmentRooms(server, old: nil, new: runtime.snapshot)
             while !Task.isCancelled {
                 try? await Task.sleep(for: interval)
                 await runtime.refresh(server)

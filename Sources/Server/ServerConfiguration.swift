@@ -150,11 +150,14 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
         public var searchMaxResults: Int = 50
         /// Separator between unit names in roster groups and paths.
         public var groupSeparator: String = "/"
+        /// One members-only group chat per unit (when `muc` is on), its members kept equal to the
+        /// unit's: people join and leave rooms with their department.
+        public var departmentRooms: Bool = true
         public init() {}
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case roster, refreshIntervalMs = "refresh_interval_ms", searchMaxResults = "search_max_results"
-            case groupSeparator = "group_separator"
+            case groupSeparator = "group_separator", departmentRooms = "department_rooms"
         }
 
         public init(from decoder: any Decoder) throws {
@@ -164,6 +167,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
             refreshIntervalMs = try container.decodeIfPresent(Int.self, forKey: .refreshIntervalMs) ?? defaults.refreshIntervalMs
             searchMaxResults = try container.decodeIfPresent(Int.self, forKey: .searchMaxResults) ?? defaults.searchMaxResults
             groupSeparator = try container.decodeIfPresent(String.self, forKey: .groupSeparator) ?? defaults.groupSeparator
+            departmentRooms = try container.decodeIfPresent(Bool.self, forKey: .departmentRooms) ?? defaults.departmentRooms
         }
     }
 

@@ -1,5 +1,6 @@
 import Directory
 import Foundation
+import Modules
 import SQLiteStorage
 import Storage
 import SwitchboardTestSupport
@@ -222,6 +223,38 @@ import XMPPCore
         _ = try await zhang.next { $0.name == "iq" && $0.child("query")?.child("item")?[attribute: "subscription"] == "remove" }
         _ = try await zhang.next { $0.name == "presence" && $0.stanzaType == "unavailable" && $0[attribute: "from"] == "wangfang@example.test/pc" }
         for client in [zhang, lina, wang] { await client.close() }
+    }
+
+    @Test func departmentRoomsFollowTheTree() async throws {
+        let (server, service) = try await start()
+        defer { Task { await server.stop() } }
+        let muc = try #require(server.server.context.modules.service(MUCModule.self))
+        let client = try await server.online("zhangwei", "pc")
+        try await waitForVersion(client, atLeast: try await server.stores.directoryVersion())
+        func members(_ unit: String) async throws -> Set<String>? {
+            for _ in 0..<100 {
+                if let members = muc.members(ofRoom: unit), !members.isEmpty { return members }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            return muc.members(ofRoom: unit)
+        }
+        #expect(try await members("platform") == ["zhangwei@example.test", "lina@example.test"])
+        #expect(muc.members(ofRoom: "sales") == ["wangfang@example.test"])
+        try await service.addMembership("wangfang", unit: "platform")
+        var joined = false
+        for _ in 0..<100 where !joined {
+            joined = muc.members(ofRoom: "platform")?.contains("wangfang@example.test") == true
+            if !joined { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(joined)
+        try await service.removeMembership("lina", unit: "platform")
+        var left = false
+        for _ in 0..<100 where !left {
+            left = muc.members(ofRoom: "platform")?.contains("lina@example.test") == false
+            if !left { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(left)
+        await client.close()
     }
 
     @Test func disablingEndsSessionsAndRefusesLogin() async throws {
