@@ -84,7 +84,7 @@ let package = Package(
         .target(
             name: "Modules",
             dependencies: [
-                "Server", "Storage", "XMPPCore", "XMLStream", "Directory", "LDAP",
+                "Server", "Storage", "XMPPCore", "XMLStream", "Directory", "LDAP", "Vault",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -105,11 +105,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // How a server process is put together (stores + key ring), shared by the CLI and the tests.
+        .target(name: "Assembly", dependencies: ["Server", "SQLiteStorage", "Storage", "Vault"]),
         // The executable: serve, user, bench ...
         .executableTarget(
             name: "switchboard",
             dependencies: [
-                "Server", "Modules", "SQLiteStorage", "Directory",
+                "Server", "Modules", "SQLiteStorage", "Directory", "Vault", "Assembly",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -133,7 +135,7 @@ let package = Package(
         .target(
             name: "SwitchboardTestSupport",
             dependencies: [
-                "Server", "Modules", "SQLiteStorage",
+                "Server", "Modules", "SQLiteStorage", "Assembly",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),

@@ -21,6 +21,8 @@ public struct DirectoryService: Sendable {
     public let separator: String
     /// Called after every successful write with the new version (the server refreshes at once).
     public var didChange: (@Sendable (Int64) async -> Void)?
+    /// Called with every applied batch (the audit trail records administrative changes).
+    public var recorder: (@Sendable ([DirectoryChange]) async -> Void)?
 
     public init(store: any DirectoryStore, accounts: any AccountStore, separator: String = "/") {
         self.store = store
@@ -41,7 +43,10 @@ public struct DirectoryService: Sendable {
         } catch let error as StorageError where error.isConflict {
             throw DirectoryError.conflict(error.message)
         }
-        if !changes.isEmpty { await didChange?(version) }  // the callback ignores an unchanged version
+        if !changes.isEmpty {
+            await recorder?(changes)
+            await didChange?(version)  // the callback ignores an unchanged version
+        }
         return version
     }
 
@@ -355,11 +360,25 @@ public struct DirectoryService: Sendable {
         try await apply([.putRole(Role(name: name, permissions: permissions, description: description))])
     }
 
+    /// Roles one person may not combine (separation of duties): whoever reads messages must not
+    /// approve their own access, administer the system, or manage keys and roles.
+    public static let exclusiveRoles: [(String, String)] = [
+        ("auditor", "approver"), ("auditor", "admin"), ("auditor", "security-admin"), ("approver", "security-admin"),
+    ]
+
     public func grantRole(_ role: String, to username: String) async throws {
         let snapshot = try await currentSnapshot()
         _ = try self.user(username, in: snapshot)
         guard snapshot.roles[role] != nil else {
             throw DirectoryError.notFound("no role '\(role)' (known: \(snapshot.roles.keys.sorted().joined(separator: ", ")))")
+        }
+        let held = snapshot.rolesByUser[username] ?? []
+        for (first, second) in Self.exclusiveRoles {
+            let other = role == first ? second : (role == second ? first : nil)
+            if let other, held.contains(other) {
+                throw DirectoryError.conflict(
+                    "'\(username)' holds \(other); \(role) and \(other) must be different people (separation of duties)")
+            }
         }
         try await apply([.grantRole(RoleGrant(username: username, role: role))])
     }

@@ -64,6 +64,7 @@ public enum BuiltinModules {
         if configuration.upload.enabled { modules.append(UploadModule(maxFileBytes: configuration.upload.maxFileBytes)) }
         if configuration.ldap.enabled { modules.append(LDAPModule(configuration: configuration.ldap, directory: directory)) }
         if configuration.muc.enabled { modules.append(MUCModule(configuration)) }
+        modules.append(AuditModule(configuration: configuration, directory: directory, trail: TrailService()))
         return modules
     }
 }

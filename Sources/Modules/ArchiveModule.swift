@@ -248,10 +248,20 @@ final class ArchiveIDGenerator: Sendable {
     }
 }
 
-/// Group commit for the archive: records accumulate while the previous batch is written.
-final class ArchiveWriter: Sendable {
+/// The archive's writer.
+typealias ArchiveWriter = GroupCommitWriter<ArchiveRecord>
+
+extension GroupCommitWriter where Record == ArchiveRecord {
+    convenience init() {
+        self.init(name: "archive") { records, server in try await server.stores.archive.append(records) }
+    }
+}
+
+/// Group commit: records accumulate while the previous batch is written, so one transaction
+/// (one fsync) carries many messages. Used by the archive and the audit record.
+final class GroupCommitWriter<Record: Sendable>: Sendable {
     private struct State {
-        var pending: [ArchiveRecord] = []
+        var pending: [Record] = []
         var enqueued: UInt64 = 0
         var durable: UInt64 = 0
         var flushing = false
@@ -259,8 +269,15 @@ final class ArchiveWriter: Sendable {
     }
 
     private let state = NIOLockedValueBox(State())
+    private let name: String
+    private let write: @Sendable ([Record], ServerContext) async throws -> Void
 
-    func enqueue(_ records: [ArchiveRecord], server: ServerContext) {
+    init(name: String, write: @escaping @Sendable ([Record], ServerContext) async throws -> Void) {
+        self.name = name
+        self.write = write
+    }
+
+    func enqueue(_ records: [Record], server: ServerContext) {
         guard !records.isEmpty else { return }
         let start = state.withLockedValue { state -> Bool in
             state.pending.append(contentsOf: records)
@@ -274,8 +291,8 @@ final class ArchiveWriter: Sendable {
 
     /// Below this many waiting records the writer lingers (4 ms) so that, at low rates too,
     /// one commit (one fsync) carries many messages instead of one each.
-    private static let lingerBelow = 256
-    private static let linger: Duration = .milliseconds(4)
+    private static var lingerBelow: Int { 256 }
+    private static var linger: Duration { .milliseconds(4) }
 
     private func drain(_ server: ServerContext) async {
         var failures = 0
@@ -283,7 +300,7 @@ final class ArchiveWriter: Sendable {
             if state.withLockedValue({ $0.pending.count }) < Self.lingerBelow {
                 try? await Task.sleep(for: Self.linger)
             }
-            let (batch, upTo) = state.withLockedValue { state -> ([ArchiveRecord], UInt64) in
+            let (batch, upTo) = state.withLockedValue { state -> ([Record], UInt64) in
                 let batch = state.pending
                 state.pending = []
                 if batch.isEmpty { state.flushing = false }
@@ -291,12 +308,12 @@ final class ArchiveWriter: Sendable {
             }
             guard !batch.isEmpty else { return }
             do {
-                try await server.stores.archive.append(batch)
+                try await write(batch, server)
                 failures = 0
             } catch {
                 // Never drop: put the batch back and retry with back-off.
                 failures += 1
-                server.logger.error("archive write failed; retrying", metadata: ["error": "\(error)", "archive.batch": "\(batch.count)"])
+                server.logger.error("\(name) write failed; retrying", metadata: ["error": "\(error)", "batch": "\(batch.count)"])
                 state.withLockedValue { $0.pending.insert(contentsOf: batch, at: 0) }
                 try? await Task.sleep(for: .milliseconds(min(5000, 50 * failures)))
                 continue

@@ -36,6 +36,11 @@ public final class DirectoryRuntime: Sendable {
             guard let self, let server else { return }
             await self.refresh(server)
         }
+        service.recorder = { [weak server] changes in
+            // Looked up per call: the trail opens in the audit module's start, after this one.
+            guard let trail = server?.modules.service(TrailService.self)?.trail else { return }
+            await trail.directoryRecorder(actor: "server")(changes)
+        }
         serviceBox.withLockedValue { $0 = service }
         let snapshot = try await service.currentSnapshot()
         current.withLockedValue { $0 = snapshot }

@@ -225,6 +225,9 @@ final class MUCService: Sendable {
             }
         }
         let gone = ordered.isEmpty ? [] : server.deliverInOrder(ordered, from: room.jid).filter { room.occupant(session: $0) != nil }
+        if let (stanza, sender) = effects.audit {
+            server.groupMessageSent(stanza, room: room.bareKey, sender: sender)
+        }
         if let (stanza, stanzaID, sender) = effects.archive {
             let record = ArchiveRecord(
                 id: ids.next(), uid: stanzaID, owner: room.bareKey, peer: sender, outgoing: false,

@@ -177,3 +177,42 @@ extension SQLiteStores: AccessRequestStore {
         }
     }
 }
+
+extension SQLiteStores {
+    /// The sealed columns: (table, key column, value column, context).
+    static let sealedColumns: [(String, String, String, String)] = [
+        ("archive", "id", "stanza", "archive"), ("offline_messages", "id", "stanza", "offline"),
+        ("audit_messages", "id", "stanza", "audit"), ("audit_messages", "id", "attachments", "audit.attachments"),
+    ]
+
+    /// Rewrites every sealed column value that is plaintext or sealed with an older key, in
+    /// batches of 500 rows per transaction (the server may keep running). Returns the count.
+    public func resealAll(progress: (@Sendable (Int) -> Void)? = nil) async throws -> Int {
+        guard let cipher else { return 0 }
+        var total = 0
+        for (table, key, column, context) in Self.sealedColumns {
+            var after: Int64 = Int64.min
+            while true {
+                let from = after
+                let (count, last) = try await archiveDatabase.transaction { db -> (Int, Int64?) in
+                    let rows = try db.query(
+                        "SELECT \(key), \(column) FROM \(table) WHERE \(key) > ? ORDER BY \(key) LIMIT 500", [.int(from)]
+                    ) { ($0.int(0), $0.blob(1)) }
+                    var changed = 0
+                    for (id, value) in rows where cipher.needsResealing(value) {
+                        let plain = cipher.isSealed(value) ? try cipher.open(value, context: context) : value
+                        try db.run(
+                            "UPDATE \(table) SET \(column) = ? WHERE \(key) = ?", [.blob(try cipher.seal(plain, context: context)), .int(id)])
+                        changed += 1
+                    }
+                    return (changed, rows.last?.0)
+                }
+                total += count
+                progress?(total)
+                guard let last else { break }
+                after = last
+            }
+        }
+        return total
+    }
+}

@@ -598,28 +598,9 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         }) else { return nil }
         if throttled(account: username, address: nil) { return nil }
         sasl = .lookingUp
-        let accounts = server.stores.accounts
-        let cache = server.plainLogins
         let server = self.server
         return runAsync({ () -> SASLError? in
-            guard let account = try await accounts.account(username) else { return .notAuthorized }
-            // Accounts of an external directory (LDAP) are checked there.
-            for verifier in server.modules.passwordVerifiers {
-                switch await verifier(username, password, server) {
-                case .accepted: return account.disabled ? .accountDisabled : nil
-                case .rejected: return .notAuthorized
-                case .unavailable:
-                    return SASLError(.temporaryAuthFailure, text: "the company directory cannot be reached; try again shortly")
-                case .notApplicable: continue
-                }
-            }
-            guard let credentials = account.credentials else { return .notAuthorized }
-            let storedKey = credentials.sha256.storedKey
-            if !cache.matches(username, password: password, storedKey: storedKey) {
-                guard credentials.sha256.verify(password: password) else { return .notAuthorized }
-                cache.remember(username, password: password, storedKey: storedKey)
-            }
-            return account.disabled ? .accountDisabled : nil
+            try await server.verifyPassword(username, password)
         }) { [self] result in
             sasl = .idle
             switch result {

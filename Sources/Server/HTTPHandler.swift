@@ -14,6 +14,10 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let server: ServerContext
     private var head: HTTPRequestHead?
     private var upload: Upload?
+    /// Body of a request for a module route, bounded.
+    private var routeBody: [UInt8]?
+    private var routeBodyTooLarge = false
+    static let maxRouteBody = 1 << 20
 
     /// A PUT in progress: bytes go straight to a temporary file.
     private struct Upload {
@@ -34,14 +38,33 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             self.head = head
             if head.method == .PUT, path(head).hasPrefix("/upload/") {
                 startUpload(context: context, head: head)
+            } else if server.modules.httpRoute(for: path(head)) != nil {
+                routeBody = []
+                routeBodyTooLarge = false
             }
         case .body(let buffer):
-            if upload != nil { receive(buffer) }
+            if upload != nil {
+                receive(buffer)
+            } else if routeBody != nil {
+                if (routeBody?.count ?? 0) + buffer.readableBytes > Self.maxRouteBody {
+                    routeBodyTooLarge = true
+                    routeBody = []
+                } else if !routeBodyTooLarge {
+                    routeBody?.append(contentsOf: buffer.readableBytesView)
+                }
+            }
         case .end:
             guard let head else { return }
             self.head = nil
             if upload != nil {
                 finishUpload(context: context, head: head)
+            } else if let body = routeBody, let handler = server.modules.httpRoute(for: path(head)) {
+                routeBody = nil
+                if routeBodyTooLarge {
+                    problem(context: context, head: head, status: .payloadTooLarge, detail: "request bodies are limited to 1 MiB")
+                } else {
+                    serveRoute(handler, context: context, head: head, body: body)
+                }
             } else {
                 respond(context: context, head: head)
             }
@@ -52,6 +75,48 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if let upload { abort(upload) }
         upload = nil
         context.fireChannelInactive()
+    }
+
+    /// Runs a module's route as a task and writes its answer on the channel's event loop.
+    private func serveRoute(_ handler: @escaping HTTPRouteHandler, context: ChannelHandlerContext, head: HTTPRequestHead, body: [UInt8]) {
+        var query: [String: String] = [:]
+        if let rawQuery = head.uri.split(separator: "?", maxSplits: 1).dropFirst().first {
+            for pair in rawQuery.split(separator: "&") {
+                let parts = pair.split(separator: "=", maxSplits: 1).map { String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0) }
+                if let key = parts.first { query[key] = parts.count > 1 ? parts[1] : "" }
+            }
+        }
+        var headers: [String: String] = [:]
+        for (name, value) in head.headers { headers[name.lowercased()] = value }
+        let request = HTTPRequest(method: head.method.rawValue, path: path(head), query: query, headers: headers, body: body)
+        let server = self.server
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        Task {
+            let response = await handler(request, server)
+            eventLoop.execute {
+                let (handler, context) = bound.value
+                handler.write(context: context, head: head, response: response)
+            }
+        }
+    }
+
+    private func write(context: ChannelHandlerContext, head: HTTPRequestHead, response: HTTPResponse) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: response.contentType)
+        headers.add(name: "Content-Length", value: String(response.body.count))
+        headers.add(name: "Cache-Control", value: "no-store")
+        for (name, value) in response.headers { headers.add(name: name, value: value) }
+        let keepAlive = head.isKeepAlive
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        let status = HTTPResponseStatus(statusCode: response.status)
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        if !response.body.isEmpty {
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: response.body)))), promise: nil)
+        }
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            if !keepAlive { context.close(promise: nil) }
+        }
     }
 
     private func path(_ head: HTTPRequestHead) -> String {

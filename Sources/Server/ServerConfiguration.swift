@@ -27,6 +27,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
     public var upload: Upload = Upload()
     public var directory: Directory = Directory()
     public var ldap: LDAP = LDAP()
+    public var security: Security = Security()
     public var muc: MUC = MUC()
 
     public init() {}
@@ -179,7 +180,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case domain, dataDir = "data_dir", logLevel = "log_level", logFormat = "log_format", bootstrapAdmin = "bootstrap_admin", threads
-        case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration, upload, directory, ldap, muc
+        case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration, upload, directory, ldap, muc, security
     }
 }
 
@@ -250,6 +251,7 @@ extension ServerConfiguration {
         directory = try container.decodeIfPresent(Directory.self, forKey: .directory) ?? defaults.directory
         ldap = try container.decodeIfPresent(LDAP.self, forKey: .ldap) ?? defaults.ldap
         muc = try container.decodeIfPresent(MUC.self, forKey: .muc) ?? defaults.muc
+        security = try container.decodeIfPresent(Security.self, forKey: .security) ?? defaults.security
     }
 
     /// A listener section falls back to the defaults key by key, so `c2s: {port: 0}` keeps `bind`.
@@ -288,6 +290,7 @@ extension ServerConfiguration {
         "ldap": Set(LDAP.CodingKeys.allCases.map(\.rawValue)),
         "ldap.attributes": Set(LDAP.Attributes.CodingKeys.allCases.map(\.rawValue)),
         "muc": Set(MUC.CodingKeys.allCases.map(\.rawValue)),
+        "security": Set(Security.CodingKeys.allCases.map(\.rawValue)),
     ]
 
     /// Parses and validates YAML text. `source` names the file in messages.
@@ -407,6 +410,7 @@ extension ServerConfiguration {
             throw fail("directory.search_max_results", "must be between 1 and 1000 (got \(directory.searchMaxResults))")
         }
         try ldap.validate(fail)
+        try security.validate(fail)
         if directory.groupSeparator.count != 1 {
             throw fail("directory.group_separator", "must be one character (got '\(directory.groupSeparator)')")
         }

@@ -46,6 +46,35 @@ public final class ServerContext: Sendable {
         self.fakeSaltKey = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
     }
 
+    /// Checks a plain-text password (SASL PLAIN, the HTTP API's Basic authentication): external
+    /// authorities first (LDAP bind for directory users), then the local SCRAM keys. Returns nil
+    /// when the password is right and the account enabled, else the SASL failure to report.
+    public func verifyPassword(_ username: String, _ password: String) async throws -> SASLError? {
+        guard let account = try await stores.accounts.account(username) else { return .notAuthorized }
+        for verifier in modules.passwordVerifiers {
+            switch await verifier(username, password, self) {
+            case .accepted: return account.disabled ? .accountDisabled : nil
+            case .rejected: return .notAuthorized
+            case .unavailable:
+                return SASLError(.temporaryAuthFailure, text: "the company directory cannot be reached; try again shortly")
+            case .notApplicable: continue
+            }
+        }
+        guard let credentials = account.credentials else { return .notAuthorized }
+        let storedKey = credentials.sha256.storedKey
+        if !plainLogins.matches(username, password: password, storedKey: storedKey) {
+            guard credentials.sha256.verify(password: password) else { return .notAuthorized }
+            plainLogins.remember(username, password: password, storedKey: storedKey)
+        }
+        return account.disabled ? .accountDisabled : nil
+    }
+
+    /// Seconds until `account` may try a password again (nil: now), for password checks outside
+    /// XMPP (the HTTP API) that share the logins' throttle.
+    public func passwordRetryAfter(account: String) -> Double? { throttle.retryAfter(account: account, address: nil) }
+
+    public func recordPasswordFailure(account: String) { throttle.recordFailure(account: account, address: nil) }
+
     /// Whether `jid` is in the served domain.
     public func isLocal(_ jid: JID) -> Bool { jid.domainpart == domain }
 
@@ -132,6 +161,14 @@ public final class ServerContext: Sendable {
             if error == nil, !replay { messageRouted(prepared, to: to, sender: session, recipients: []) }
             return error
         }
+    }
+
+    /// Runs the group-message hooks (the audit record) for a message a service broadcast to a room.
+    public func groupMessageSent(_ stanza: XMLElement, room: String, sender: String) {
+        let hooks = modules.groupMessageHooks
+        guard !hooks.isEmpty else { return }
+        let event = GroupMessageEvent(stanza: stanza, room: room, sender: sender, server: self)
+        for hook in hooks { hook(event) }
     }
 
     /// Runs the synchronous message hooks (carbons, later the archive) for a routed message.

@@ -112,6 +112,19 @@ public enum FilterVerdict: Sendable {
 /// Synchronous, on the hot path: consult memory only.
 public typealias DeliveryFilter = @Sendable (_ stanza: XMLElement, _ from: JID, _ to: JID) -> FilterVerdict
 
+/// A message a group chat service broadcast to a room (once, not per occupant).
+public struct GroupMessageEvent: Sendable {
+    public let stanza: XMLElement
+    /// Bare JID of the room.
+    public let room: String
+    /// Bare JID of the real sender.
+    public let sender: String
+    public let server: ServerContext
+}
+
+/// Synchronous, on the hot path (e.g. the audit record's enqueue).
+public typealias GroupMessageHook = @Sendable (GroupMessageEvent) -> Void
+
 /// What an external authority says about a password (SASL PLAIN).
 public enum PasswordCheck: Sendable {
     case accepted
@@ -188,6 +201,8 @@ public struct ModuleRegistry: Sendable {
     private(set) var startHooks: [@Sendable (ServerContext) async throws -> Void] = []
     private(set) var backgroundTasks: [@Sendable (ServerContext) async -> Void] = []
     private(set) var passwordVerifiers: [PasswordVerifier] = []
+    private(set) var groupMessageHooks: [GroupMessageHook] = []
+    private(set) var httpRoutes: [(prefix: String, handler: HTTPRouteHandler)] = []
     private(set) var boundHooks: [(HookPriority, SessionHook)] = []
     private(set) var availableHooks: [(HookPriority, SessionHook)] = []
     private(set) var sessionEndHooks: [(HookPriority, SessionHook)] = []
@@ -272,6 +287,16 @@ public struct ModuleRegistry: Sendable {
     /// shutdown, e.g. watching for directory changes. Check `Task.isCancelled` between rounds.
     public mutating func addBackgroundTask(_ task: @escaping @Sendable (ServerContext) async -> Void) {
         backgroundTasks.append(task)
+    }
+
+    /// Serves HTTP requests under `prefix` (e.g. "/api/audit/") on the HTTP listener.
+    public mutating func addHTTPRoute(prefix: String, _ handler: @escaping HTTPRouteHandler) {
+        httpRoutes.append((prefix, handler))
+    }
+
+    /// A group chat message was broadcast to a room.
+    public mutating func onGroupMessage(_ hook: @escaping GroupMessageHook) {
+        groupMessageHooks.append(hook)
     }
 
     /// Checks plain-text passwords (SASL PLAIN over TLS) of the accounts it handles, before the

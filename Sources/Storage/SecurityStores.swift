@@ -7,6 +7,8 @@ public protocol FieldCipher: Sendable {
     func open(_ sealed: [UInt8], context: String) throws -> [UInt8]
     /// Whether this value was sealed (stores keep reading rows written before encryption was on).
     func isSealed(_ value: [UInt8]) -> Bool
+    /// Whether re-encryption should rewrite this value (plaintext, or sealed with an older key).
+    func needsResealing(_ value: [UInt8]) -> Bool
 }
 
 /// A data-encryption key as stored: wrapped (encrypted) by a master key.

@@ -10,11 +10,15 @@ public struct Stores: Sendable {
     public var pubsub: any PubSubStore
     public var directory: any DirectoryStore
     public var muc: any MUCStore
+    public var audit: any AuditArchiveStore
+    public var accessRequests: any AccessRequestStore
+    public var trail: any TrailStore
 
     public init(
         accounts: any AccountStore, rosters: any RosterStore, offline: any OfflineStore, privateXML: any PrivateXMLStore,
         blocklists: any BlocklistStore, archive: any ArchiveStore, uploads: any UploadStore, pubsub: any PubSubStore,
-        directory: any DirectoryStore, muc: any MUCStore
+        directory: any DirectoryStore, muc: any MUCStore, audit: any AuditArchiveStore, accessRequests: any AccessRequestStore,
+        trail: any TrailStore
     ) {
         self.accounts = accounts
         self.rosters = rosters
@@ -26,5 +30,8 @@ public struct Stores: Sendable {
         self.pubsub = pubsub
         self.directory = directory
         self.muc = muc
+        self.audit = audit
+        self.accessRequests = accessRequests
+        self.trail = trail
     }
 }

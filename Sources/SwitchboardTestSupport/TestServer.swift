@@ -1,3 +1,4 @@
+import Assembly
 import Foundation
 import Logging
 import Modules
@@ -54,7 +55,7 @@ public final class TestServer: Sendable {
         configure(&configuration)
         var logger = Logger(label: "switchboard.test")
         logger.logLevel = ProcessInfo.processInfo.environment["SWITCHBOARD_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
-        let stores = try SQLiteStores(directory: directory)
+        let (stores, _) = try await ServerAssembly.openStores(configuration)
         let server = try XMPPServer(
             configuration: configuration, stores: stores.stores, modules: BuiltinModules.all(configuration), logger: logger)
         let group = ServiceGroup(services: [server], logger: logger)

@@ -181,6 +181,10 @@ public final class KeyRing: FieldCipher, Sendable {
         }
     }
 
+    public func needsResealing(_ value: [UInt8]) -> Bool {
+        keyID(of: value) != activeKeyID
+    }
+
     /// The key id a sealed value uses (for re-encryption).
     public func keyID(of sealed: [UInt8]) -> Int64? {
         guard isSealed(sealed) else { return nil }

@@ -70,6 +70,36 @@ public struct Trail: Sendable {
         return Array(hasher.finalize())
     }
 
+    /// A readable summary of a directory batch for the trail (at most 50 changes listed).
+    public static func summary(_ changes: [DirectoryChange]) -> [String: String]? {
+        var lines: [String] = []
+        for change in changes {
+            switch change {
+            case .putUnit(let unit): lines.append("unit \(unit.id) '\(unit.name)' parent \(unit.parentID ?? "-")")
+            case .deleteUnit(let id): lines.append("delete unit \(id)")
+            case .putUser(let user): lines.append("user \(user.username) \(user.status.rawValue)")
+            case .deleteUser(let username): lines.append("delete user \(username)")
+            case .putMembership(let m): lines.append("member \(m.username) in \(m.unitID)\(m.isPrimary ? " (primary)" : "")")
+            case .deleteMembership(let username, let unit): lines.append("remove \(username) from \(unit)")
+            case .putRole(let role): lines.append("role \(role.name): \(role.permissions.joined(separator: ","))")
+            case .deleteRole(let name): lines.append("delete role \(name)")
+            case .grantRole(let grant): lines.append("grant \(grant.role) to \(grant.username)")
+            case .revokeRole(let grant): lines.append("revoke \(grant.role) from \(grant.username)")
+            case .setState, .requireVersion: continue
+            }
+        }
+        guard !lines.isEmpty else { return nil }
+        return ["changes": String(lines.count), "list": lines.prefix(50).joined(separator: "; ") + (lines.count > 50 ? "; …" : "")]
+    }
+
+    /// A recorder for `DirectoryService.recorder`.
+    public func directoryRecorder(actor: String) -> @Sendable ([DirectoryChange]) async -> Void {
+        { changes in
+            guard let details = Self.summary(changes) else { return }
+            _ = try? await self.record(actor: actor, action: "directory.change", details: details)
+        }
+    }
+
     static func isAnchor(_ seq: Int64) -> Bool { seq == 1 || seq % anchorEvery == 0 }
 
     /// Appends one entry.

@@ -55,9 +55,10 @@ struct LDAPCommand: AsyncParsableCommand {
                 var logger = Logger(label: "switchboard.ldap")
                 logger.logLevel = .warning
                 let stores = try SQLiteStores(directory: configuration.dataDir)
-                let sync = LDAPSync(
+                var sync = LDAPSync(
                     configuration: configuration.ldap, directory: stores, accounts: stores,
                     separator: configuration.directory.groupSeparator, logger: logger)
+                sync.recorder = try cliTrail(configuration, stores).directoryRecorder(actor: "\(cliActor()) (ldap sync)")
                 let report: LDAPSync.Report
                 do {
                     report = try await sync.run(incremental ? .incremental : .full, dryRun: dryRun, force: force)

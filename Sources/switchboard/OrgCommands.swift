@@ -40,7 +40,8 @@ struct Org: AsyncParsableCommand {
         try await withConfigurationErrors {
             let configuration = try options.load()
             let stores = try SQLiteStores(directory: configuration.dataDir)
-            let service = DirectoryService(store: stores, accounts: stores, separator: configuration.directory.groupSeparator)
+            var service = DirectoryService(store: stores, accounts: stores, separator: configuration.directory.groupSeparator)
+            service.recorder = try cliTrail(configuration, stores).directoryRecorder(actor: cliActor())
             try await body(service, configuration)
         }
     }

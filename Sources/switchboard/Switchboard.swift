@@ -1,4 +1,5 @@
 import ArgumentParser
+import Assembly
 import Foundation
 import Logging
 import Directory
@@ -7,6 +8,7 @@ import SQLiteStorage
 import Server
 import ServiceLifecycle
 import Storage
+import Vault
 import XMPPCore
 
 @main
@@ -33,7 +35,7 @@ struct Switchboard: AsyncParsableCommand {
               switchboard org tree
             """,
         version: VersionModule.version,
-        subcommands: [Serve.self, User.self, Org.self, LDAPCommand.self]
+        subcommands: [Serve.self, User.self, Org.self, LDAPCommand.self, Keys.self, Audit.self]
     )
 }
 
@@ -65,6 +67,9 @@ func withConfigurationErrors<T>(_ body: () async throws -> T) async throws -> T 
     } catch let error as StorageError {
         FileHandle.standardError.write(Data("switchboard: storage: \(error.description)\n".utf8))
         throw ExitCode(74)
+    } catch let error as VaultError {
+        FileHandle.standardError.write(Data("switchboard: keys: \(error.description)\n".utf8))
+        throw ExitCode(78)
     } catch let error as DirectoryError {
         FileHandle.standardError.write(Data("switchboard: \(error.description)\n".utf8))
         throw ExitCode(error.kind == .notFound ? 66 : 65)
@@ -105,7 +110,7 @@ struct Serve: AsyncParsableCommand {
                 return handler
             }
             let logger = Logger(label: "switchboard")
-            let stores = try SQLiteStores(directory: configuration.dataDir)
+            let (stores, _) = try await ServerAssembly.openStores(configuration)
             if configuration.bootstrapAdmin, try await stores.accountCount() == 0 {
                 let password = PasswordGenerator.make()
                 let name = "admin"

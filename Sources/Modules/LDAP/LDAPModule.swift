@@ -29,9 +29,11 @@ public struct LDAPModule: ServerModule {
         let directory = self.directory
         let gate = self.gate
         registry.addBackgroundTask { server in
-            let sync = LDAPSync(
+            var ldapSync = LDAPSync(
                 configuration: configuration, directory: server.stores.directory, accounts: server.stores.accounts,
                 separator: directory.configuration.groupSeparator, logger: server.logger)
+            ldapSync.recorder = server.modules.service(TrailService.self)?.trail?.directoryRecorder(actor: "ldap-sync")
+            let sync = ldapSync
             var lastFull = ContinuousClock.now
             var first = true
             while !Task.isCancelled {

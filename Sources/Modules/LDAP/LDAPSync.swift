@@ -35,6 +35,8 @@ public struct LDAPSync: Sendable {
     let separator: String
     let logger: Logger
     let group: any EventLoopGroup
+    /// Records applied runs in the audit trail.
+    public var recorder: (@Sendable ([DirectoryChange]) async -> Void)?
 
     public init(
         configuration: ServerConfiguration.LDAP, directory: any DirectoryStore, accounts: any AccountStore, separator: String = "/",
@@ -74,7 +76,8 @@ public struct LDAPSync: Sendable {
     ///   loading the whole directory, most of an incremental run's time).
     public func run(_ mode: Mode, dryRun: Bool = false, force: Bool = false, current: DirectorySnapshot? = nil) async throws -> Report {
         let started = Date()
-        let service = DirectoryService(store: directory, accounts: accounts, separator: separator)
+        var service = DirectoryService(store: directory, accounts: accounts, separator: separator)
+        service.recorder = recorder
         var phases: [(String, Double)] = []
         var mark = Date()
         func phase(_ name: String) {

@@ -52,6 +52,8 @@ struct MUCEffects: Sendable {
     var persist = false
     /// A groupchat message to archive on the room (as broadcast), with the sender's real bare JID.
     var archive: (stanza: XMLElement, stanzaID: String, sender: String)?
+    /// A message for the audit record (whatever the room's archiving setting).
+    var audit: (stanza: XMLElement, sender: String)?
     /// The room is gone (destroyed, or a temporary room's last occupant left).
     var destroyed = false
     /// Remove the room from storage (it was destroyed).
@@ -471,6 +473,7 @@ struct MUCRoom: Sendable {
         if configuration.archiving, body != nil || out.child(namespace: MUCNS.retract) != nil {
             effects.archive = (out, stanzaID, occupant.bareKey)
         }
+        effects.audit = (out, occupant.bareKey)
         effects.deliveries.append(.shared(SharedStanza(out), allSessions))
         return effects
     }
