@@ -158,6 +158,12 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
-        .testTarget(name: "ServerTests", dependencies: ["SwitchboardTestSupport", "SQLiteStorage", "Server", "Modules", "Directory"]),
+        .testTarget(
+            name: "ServerTests",
+            dependencies: [
+                "SwitchboardTestSupport", "SQLiteStorage", "Server", "Modules", "Directory", "Vault",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
     ]
 )
