@@ -21,7 +21,7 @@ public final class SQLiteStores: Sendable {
     public var stores: Stores {
         Stores(
             accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self, archive: self, uploads: self,
-            pubsub: self, directory: self)
+            pubsub: self, directory: self, certificates: self)
     }
 }
 

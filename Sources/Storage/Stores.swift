@@ -9,11 +9,12 @@ public struct Stores: Sendable {
     public var uploads: any UploadStore
     public var pubsub: any PubSubStore
     public var directory: any DirectoryStore
+    public var certificates: any CertificateStore
 
     public init(
         accounts: any AccountStore, rosters: any RosterStore, offline: any OfflineStore, privateXML: any PrivateXMLStore,
         blocklists: any BlocklistStore, archive: any ArchiveStore, uploads: any UploadStore, pubsub: any PubSubStore,
-        directory: any DirectoryStore
+        directory: any DirectoryStore, certificates: any CertificateStore
     ) {
         self.accounts = accounts
         self.rosters = rosters
@@ -24,5 +25,6 @@ public struct Stores: Sendable {
         self.uploads = uploads
         self.pubsub = pubsub
         self.directory = directory
+        self.certificates = certificates
     }
 }

@@ -31,9 +31,10 @@ struct Switchboard: AsyncParsableCommand {
               switchboard org unit add 研发中心
               switchboard org user add zhangwei --name 张伟 --unit 研发中心 --title 工程师
               switchboard org tree
+              switchboard ca init && switchboard ca issue alice
             """,
         version: VersionModule.version,
-        subcommands: [Serve.self, User.self, Org.self, LDAPCommand.self]
+        subcommands: [Serve.self, User.self, Org.self, LDAPCommand.self, CACommand.self]
     )
 }
 
