@@ -148,6 +148,15 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
-        .testTarget(name: "ServerTests", dependencies: ["SwitchboardTestSupport", "SQLiteStorage", "Server", "Modules", "Directory"]),
+        .testTarget(
+            name: "ServerTests",
+            dependencies: [
+                "SwitchboardTestSupport", "SQLiteStorage", "Server", "Modules", "Directory",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
     ]
 )
