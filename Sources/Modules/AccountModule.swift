@@ -63,6 +63,7 @@ public enum BuiltinModules {
         ]
         if configuration.upload.enabled { modules.append(UploadModule(maxFileBytes: configuration.upload.maxFileBytes)) }
         if configuration.ldap.enabled { modules.append(LDAPModule(configuration: configuration.ldap, directory: directory)) }
+        modules.append(CertificateRevocationModule())
         if !configuration.certificateLogin.isEmpty {
             modules.append(CertificateLoginModule(configuration: configuration.certificateLogin, directory: directory))
         }

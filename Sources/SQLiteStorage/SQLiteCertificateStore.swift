@@ -44,6 +44,13 @@ extension SQLiteStores: CertificateStore {
         }
     }
 
+    public func revocations(since time: Double) async throws -> [IssuedCertificate] {
+        try await database.run { db in
+            try db.query(
+                "SELECT \(Self.columns) FROM issued_certificates WHERE revoked_at >= ? ORDER BY revoked_at", [.double(time)], Self.row)
+        }
+    }
+
     public func revokeCertificate(serial: String, at time: Double, reason: String?) async throws -> Bool {
         try await database.run { db in
             try db.run(

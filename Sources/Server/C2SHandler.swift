@@ -31,6 +31,8 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     /// The client's TLS certificate, evaluated once when the first stream over TLS opens.
     private var clientCertificate: ClientCertificateStatus = .absent
     private var clientCertificateChecked = false
+    /// Serial of the certificate this connection authenticated with (SASL EXTERNAL).
+    private var authenticatedSerial: String?
     private var logger: Logger
     private var context: ChannelHandlerContext?
     private var parser: XMLStreamParser
@@ -728,6 +730,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             switch result {
             case .success(nil):
                 logger.info("certificate login", metadata: ["xmpp.user": "\(username)", "tls.client_serial": "\(identity.serial)"])
+                authenticatedSerial = identity.serial
                 authenticated(username, additionalData: nil)
             case .success(let error?):
                 logger.info(
@@ -852,7 +855,8 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             send(StanzaError(.badRequest, text: "invalid resource").reply(to: iq))
             return nil
         }
-        let handle = SessionHandle(jid: jid, id: server.router.nextID(), eventLoop: context.eventLoop, sink: self)
+        let handle = SessionHandle(
+            jid: jid, id: server.router.nextID(), eventLoop: context.eventLoop, sink: self, certificateSerial: authenticatedSerial)
         if let replaced = server.router.bind(handle) {
             replaced.close(StreamError(.conflict, text: "replaced by a new session with the same resource"))
         }
@@ -1107,7 +1111,9 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             return nil
         }
         let previous = entry.handle
-        let handle = SessionHandle(jid: previous.jid, id: server.router.nextID(), eventLoop: context.eventLoop, sink: self)
+        let handle = SessionHandle(
+            jid: previous.jid, id: server.router.nextID(), eventLoop: context.eventLoop, sink: self,
+            certificateSerial: authenticatedSerial)
         return previous.handOver(to: handle).hop(to: context.eventLoop).assumeIsolated().map { [self] handOver in
             guard let handOver, let context = self.context else {
                 smFailed("item-not-found")

@@ -13,6 +13,9 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
     /// Bare JID string, the router's key.
     public let bareKey: String
     public let id: UInt64
+    /// Serial of the client certificate the session logged in with (SASL EXTERNAL), if any:
+    /// revoking it ends the session.
+    public let certificateSerial: String?
     let eventLoop: any EventLoop
     private let sink: NIOLoopBound<any StanzaSink>
     private let state: NIOLockedValueBox<PresenceState>
@@ -34,10 +37,11 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
         public var detached = false
     }
 
-    init(jid: JID, id: UInt64, eventLoop: any EventLoop, sink: any StanzaSink) {
+    init(jid: JID, id: UInt64, eventLoop: any EventLoop, sink: any StanzaSink, certificateSerial: String? = nil) {
         self.jid = jid
         self.bareKey = jid.bare.description
         self.id = id
+        self.certificateSerial = certificateSerial
         self.eventLoop = eventLoop
         self.sink = NIOLoopBound(sink, eventLoop: eventLoop)
         self.state = NIOLockedValueBox(PresenceState())

@@ -36,6 +36,8 @@ public protocol CertificateStore: Sendable {
     func certificate(serial: String) async throws -> IssuedCertificate?
     /// Certificates of one user, or of everyone when `username` is nil, oldest first.
     func certificates(of username: String?) async throws -> [IssuedCertificate]
+    /// Certificates revoked at or after `time`, for ending the sessions that use them.
+    func revocations(since time: Double) async throws -> [IssuedCertificate]
     /// Marks a certificate revoked; false when the serial is unknown or already revoked.
     func revokeCertificate(serial: String, at time: Double, reason: String?) async throws -> Bool
 }

@@ -204,8 +204,8 @@ struct CACommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Revoke one certificate (by serial) or every certificate of a user.",
             discussion: """
-                The server refuses a revoked certificate at the next login (logins already open stay \
-                open; disable the account to end them at once). Publish a new revocation list \
+                The running server refuses a revoked certificate at the next login and ends the \
+                sessions that logged in with it within about a second. Publish a new revocation list \
                 (switchboard ca crl) for other systems that trust the CA. Reasons RFC 5280 knows \
                 (keyCompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn, \
                 unspecified) also go into the CRL; any other text is only recorded.

@@ -124,6 +124,28 @@ import XMPPCore
         await client.close()
     }
 
+    @Test func revokingEndsSessionsLoggedInWithTheCertificate() async throws {
+        let (server, ca) = try await start()
+        defer { Task { await server.stop() } }
+        let (context, serial) = try await issue(ca, server, "alice")
+        let (client, _) = try await starttls(server, context)
+        #expect(try await client.authenticateExternal().name == "success")
+        _ = try await client.openStream()
+        _ = try await client.bind("token")
+        // A password session of the same user stays.
+        let (other, _) = try await starttls(server, try TestClient.tlsContext())
+        #expect(try await other.scramOutcome("alice", password: "pw").name == "success")
+        _ = try await other.openStream()
+        _ = try await other.bind("desk")
+        #expect(try await server.stores.revokeCertificate(serial: serial, at: Date().timeIntervalSince1970, reason: nil))
+        let error = try await client.next(timeout: .seconds(10))
+        #expect(error.name == "error")
+        #expect(error.child("not-authorized") != nil, "\(XMLSerializer.string(error))")
+        try await other.send("<iq type='get' id='still'><ping xmlns='urn:xmpp:ping'/></iq>")
+        #expect(try await other.next { $0.id == "still" }.stanzaType == "result")
+        await other.close()
+    }
+
     @Test func expiredCertificateIsRefusedWithAReason() async throws {
         let (server, ca) = try await start()
         defer { Task { await server.stop() } }
