@@ -113,6 +113,8 @@ let package = Package(
             dependencies: [
                 "Server", "Modules", "SQLiteStorage", "Directory", "Vault", "Assembly",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -162,6 +164,9 @@ let package = Package(
             name: "ServerTests",
             dependencies: [
                 "SwitchboardTestSupport", "SQLiteStorage", "Server", "Modules", "Directory", "Vault",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),

@@ -65,6 +65,10 @@ public enum BuiltinModules {
         if configuration.ldap.enabled { modules.append(LDAPModule(configuration: configuration.ldap, directory: directory)) }
         if configuration.muc.enabled { modules.append(MUCModule(configuration)) }
         modules.append(AuditModule(configuration: configuration, directory: directory, trail: TrailService()))
+        modules.append(CertificateRevocationModule())
+        if !configuration.certificateLogin.isEmpty {
+            modules.append(CertificateLoginModule(configuration: configuration.certificateLogin, directory: directory))
+        }
         return modules
     }
 }

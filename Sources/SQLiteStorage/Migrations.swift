@@ -225,6 +225,19 @@ enum Migrations {
             PRIMARY KEY (room, jid)
         );
         """,
+        // 10: certificates: client certificates issued by the company CA (SASL EXTERNAL) and their revocation.
+        """
+        CREATE TABLE issued_certificates (
+            serial TEXT PRIMARY KEY,
+            username TEXT NOT NULL,
+            issued_at REAL NOT NULL,
+            not_before REAL NOT NULL,
+            not_after REAL NOT NULL,
+            revoked_at REAL,
+            revocation_reason TEXT
+        );
+        CREATE INDEX issued_certificates_user ON issued_certificates (username, issued_at);
+        """,
     ]
 
     static func migrate(_ connection: Connection) throws {

@@ -36,7 +36,7 @@ public final class SQLiteStores: Sendable {
     public var stores: Stores {
         Stores(
             accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self, archive: self, uploads: self,
-            pubsub: self, directory: self, muc: self, audit: self, accessRequests: self, trail: self)
+            pubsub: self, directory: self, muc: self, audit: self, accessRequests: self, trail: self, certificates: self)
     }
 
     /// A value to store: sealed when a cipher is set, UTF-8 text otherwise.

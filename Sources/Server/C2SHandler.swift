@@ -26,6 +26,13 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     private let server: ServerContext
     private let transport: C2STransport
     private let tlsContext: NIOSSLContext?
+    /// Set when the server requests client certificates (a company CA exists).
+    private let clientCertificates: ClientCertificateVerifier?
+    /// The client's TLS certificate, evaluated once when the first stream over TLS opens.
+    private var clientCertificate: ClientCertificateStatus = .absent
+    private var clientCertificateChecked = false
+    /// Serial of the certificate this connection authenticated with (SASL EXTERNAL).
+    private var authenticatedSerial: String?
     private var logger: Logger
     private var context: ChannelHandlerContext?
     private var parser: XMLStreamParser
@@ -62,10 +69,11 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     private static let pauseReadingAt = 8
     private var readingPaused = false
 
-    init(server: ServerContext, transport: C2STransport, tlsContext: NIOSSLContext?) {
+    init(server: ServerContext, transport: C2STransport, tlsContext: NIOSSLContext?, clientCertificates: ClientCertificateVerifier? = nil) {
         self.server = server
         self.transport = transport
         self.tlsContext = tlsContext
+        self.clientCertificates = clientCertificates
         self.logger = server.logger
         self.secure = transport == .tcp(directTLS: true)
         self.parser = Self.makeParser(server: server, transport: transport)
@@ -348,9 +356,11 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         send(features)
     }
 
-    /// SCRAM always; PLAIN only where the channel is encrypted (or loopback WebSocket behind a TLS proxy).
+    /// EXTERNAL when the client presented a valid certificate (XEP-0178); SCRAM always; PLAIN
+    /// only where the channel is encrypted (or loopback WebSocket behind a TLS proxy).
     private var offeredMechanisms: [String] {
         var names = [SCRAMHash.sha256.mechanismName, SCRAMHash.sha1.mechanismName]
+        if secure, case .valid = clientCertificate { names.insert("EXTERNAL", at: 0) }
         if secure || transport == .websocket { names.append("PLAIN") }
         return names
     }
@@ -395,6 +405,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             }
         }
         sendStreamHeader()
+        checkClientCertificate()
         if let to = root[attribute: "to"], (try? JID(to))?.description != server.domain {
             terminate(StreamError(.hostUnknown, text: "this server serves \(server.domain)"))
             return
@@ -474,7 +485,8 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         send(XMLElement("proceed", xmlns: NS.tls))
         context.flush()
         do {
-            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext), position: .first)
+            try context.pipeline.syncOperations.addHandler(
+                TLSSetup.serverHandler(context: tlsContext, requestsClientCertificates: clientCertificates != nil), position: .first)
         } catch {
             logger.error("could not start TLS", metadata: ["error": "\(error)"])
             context.close(promise: nil)
@@ -525,6 +537,14 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             return nil
         }
         let mechanism = element[attribute: "mechanism"] ?? ""
+        if mechanism == "EXTERNAL", secure, clientCertificates != nil {
+            if throttled(account: nil, address: remoteAddress) { return nil }
+            guard let payload = decodePayload(element) else {
+                saslFailure(.incorrectEncoding, account: nil, countsAsFailure: false)
+                return nil
+            }
+            return authenticateEXTERNAL(payload)
+        }
         guard offeredMechanisms.contains(mechanism) else {
             if mechanism == "PLAIN" && !secure {
                 saslFailure(.encryptionRequired, account: nil, countsAsFailure: false)
@@ -584,6 +604,11 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
                 saslFailure(.accountDisabled, account: username, countsAsFailure: false)
                 return nil
             }
+            if let refusal = server.passwordLoginRefusal(username) {
+                logger.info("password login refused: certificate required", metadata: ["xmpp.user": "\(username)"])
+                saslFailure(refusal, account: username, countsAsFailure: true)
+                return nil
+            }
             authenticated(username, additionalData: serverFinal)
         } catch {
             saslFailure(error, account: username, countsAsFailure: true)
@@ -600,7 +625,8 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         sasl = .lookingUp
         let server = self.server
         return runAsync({ () -> SASLError? in
-            try await server.verifyPassword(username, password)
+            // The certificate-login policy speaks only after the password proved right.
+            try await server.verifyPassword(username, password) ?? server.passwordLoginRefusal(username)
         }) { [self] result in
             sasl = .idle
             switch result {
@@ -610,6 +636,112 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
                 saslFailure(error, account: username, countsAsFailure: error.condition == .notAuthorized)
             case .failure(let error):
                 logger.error("account lookup failed", metadata: ["error": "\(error)"])
+                saslFailure(.temporaryAuthFailure, account: nil, countsAsFailure: false)
+            }
+        }
+    }
+
+    // MARK: - SASL EXTERNAL with the TLS client certificate (XEP-0178)
+
+    /// Reads the TLS peer certificate once the first stream over TLS opens (the handshake is
+    /// complete by then: the client sent application data).
+    private func checkClientCertificate() {
+        guard secure, !clientCertificateChecked, let clientCertificates, let context, transport != .websocket else { return }
+        clientCertificateChecked = true
+        let peer = (try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self))?.peerCertificate
+        clientCertificate = clientCertificates.evaluate(peer, domain: server.domain)
+        switch clientCertificate {
+        case .absent: break
+        case .invalid(let reason):
+            logger.debug("client certificate unusable", metadata: ["tls.client_certificate": "\(reason)"])
+        case .valid(let identity):
+            logger.debug("client certificate", metadata: ["tls.client_serial": "\(identity.serial)"])
+        }
+    }
+
+    /// RFC 6120 §6.4, XEP-0178: the certificate authenticates; the authzid (or, when empty, the
+    /// certificate's only address) names the account, which must be one of its xmppAddrs.
+    private func authenticateEXTERNAL(_ payload: [UInt8]) -> EventLoopFuture<Void>? {
+        let identity: ClientCertificateIdentity
+        switch clientCertificate {
+        case .valid(let valid):
+            identity = valid
+        case .invalid(let reason):
+            logger.info("certificate login refused", metadata: ["sasl.reason": "\(reason)"])
+            saslFailure(SASLError(.notAuthorized, text: reason), account: nil, countsAsFailure: true)
+            return nil
+        case .absent:
+            saslFailure(
+                SASLError(.invalidMechanism, text: "no client certificate was presented in the TLS handshake"), account: nil,
+                countsAsFailure: false)
+            return nil
+        }
+        guard let authzid = String(validating: payload, as: UTF8.self) else {
+            saslFailure(.malformedRequest, account: nil, countsAsFailure: false)
+            return nil
+        }
+        let address: JID
+        if authzid.isEmpty {
+            guard identity.addresses.count == 1 else {
+                saslFailure(
+                    SASLError(.invalidAuthzid, text: "the certificate names several addresses; send the one to log in as"),
+                    account: nil, countsAsFailure: false)
+                return nil
+            }
+            address = identity.addresses[0]
+        } else {
+            guard let requested = try? JID(authzid), requested.resourcepart == nil,
+                let match = identity.addresses.first(where: { $0 == requested })
+            else {
+                logger.info(
+                    "certificate login refused: certificate of another user",
+                    metadata: ["tls.client_serial": "\(identity.serial)", "sasl.authzid": "\(authzid)"])
+                saslFailure(
+                    SASLError(.notAuthorized, text: "the client certificate does not name \(authzid)"), account: nil,
+                    countsAsFailure: true)
+                return nil
+            }
+            address = match
+        }
+        guard let username = address.localpart else {
+            saslFailure(.notAuthorized, account: nil, countsAsFailure: true)
+            return nil
+        }
+        if throttled(account: username, address: nil) { return nil }
+        sasl = .lookingUp
+        let stores = server.stores
+        return runAsync({ () -> SASLError? in
+            guard let account = try await stores.accounts.account(username) else {
+                return SASLError(.notAuthorized, text: "the account named by the client certificate does not exist")
+            }
+            let record = try await stores.certificates.certificate(serial: identity.serial)
+            if let record, let revokedAt = record.revokedAt {
+                let date = ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: revokedAt))
+                return SASLError(.notAuthorized, text: "the client certificate was revoked on \(date)")
+            }
+            if let record, record.username != username {
+                return SASLError(.notAuthorized, text: "the client certificate was issued to another user")
+            }
+            if record == nil, identity.issuedByLocalAuthority {
+                return SASLError(.notAuthorized, text: "the client certificate is not in this server's record of issued certificates")
+            }
+            return account.disabled ? .accountDisabled : nil
+        }) { [self] result in
+            sasl = .idle
+            switch result {
+            case .success(nil):
+                logger.info("certificate login", metadata: ["xmpp.user": "\(username)", "tls.client_serial": "\(identity.serial)"])
+                authenticatedSerial = identity.serial
+                authenticated(username, additionalData: nil)
+            case .success(let error?):
+                logger.info(
+                    "certificate login refused",
+                    metadata: [
+                        "xmpp.user": "\(username)", "tls.client_serial": "\(identity.serial)", "sasl.reason": "\(error.text ?? error.condition.rawValue)",
+                    ])
+                saslFailure(error, account: username, countsAsFailure: error.condition == .notAuthorized)
+            case .failure(let error):
+                logger.error("certificate lookup failed", metadata: ["error": "\(error)"])
                 saslFailure(.temporaryAuthFailure, account: nil, countsAsFailure: false)
             }
         }
@@ -724,7 +856,8 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             send(StanzaError(.badRequest, text: "invalid resource").reply(to: iq))
             return nil
         }
-        let handle = SessionHandle(jid: jid, id: server.router.nextID(), eventLoop: context.eventLoop, sink: self)
+        let handle = SessionHandle(
+            jid: jid, id: server.router.nextID(), eventLoop: context.eventLoop, sink: self, certificateSerial: authenticatedSerial)
         if let replaced = server.router.bind(handle) {
             replaced.close(StreamError(.conflict, text: "replaced by a new session with the same resource"))
         }
@@ -1015,7 +1148,9 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             return nil
         }
         let previous = entry.handle
-        let handle = SessionHandle(jid: previous.jid, id: server.router.nextID(), eventLoop: context.eventLoop, sink: self)
+        let handle = SessionHandle(
+            jid: previous.jid, id: server.router.nextID(), eventLoop: context.eventLoop, sink: self,
+            certificateSerial: authenticatedSerial)
         return previous.handOver(to: handle).hop(to: context.eventLoop).assumeIsolated().map { [self] handOver in
             guard let handOver, let context = self.context else {
                 smFailed("item-not-found")

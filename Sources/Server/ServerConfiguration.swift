@@ -29,6 +29,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
     public var ldap: LDAP = LDAP()
     public var security: Security = Security()
     public var muc: MUC = MUC()
+    public var certificateLogin: CertificateLogin = CertificateLogin()
 
     public init() {}
 
@@ -90,7 +91,31 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
         public var certificate: String?
         /// PEM private key for `certificate`.
         public var privateKey: String?
+        /// PEM file of CA certificates whose client certificates may log in (SASL EXTERNAL), in
+        /// addition to the server's own CA in `data_dir/ca` (`switchboard ca init`).
+        public var clientCA: String?
         public init() {}
+    }
+
+    /// Who must log in with a client certificate (SASL EXTERNAL) rather than a password.
+    public struct CertificateLogin: Sendable, Codable, Hashable {
+        /// Users holding any of these directory roles (e.g. admin, auditor).
+        public var requiredRoles: [String] = []
+        /// Users in any of these directory units or units below them (unit ids or paths).
+        public var requiredUnits: [String] = []
+        public init() {}
+
+        public var isEmpty: Bool { requiredRoles.isEmpty && requiredUnits.isEmpty }
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case requiredRoles = "required_roles", requiredUnits = "required_units"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            requiredRoles = try container.decodeIfPresent([String].self, forKey: .requiredRoles) ?? []
+            requiredUnits = try container.decodeIfPresent([String].self, forKey: .requiredUnits) ?? []
+        }
     }
 
     public struct Limits: Sendable, Codable, Hashable {
@@ -180,7 +205,7 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case domain, dataDir = "data_dir", logLevel = "log_level", logFormat = "log_format", bootstrapAdmin = "bootstrap_admin", threads
-        case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration, upload, directory, ldap, muc, security
+        case c2s, c2sDirectTLS = "c2s_direct_tls", http, tls, limits, registration, upload, directory, ldap, muc, security, certificateLogin = "certificate_login"
     }
 }
 
@@ -200,7 +225,7 @@ extension ServerConfiguration.Listener {
 
 extension ServerConfiguration.TLS {
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case certificate, privateKey = "private_key"
+        case certificate, privateKey = "private_key", clientCA = "client_ca"
     }
 }
 
@@ -252,6 +277,7 @@ extension ServerConfiguration {
         ldap = try container.decodeIfPresent(LDAP.self, forKey: .ldap) ?? defaults.ldap
         muc = try container.decodeIfPresent(MUC.self, forKey: .muc) ?? defaults.muc
         security = try container.decodeIfPresent(Security.self, forKey: .security) ?? defaults.security
+        certificateLogin = try container.decodeIfPresent(CertificateLogin.self, forKey: .certificateLogin) ?? defaults.certificateLogin
     }
 
     /// A listener section falls back to the defaults key by key, so `c2s: {port: 0}` keeps `bind`.
@@ -291,6 +317,7 @@ extension ServerConfiguration {
         "ldap.attributes": Set(LDAP.Attributes.CodingKeys.allCases.map(\.rawValue)),
         "muc": Set(MUC.CodingKeys.allCases.map(\.rawValue)),
         "security": Set(Security.CodingKeys.allCases.map(\.rawValue)),
+        "certificate_login": Set(CertificateLogin.CodingKeys.allCases.map(\.rawValue)),
     ]
 
     /// Parses and validates YAML text. `source` names the file in messages.
@@ -359,6 +386,7 @@ extension ServerConfiguration {
         case is Int.Type: return "an integer"
         case is Bool.Type: return "true or false"
         case is String.Type: return "a string"
+        case is [String].Type, is [Any].Type: return "a list of strings, e.g. [admin, auditor]"
         default: return "of type \(type)"
         }
     }
@@ -388,6 +416,15 @@ extension ServerConfiguration {
         }
         if (tls.certificate == nil) != (tls.privateKey == nil) {
             throw fail(tls.certificate == nil ? "tls.certificate" : "tls.private_key", "must be set together with the other")
+        }
+        if let clientCA = tls.clientCA, clientCA.isEmpty { throw fail("tls.client_ca", "must be a file path when set") }
+        for (key, values) in [("certificate_login.required_roles", certificateLogin.requiredRoles), ("certificate_login.required_units", certificateLogin.requiredUnits)] {
+            if let bad = values.first(where: { $0.trimmingCharacters(in: .whitespaces).isEmpty }) {
+                throw fail(key, "must list non-empty names (got '\(bad)')")
+            }
+        }
+        if !certificateLogin.isEmpty, !c2s.enabled, !c2sDirectTLS.enabled {
+            throw fail("certificate_login", "requires a client listener (c2s or c2s_direct_tls): certificates are presented over TLS")
         }
         if limits.maxStanzaBytes < 1024 || limits.maxStanzaBytes > 16 * 1024 * 1024 {
             throw fail("limits.max_stanza_bytes", "must be between 1024 and 16777216 (got \(limits.maxStanzaBytes))")

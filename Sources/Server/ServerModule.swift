@@ -138,6 +138,17 @@ public enum PasswordCheck: Sendable {
 /// Checks a password against an external authority (e.g. LDAP bind). Must bound its own time.
 public typealias PasswordVerifier = @Sendable (_ username: String, _ password: String, _ server: ServerContext) async -> PasswordCheck
 
+/// Whether an account may log in with a password (SCRAM, PLAIN) or must present a certificate.
+public enum PasswordLoginVerdict: Sendable, Equatable {
+    case allowed
+    /// Only SASL EXTERNAL with a client certificate; the text tells the user why.
+    case certificateRequired(String)
+}
+
+/// Decides, after the password was checked and found right, whether password login is allowed
+/// for `username`. Synchronous and consulted on the login path: answer from memory.
+public typealias PasswordLoginPolicy = @Sendable (_ username: String, _ server: ServerContext) -> PasswordLoginVerdict
+
 public typealias StanzaHook = @Sendable (StanzaHookContext) async throws -> HookResult
 public typealias SessionHook = @Sendable (SessionHandle, ServerContext) async throws -> Void
 /// Handles a nonza on the session's event loop; returns false if the element is not understood.
@@ -203,6 +214,7 @@ public struct ModuleRegistry: Sendable {
     private(set) var passwordVerifiers: [PasswordVerifier] = []
     private(set) var groupMessageHooks: [GroupMessageHook] = []
     private(set) var httpRoutes: [(prefix: String, handler: HTTPRouteHandler)] = []
+    private(set) var passwordLoginPolicies: [PasswordLoginPolicy] = []
     private(set) var boundHooks: [(HookPriority, SessionHook)] = []
     private(set) var availableHooks: [(HookPriority, SessionHook)] = []
     private(set) var sessionEndHooks: [(HookPriority, SessionHook)] = []
@@ -303,6 +315,11 @@ public struct ModuleRegistry: Sendable {
     /// local SCRAM credentials are consulted.
     public mutating func addPasswordVerifier(_ verifier: @escaping PasswordVerifier) {
         passwordVerifiers.append(verifier)
+    }
+
+    /// Restricts password login (e.g. to require certificates for administrators).
+    public mutating func addPasswordLoginPolicy(_ policy: @escaping PasswordLoginPolicy) {
+        passwordLoginPolicies.append(policy)
     }
 
     /// A session bound its resource; runs before the bind result is sent, so per-user state

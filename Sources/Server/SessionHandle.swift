@@ -15,6 +15,9 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
     /// Full JID string (the `to` of everything delivered to this session).
     public let fullKey: String
     public let id: UInt64
+    /// Serial of the client certificate the session logged in with (SASL EXTERNAL), if any:
+    /// revoking it ends the session.
+    public let certificateSerial: String?
     let eventLoop: any EventLoop
     private let sink: NIOLoopBound<any StanzaSink>
     private let state: NIOLockedValueBox<PresenceState>
@@ -36,11 +39,12 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
         public var detached = false
     }
 
-    init(jid: JID, id: UInt64, eventLoop: any EventLoop, sink: any StanzaSink) {
+    init(jid: JID, id: UInt64, eventLoop: any EventLoop, sink: any StanzaSink, certificateSerial: String? = nil) {
         self.jid = jid
         self.bareKey = jid.bare.description
         self.fullKey = jid.description
         self.id = id
+        self.certificateSerial = certificateSerial
         self.eventLoop = eventLoop
         self.sink = NIOLoopBound(sink, eventLoop: eventLoop)
         self.state = NIOLockedValueBox(PresenceState())

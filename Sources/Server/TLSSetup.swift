@@ -8,7 +8,13 @@ import X509
 /// Loads the configured certificate, or creates (once) and reuses a self-signed one.
 enum TLSSetup {
     /// Builds the server TLS context: TLS 1.2 minimum, the configured or generated certificate.
-    static func makeContext(configuration: ServerConfiguration, logger: Logger) throws -> NIOSSLContext {
+    ///
+    /// With `clientAuthorities` (the company CA), the server asks clients for a certificate
+    /// (naming those CAs, so a token or phone offers the right one) without requiring one; the
+    /// certificate is checked by `ClientCertificateVerifier` at SASL EXTERNAL time.
+    static func makeContext(
+        configuration: ServerConfiguration, logger: Logger, clientAuthorities: [NIOSSLCertificate] = []
+    ) throws -> NIOSSLContext {
         let certificatePath: String
         let keyPath: String
         if let certificate = configuration.tls.certificate, let key = configuration.tls.privateKey {
@@ -47,7 +53,22 @@ enum TLSSetup {
             .TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, .TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
             .TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, .TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
         ]
+        if !clientAuthorities.isEmpty {
+            tls.certificateVerification = .optionalVerification
+            tls.trustRoots = .certificates(clientAuthorities)
+            tls.sendCANameList = true
+        }
         return try NIOSSLContext(configuration: tls)
+    }
+
+    /// The TLS handler for a client connection. With client certificates requested, any
+    /// certificate whose key the client proves to hold is let through the handshake (see
+    /// `ClientCertificateVerifier` for why and where it is checked).
+    static func serverHandler(context: NIOSSLContext, requestsClientCertificates: Bool) -> NIOSSLServerHandler {
+        guard requestsClientCertificates else { return NIOSSLServerHandler(context: context) }
+        return NIOSSLServerHandler(context: context) { _, promise in
+            promise.succeed(.certificateVerified)
+        }
     }
 
     /// Writes a P-256 self-signed certificate for `domain` (valid ten years) and its key (mode 0600).

@@ -76,8 +76,14 @@ public final class XMPPServer: Service, Sendable {
         let configuration = context.configuration
         let logger = context.logger
         let tlsContext: NIOSSLContext
+        let clientCertificates: ClientCertificateVerifier?
         do {
-            tlsContext = try TLSSetup.makeContext(configuration: configuration, logger: logger)
+            clientCertificates = try ClientCertificateVerifier.load(configuration: configuration)
+            tlsContext = try TLSSetup.makeContext(
+                configuration: configuration, logger: logger, clientAuthorities: clientCertificates?.trustRoots ?? [])
+            if clientCertificates != nil {
+                logger.info("client certificates requested on c2s listeners (SASL EXTERNAL)")
+            }
         } catch {
             failWaiters(error)
             throw error
@@ -92,12 +98,14 @@ public final class XMPPServer: Service, Sendable {
         var ports = BoundPorts(pid: getpid())
         do {
             if configuration.c2s.enabled {
-                let channel = try await bindC2S(configuration.c2s, transport: .tcp(directTLS: false), tls: tlsContext)
+                let channel = try await bindC2S(
+                    configuration.c2s, transport: .tcp(directTLS: false), tls: tlsContext, clientCertificates: clientCertificates)
                 channels.append(channel)
                 ports.c2s = channel.localAddress?.port
             }
             if configuration.c2sDirectTLS.enabled {
-                let channel = try await bindC2S(configuration.c2sDirectTLS, transport: .tcp(directTLS: true), tls: tlsContext)
+                let channel = try await bindC2S(
+                    configuration.c2sDirectTLS, transport: .tcp(directTLS: true), tls: tlsContext, clientCertificates: clientCertificates)
                 channels.append(channel)
                 ports.c2sDirectTLS = channel.localAddress?.port
             }
@@ -177,17 +185,19 @@ public final class XMPPServer: Service, Sendable {
     }
 
     private func bindC2S(
-        _ listener: ServerConfiguration.Listener, transport: C2STransport, tls: NIOSSLContext
+        _ listener: ServerConfiguration.Listener, transport: C2STransport, tls: NIOSSLContext,
+        clientCertificates: ClientCertificateVerifier?
     ) async throws -> any Channel {
         let context = self.context
         return try await bootstrap()
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if transport == .tcp(directTLS: true) {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
+                        try channel.pipeline.syncOperations.addHandler(
+                            TLSSetup.serverHandler(context: tls, requestsClientCertificates: clientCertificates != nil))
                     }
                     try channel.pipeline.syncOperations.addHandler(
-                        C2SHandler(server: context, transport: transport, tlsContext: tls))
+                        C2SHandler(server: context, transport: transport, tlsContext: tls, clientCertificates: clientCertificates))
                 }
             }
             .bind(host: listener.bind, port: listener.port)

@@ -13,12 +13,13 @@ public struct Stores: Sendable {
     public var audit: any AuditArchiveStore
     public var accessRequests: any AccessRequestStore
     public var trail: any TrailStore
+    public var certificates: any CertificateStore
 
     public init(
         accounts: any AccountStore, rosters: any RosterStore, offline: any OfflineStore, privateXML: any PrivateXMLStore,
         blocklists: any BlocklistStore, archive: any ArchiveStore, uploads: any UploadStore, pubsub: any PubSubStore,
         directory: any DirectoryStore, muc: any MUCStore, audit: any AuditArchiveStore, accessRequests: any AccessRequestStore,
-        trail: any TrailStore
+        trail: any TrailStore, certificates: any CertificateStore
     ) {
         self.accounts = accounts
         self.rosters = rosters
@@ -33,5 +34,6 @@ public struct Stores: Sendable {
         self.audit = audit
         self.accessRequests = accessRequests
         self.trail = trail
+        self.certificates = certificates
     }
 }

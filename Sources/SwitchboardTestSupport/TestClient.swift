@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import NIOSSL
 import XMLStream
 import XMPPCore
 
@@ -8,18 +9,22 @@ import XMPPCore
 /// elements, log in with SCRAM. Independent of the server's session code.
 public final class TestClient: @unchecked Sendable {
     // @unchecked: used from one test task at a time.
-    private let channel: any Channel
+    let channel: any Channel
     private var iterator: AsyncStream<ByteBuffer>.AsyncIterator
     private var parser = XMLStreamParser()
     private var buffered: [XMLStreamEvent] = []
     public private(set) var jid: String?
     public let domain: String
 
-    public static func connect(port: Int, domain: String = "example.test") async throws -> TestClient {
+    /// Connects over TCP; with `directTLS`, TLS starts before any XMPP (XEP-0368).
+    public static func connect(port: Int, domain: String = "example.test", directTLS: NIOSSLContext? = nil) async throws -> TestClient {
         let (stream, continuation) = AsyncStream.makeStream(of: ByteBuffer.self)
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let directTLS {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: directTLS, serverHostname: nil))
+                    }
                     try channel.pipeline.syncOperations.addHandler(Collector(continuation))
                 }
             }

@@ -33,9 +33,10 @@ struct Switchboard: AsyncParsableCommand {
               switchboard org unit add 研发中心
               switchboard org user add zhangwei --name 张伟 --unit 研发中心 --title 工程师
               switchboard org tree
+              switchboard ca init && switchboard ca issue alice
             """,
         version: VersionModule.version,
-        subcommands: [Serve.self, User.self, Org.self, LDAPCommand.self, Keys.self, Audit.self]
+        subcommands: [Serve.self, User.self, Org.self, LDAPCommand.self, Keys.self, Audit.self, CACommand.self]
     )
 }
 

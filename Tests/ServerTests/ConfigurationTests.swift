@@ -52,6 +52,9 @@ import Testing
         ("tls: {certificate: /x.pem}", "'tls.private_key' must be set together"),
         ("limits: {max_stanza_bytes: 10}", "'limits.max_stanza_bytes' must be between"),
         ("c2s: 5", "'c2s' must be a mapping"),
+        ("certificate_login: {roles: [admin]}", "unknown key 'certificate_login.roles'"),
+        ("certificate_login: {required_roles: ['']}", "'certificate_login.required_roles' must list non-empty names"),
+        ("tls: {client_ca: ''}", "'tls.client_ca' must be a file path"),
         ("- a\n- b", "top level must be a mapping"),
         ("muc: {rooms: 5}", "unknown key 'muc.rooms'"),
         ("muc: {domain: localhost}", "'muc.domain' must be a host name other than 'domain'"),
@@ -69,5 +72,15 @@ import Testing
         } catch {
             Issue.record("unexpected error \(error)")
         }
+    }
+
+    @Test func certificateLoginSection() throws {
+        let configuration = try ServerConfiguration.parse(
+            yaml: "certificate_login: {required_roles: [admin, auditor], required_units: [finance]}\ntls: {client_ca: /etc/ca.pem}\n",
+            source: "t")
+        #expect(configuration.certificateLogin.requiredRoles == ["admin", "auditor"])
+        #expect(configuration.certificateLogin.requiredUnits == ["finance"])
+        #expect(configuration.tls.clientCA == "/etc/ca.pem")
+        #expect(ServerConfiguration().certificateLogin.isEmpty)
     }
 }
