@@ -509,6 +509,9 @@ def parse_args(argv):
     ap.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
                     help="before each case wait up to this long for other processes to use < 0.15 cores "
                          "(default 120; --quick: 0)")
+    ap.add_argument("--switchboard-config", default="", metavar="YAML",
+                    help="lines appended to Switchboard's generated configuration, e.g. "
+                         "'security: {encryption: false, audit: false}' to measure what encryption and audit cost")
     ap.add_argument("--no-build", action="store_true", help="use the binaries as they are")
     ap.add_argument("--build-config", default="release", choices=["release", "debug"])
     ap.add_argument("--scratch-path", default=str(REPO / ".build-bench"))
@@ -652,7 +655,7 @@ def main(argv=None) -> int:
 def make_server(name: str, root: Path, opts) -> S.Server:
     certs = root / "certs"
     if name == "switchboard":
-        return S.Switchboard(root, certs, opts.archive, opts.switchboard_bin)
+        return S.Switchboard(root, certs, opts.archive, opts.switchboard_bin, extra=opts.switchboard_config)
     if name == "prosody":
         return S.Prosody(root, certs, opts.archive, extras=opts.peer_extras)
     return S.Ejabberd(root, certs, opts.archive, extras=opts.peer_extras)

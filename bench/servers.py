@@ -217,7 +217,7 @@ class Switchboard(Server):
     archive_supported = False
     archive_always = True
 
-    def __init__(self, root: Path, certs: Path, archive: bool, binary: Path):
+    def __init__(self, root: Path, certs: Path, archive: bool, binary: Path, extra: str = ""):
         super().__init__(root, certs, archive)
         self.bin = binary
         self.config = self.dir / "switchboard.yaml"
@@ -237,7 +237,8 @@ class Switchboard(Server):
             f"c2s_direct_tls: {{bind: {HOST}, port: {self.tls_port}}}\n"
             f"http: {{bind: {HOST}, port: {self.http_port}}}\n"
             f"tls: {{certificate: {certs / 'cert.pem'}, private_key: {certs / 'key.pem'}}}\n"
-            "limits: {max_login_failures: 100000}\n")
+            "limits: {max_login_failures: 100000}\n"
+            + (extra.replace("\\n", "\n") + "\n" if extra else ""))
 
     def start(self) -> None:
         self.status_file.unlink(missing_ok=True)

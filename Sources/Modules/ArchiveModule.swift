@@ -18,6 +18,8 @@ public struct ArchiveModule: ServerModule {
     static let rsm = "http://jabber.org/protocol/rsm"
     /// Annotation keys (see `MessageEvent.annotations`).
     static let incomingPosition = "archive.position.in"
+    /// Annotation: the routed message serialised (for the audit record).
+    public static let routedText = "archive.routedText"
     static let outgoingPosition = "archive.position.out"
     public static let senderArchiveID = "archive.sender-id"
     private let writer = ArchiveWriter()
@@ -57,10 +59,13 @@ public struct ArchiveModule: ServerModule {
                 let uid = stanza.elements.first { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
                     .flatMap { $0[attribute: "id"] } ?? ArchiveIDGenerator.uid()
                 let position = event.annotations[Self.incomingPosition].flatMap(Int64.init) ?? ids.next()
+                let serialized = XMLSerializer.string(stanza)
+                // The audit record stores the message as routed: the same text.
+                event.annotations[Self.routedText] = serialized
                 records.append(
                     ArchiveRecord(
                         id: position, uid: uid, owner: owner, peer: from.bare.description, outgoing: false, time: now,
-                        stanza: XMLSerializer.string(stanza)))
+                        stanza: serialized))
             }
             if server.isLocal(from), from.localpart != nil, from.bare != event.to.bare {
                 // The sender's copy must not carry another archive's id (XEP-0313 §5.1).

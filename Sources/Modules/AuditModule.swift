@@ -70,7 +70,7 @@ public struct AuditModule: ServerModule {
         }
         guard configuration.security.audit else { return }
         registry.onMessageRouted(.low) { event in
-            guard let record = Self.record(event.stanza, to: event.to) else { return }
+            guard let record = Self.record(event.stanza, to: event.to, text: event.annotations[ArchiveModule.routedText]) else { return }
             writer.enqueue([record], server: event.server)
         }
         registry.onGroupMessage { event in
@@ -115,13 +115,13 @@ public struct AuditModule: ServerModule {
         stanza.elements.filter { $0.namespace == "jabber:x:oob" }.compactMap { $0.child("url")?.text }
     }
 
-    static func record(_ stanza: XMLElement, to: JID) -> AuditRecord? {
+    static func record(_ stanza: XMLElement, to: JID, text: String? = nil) -> AuditRecord? {
         guard stanza.stanzaType != "error", stanza.stanzaType != "groupchat", hasContent(stanza),
             let from = stanza[attribute: "from"].flatMap({ try? JID($0) })
         else { return nil }
         return AuditRecord(
             time: Date().timeIntervalSince1970, sender: from.bare.description, recipients: [to.bare.description],
-            type: stanza.stanzaType ?? "normal", stanza: XMLSerializer.string(stanza), attachments: attachments(stanza))
+            type: stanza.stanzaType ?? "normal", stanza: text ?? XMLSerializer.string(stanza), attachments: attachments(stanza))
     }
 
     static func record(_ stanza: XMLElement, room: String, sender: String) -> AuditRecord? {

@@ -79,12 +79,14 @@ public struct MasterKey: Sendable {
 public final class KeyRing: FieldCipher, Sendable {
     static let magic: [UInt8] = [0x00, 0x53, 0x42, 0x01]
     private let keys: [Int64: SymmetricKey]
+    private let activeKey: SymmetricKey?
     public let activeKeyID: Int64
     public let master: MasterKey
 
     init(master: MasterKey, keys: [Int64: SymmetricKey], active: Int64) {
         self.master = master
         self.keys = keys
+        self.activeKey = keys[active]
         self.activeKeyID = active
     }
 
@@ -151,20 +153,24 @@ public final class KeyRing: FieldCipher, Sendable {
         value.count >= 4 + 4 + 12 + 16 && value.starts(with: Self.magic)
     }
 
-    private static func authenticated(_ context: String, _ keyID: Int64) -> Data {
-        Data(context.utf8) + Data([0]) + Data(String(keyID).utf8)
+    /// Context ‖ 0 ‖ key id: what a sealed value is bound to.
+    private static func authenticated(_ context: String, _ keyID: Int64) -> [UInt8] {
+        var bytes = Array(context.utf8)
+        bytes.append(0)
+        bytes.append(contentsOf: String(keyID).utf8)
+        return bytes
     }
 
     public func seal(_ plaintext: [UInt8], context: String) throws -> [UInt8] {
-        guard let key = keys[activeKeyID] else { throw VaultError("no active data key") }
+        guard let key = activeKey else { throw VaultError("no active data key") }
         let box = try AES.GCM.seal(plaintext, using: key, authenticating: Self.authenticated(context, activeKeyID))
-        var out = Self.magic
-        out.reserveCapacity(4 + 4 + 12 + plaintext.count + 16)
+        guard let combined = box.combined else { throw VaultError("cannot seal") }  // nonce ‖ ciphertext ‖ tag
+        var out = [UInt8]()
+        out.reserveCapacity(8 + combined.count)
+        out.append(contentsOf: Self.magic)
         let id = UInt32(truncatingIfNeeded: activeKeyID)
-        out += [UInt8(id >> 24), UInt8(id >> 16 & 0xff), UInt8(id >> 8 & 0xff), UInt8(id & 0xff)]
-        out += Array(box.nonce)
-        out += Array(box.ciphertext)
-        out += Array(box.tag)
+        out.append(contentsOf: [UInt8(id >> 24), UInt8(id >> 16 & 0xff), UInt8(id >> 8 & 0xff), UInt8(id & 0xff)])
+        out.append(contentsOf: combined)
         return out
     }
 
