@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "Tests" / "e2e"))
 from slapd_fixture import Slapd  # noqa: E402  (the same slapd set-up as the end-to-end tests)
+from netutil import free_port  # noqa: E402
 SERVER_CORE, GENERATOR_CORE = "0", "1"
 TARGETS = {"full_sync_s": 60.0, "incremental_sync_s": 1.0, "search_p99_ms": 10.0, "roster_p99_ms": 50.0}
 
@@ -39,11 +40,6 @@ TARGETS = {"full_sync_s": 60.0, "incremental_sync_s": 1.0, "search_p99_ms": 10.0
 def log(message):
     print(f"[directory-bench] {message}", file=sys.stderr, flush=True)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd, **kwargs):

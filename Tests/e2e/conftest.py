@@ -30,6 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from xmpp_client import Session  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from netutil import free_port, port_open  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "example.test"
 MAX_STANZA_BYTES = 65536
@@ -85,18 +88,6 @@ class ServerUnderTest:
             return -9
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------
