@@ -180,9 +180,19 @@ public final class XMPPServer: Service, Sendable {
         _ listener: ServerConfiguration.Listener, transport: C2STransport, tls: NIOSSLContext
     ) async throws -> any Channel {
         let context = self.context
+        let limiter = context.connectionLimiter
         return try await bootstrap()
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                // Per-address limits first: a refused connection costs an accept and a close,
+                // no TLS handshake, no handler (failing the initializer makes NIO close it).
+                if limiter.enabled, let key = ConnectionLimiter.key(channel.remoteAddress) {
+                    if let refusal = limiter.admit(key) {
+                        context.metrics.limitHit(refusal == .tooManyOpen ? .connectionsPerAddress : .connectionRate)
+                        return channel.eventLoop.makeFailedFuture(refusal)
+                    }
+                    channel.closeFuture.whenComplete { _ in limiter.release(key) }
+                }
+                return channel.eventLoop.makeCompletedFuture {
                     if transport == .tcp(directTLS: true) {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
                     }

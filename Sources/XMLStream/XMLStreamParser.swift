@@ -107,6 +107,11 @@ public final class XMLStreamParser {
         } while offset < bytes.count
     }
 
+    /// Bytes held for an incomplete token (tests check this stays bounded).
+    var retainedBytes: Int { pending.capacity }
+    /// Elements currently open, the root included (tests).
+    var openDepth: Int { openNames.count }
+
     // MARK: - Tokenising
 
     private func parse(_ chunk: UnsafeRawBufferPointer) throws {
