@@ -1,4 +1,5 @@
 // swift-tools-version:6.0
+import Foundation
 import PackageDescription
 
 let package = Package(
@@ -149,3 +150,24 @@ let package = Package(
         .testTarget(name: "ServerTests", dependencies: ["SwitchboardTestSupport", "SQLiteStorage", "Server", "Modules", "Directory"]),
     ]
 )
+
+// libFuzzer targets (docs/security.md, "Fuzzing"), only when asked for, so ordinary builds and CI
+// never see -sanitize=fuzzer:
+//   SWITCHBOARD_FUZZ=1 swift build -c release --scratch-path .build-fuzz --product fuzz-xmlstream
+// The code under test is instrumented too (coverage guidance); its dependencies are not.
+if ProcessInfo.processInfo.environment["SWITCHBOARD_FUZZ"] != nil {
+    for target in package.targets where target.name == "XMLStream" || target.name == "XMPPCore" {
+        target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-sanitize=fuzzer"])]
+    }
+    let fuzzSettings: [SwiftSetting] = [.unsafeFlags(["-sanitize=fuzzer", "-parse-as-library"])]
+    let fuzzLinking: [LinkerSetting] = [.unsafeFlags(["-sanitize=fuzzer"])]
+    package.targets += [
+        .executableTarget(
+            name: "FuzzXMLStreamParser", dependencies: ["XMLStream"], swiftSettings: fuzzSettings, linkerSettings: fuzzLinking),
+        .executableTarget(name: "FuzzSASL", dependencies: ["XMPPCore"], swiftSettings: fuzzSettings, linkerSettings: fuzzLinking),
+    ]
+    package.products += [
+        .executable(name: "fuzz-xmlstream", targets: ["FuzzXMLStreamParser"]),
+        .executable(name: "fuzz-sasl", targets: ["FuzzSASL"]),
+    ]
+}
