@@ -1,12 +1,12 @@
 // libFuzzer target for XMLStreamParser; built only on demand (docs/security.md, "Fuzzing"):
-//   SWITCHBOARD_FUZZ=1 swift build -c release --scratch-path .build-fuzz --product fuzz-xmlstream
-//   .build-fuzz/release/fuzz-xmlstream -max_total_time=60 Tests/Fixtures/fuzz/xmlstream
+//   SWITCHBOARD_FUZZ=1 swift build --scratch-path .build-fuzz --product fuzz-xmlstream
+//   .build-fuzz/debug/fuzz-xmlstream -max_total_time=60
 // The first input byte picks the chunk size (1…256) and framing, the rest is the stream. The
 // parser must only ever throw XMLStreamError, and hold no more than its limits allow.
+import Foundation
 import XMLStream
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzXMLStreamParser(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+func fuzzXMLStreamParser(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     guard size > 0 else { return 0 }
     let limits = XMLStreamLimits(maxStanzaBytes: 4096, maxDepth: 16)
     let control = data[0]
@@ -27,3 +27,19 @@ public func fuzzXMLStreamParser(_ data: UnsafePointer<UInt8>, _ size: Int) -> CI
     }
     return 0
 }
+
+// SwiftPM renames an executable's entry point, so libFuzzer's own main cannot be used; this main
+// hands libFuzzer the command line and the callback instead (LLVMFuzzerRunDriver, libFuzzer ≥ 11).
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+) -> CInt
+
+var argc = CommandLine.argc
+var argv = CommandLine.unsafeArgv
+exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in
+    guard let data else { return 0 }
+    return fuzzXMLStreamParser(data, size)
+})

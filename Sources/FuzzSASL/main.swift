@@ -1,16 +1,16 @@
 // libFuzzer target for the SASL parsers and JIDs; built only on demand (docs/security.md):
-//   SWITCHBOARD_FUZZ=1 swift build -c release --scratch-path .build-fuzz --product fuzz-sasl
-//   .build-fuzz/release/fuzz-sasl -max_total_time=60
+//   SWITCHBOARD_FUZZ=1 swift build --scratch-path .build-fuzz --product fuzz-sasl
+//   .build-fuzz/debug/fuzz-sasl -max_total_time=60
 // The first byte picks the parser: SCRAM client-first, SCRAM client-final after a real
 // client-first (the input replaces the client's final message), PLAIN, or a JID. Each fails only
 // with its typed error (a compile-time fact with typed throws); libFuzzer looks for traps and hangs.
+import Foundation
 import XMPPCore
 
 private let credentials = try! SCRAMCredentials.generate(password: "pencil", hash: .sha256, iterations: 16)
 private let fakeSaltKey = [UInt8](repeating: 7, count: 32)
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzSASL(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+func fuzzSASL(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     guard size > 0 else { return 0 }
     let input = Array(UnsafeBufferPointer(start: data + 1, count: size - 1))
     switch data[0] % 4 {
@@ -37,3 +37,19 @@ public func fuzzSASL(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     }
     return 0
 }
+
+// SwiftPM renames an executable's entry point, so libFuzzer's own main cannot be used; this main
+// hands libFuzzer the command line and the callback instead (LLVMFuzzerRunDriver, libFuzzer ≥ 11).
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+) -> CInt
+
+var argc = CommandLine.argc
+var argv = CommandLine.unsafeArgv
+exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in
+    guard let data else { return 0 }
+    return fuzzSASL(data, size)
+})
