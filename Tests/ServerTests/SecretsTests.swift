@@ -72,6 +72,11 @@ import XMPPCore
         #expect(try mode(directory + "/tls/private-key.pem") == 0o600)
         let key = try String(contentsOfFile: directory + "/tls/private-key.pem", encoding: .utf8)
         #expect(key.contains("PRIVATE KEY"))
+        #expect(TLSSetup.looseKeyPermissions(directory + "/tls/private-key.pem") == nil)
+        // A configured key that others can read is reported at start-up.
+        let loose = directory + "/loose-key.pem"
+        FileManager.default.createFile(atPath: loose, contents: Data(key.utf8), attributes: [.posixPermissions: 0o644])
+        #expect(TLSSetup.looseKeyPermissions(loose)?.contains("chmod 600") == true)
         await server.stop()
     }
 }
