@@ -29,11 +29,13 @@ final class ConnectionLimiter: Sendable {
     private let burst: Double
     private let clock: @Sendable () -> UInt64
     private let table = NIOLockedValueBox<[AddressKey: Entry]>([:])
+    private let exempt: [AddressRange]
 
     init(
-        maxOpen: Int, ratePerSecond: Int, burst: Int,
+        maxOpen: Int, ratePerSecond: Int, burst: Int, exempt: [AddressRange] = [],
         clock: @escaping @Sendable () -> UInt64 = { UInt64(NIODeadline.now().uptimeNanoseconds) }
     ) {
+        self.exempt = exempt
         self.maxOpen = maxOpen
         self.rate = Double(ratePerSecond)
         self.burst = Double(max(burst, 1))
@@ -41,6 +43,11 @@ final class ConnectionLimiter: Sendable {
     }
 
     var enabled: Bool { maxOpen > 0 || rate > 0 }
+
+    /// Whether the per-address limits skip this peer (`limits.exempt_addresses`).
+    func isExempt(_ address: SocketAddress?) -> Bool {
+        !exempt.isEmpty && exempt.contains { $0.contains(address) }
+    }
 
     /// Counts a new connection from `key`, or refuses it. Every admitted connection must be
     /// `release`d when it closes.
@@ -104,6 +111,55 @@ final class ConnectionLimiter: Sendable {
                 return .v4(bytes[12...15].reduce(0) { $0 << 8 | UInt32($1) })
             }
             return .v6Prefix(bytes[0..<8].reduce(0) { $0 << 8 | UInt64($1) })
+        default:
+            return nil
+        }
+    }
+}
+
+/// An IPv4 or IPv6 address range in CIDR notation (`192.0.2.0/24`, `2001:db8::/32`, or one
+/// address), for `limits.exempt_addresses`. IPv4-mapped IPv6 peers match IPv4 ranges.
+public struct AddressRange: Sendable, Hashable {
+    private let bytes: [UInt8]
+    private let prefix: Int
+
+    public init?(_ text: String) {
+        let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let address = try? SocketAddress(ipAddress: String(parts[0]), port: 0),
+            let bytes = Self.bytes(address)
+        else { return nil }
+        let maximum = bytes.count * 8
+        if parts.count == 2 {
+            guard let prefix = Int(parts[1]), (0...maximum).contains(prefix) else { return nil }
+            self.prefix = prefix
+        } else {
+            self.prefix = maximum
+        }
+        self.bytes = bytes
+    }
+
+    /// Whether `address` lies in the range.
+    public func contains(_ address: SocketAddress?) -> Bool {
+        guard let address, let other = Self.bytes(address), other.count == bytes.count else { return false }
+        var remaining = prefix
+        for index in 0..<bytes.count where remaining > 0 {
+            let bits = min(8, remaining)
+            let mask = UInt8(truncatingIfNeeded: 0xFF << (8 - bits))
+            if bytes[index] & mask != other[index] & mask { return false }
+            remaining -= bits
+        }
+        return true
+    }
+
+    /// 4 bytes for IPv4 (and IPv4-mapped IPv6), 16 for IPv6.
+    private static func bytes(_ address: SocketAddress) -> [UInt8]? {
+        switch address {
+        case .v4(let address):
+            return withUnsafeBytes(of: address.address.sin_addr) { Array($0) }
+        case .v6(let address):
+            let bytes = withUnsafeBytes(of: address.address.sin6_addr) { Array($0) }
+            if bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF { return Array(bytes[12...]) }
+            return bytes
         default:
             return nil
         }

@@ -90,6 +90,9 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
         public var connectionBurstPerAddress: Int = 200
         /// Bound resources per account; one more gets `<resource-constraint/>` on bind (0 = no limit).
         public var maxSessionsPerUser: Int = 10
+        /// Addresses or CIDR ranges (`10.1.0.0/16`, `2001:db8::/48`) the per-address connection
+        /// limits do not apply to: trusted NAT gateways, load balancers.
+        public var exemptAddresses: [String] = []
         public init() {}
     }
 
@@ -195,7 +198,7 @@ extension ServerConfiguration.Limits {
         case stanzaRateDisconnectAfterSeconds = "stanza_rate_disconnect_after_seconds"
         case maxConnectionsPerAddress = "max_connections_per_address"
         case connectionRatePerAddress = "connection_rate_per_address", connectionBurstPerAddress = "connection_burst_per_address"
-        case maxSessionsPerUser = "max_sessions_per_user"
+        case maxSessionsPerUser = "max_sessions_per_user", exemptAddresses = "exempt_addresses"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -223,6 +226,7 @@ extension ServerConfiguration.Limits {
         connectionRatePerAddress = try int(.connectionRatePerAddress, defaults.connectionRatePerAddress)
         connectionBurstPerAddress = try int(.connectionBurstPerAddress, defaults.connectionBurstPerAddress)
         maxSessionsPerUser = try int(.maxSessionsPerUser, defaults.maxSessionsPerUser)
+        exemptAddresses = try container.decodeIfPresent([String].self, forKey: .exemptAddresses) ?? defaults.exemptAddresses
     }
 }
 
@@ -436,6 +440,9 @@ extension ServerConfiguration {
         }
         if limits.stanzaRatePerSecond > 0, limits.stanzaBurst < 1 {
             throw fail("limits.stanza_burst", "must be at least 1 when limits.stanza_rate_per_second is set (got \(limits.stanzaBurst))")
+        }
+        for entry in limits.exemptAddresses where AddressRange(entry) == nil {
+            throw fail("limits.exempt_addresses", "must list addresses or CIDR ranges such as 10.1.0.0/16 (got '\(entry)')")
         }
         if limits.connectionRatePerAddress > 0, limits.connectionBurstPerAddress < 1 {
             throw fail(

@@ -48,7 +48,8 @@ public final class ServerContext: Sendable {
         self.connectionLimiter = ConnectionLimiter(
             maxOpen: configuration.limits.maxConnectionsPerAddress,
             ratePerSecond: configuration.limits.connectionRatePerAddress,
-            burst: configuration.limits.connectionBurstPerAddress
+            burst: configuration.limits.connectionBurstPerAddress,
+            exempt: configuration.limits.exemptAddresses.compactMap(AddressRange.init)
         )
         self.fileShare = FileShare(configuration: configuration)
         var generator = SystemRandomNumberGenerator()

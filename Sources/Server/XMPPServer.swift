@@ -185,7 +185,7 @@ public final class XMPPServer: Service, Sendable {
             .childChannelInitializer { channel in
                 // Per-address limits first: a refused connection costs an accept and a close,
                 // no TLS handshake, no handler (failing the initializer makes NIO close it).
-                if limiter.enabled, let key = ConnectionLimiter.key(channel.remoteAddress) {
+                if limiter.enabled, let key = ConnectionLimiter.key(channel.remoteAddress), !limiter.isExempt(channel.remoteAddress) {
                     if let refusal = limiter.admit(key) {
                         context.metrics.limitHit(refusal == .tooManyOpen ? .connectionsPerAddress : .connectionRate)
                         return channel.eventLoop.makeFailedFuture(refusal)

@@ -140,6 +140,22 @@ import XMPPCore
         await server.stop()
     }
 
+    @Test func exemptAddressesSkipThePerAddressLimits() async throws {
+        let server = try await TestServer.start {
+            $0.limits.maxConnectionsPerAddress = 1
+            $0.limits.exemptAddresses = ["127.0.0.0/8"]
+        }
+        var open: [TestClient] = []
+        for _ in 0..<4 {
+            let (client, ok) = try await answered(server)
+            #expect(ok)
+            open.append(client)
+        }
+        #expect(metric(server, "connections_per_address") == 0)
+        for client in open { await client.close() }
+        await server.stop()
+    }
+
     @Test func connectionRatePerAddressIsATokenBucket() async throws {
         let server = try await TestServer.start {
             $0.limits.maxConnectionsPerAddress = 0
@@ -305,6 +321,22 @@ import XMPPCore
         #expect(ConnectionLimiter.key(mapped) == ConnectionLimiter.key(v4))
         #expect(ConnectionLimiter.key(a) == ConnectionLimiter.key(b))  // same /64
         #expect(ConnectionLimiter.key(a) != ConnectionLimiter.key(c))
+    }
+
+    @Test func addressRanges() throws {
+        let office = try #require(AddressRange("10.1.0.0/16"))
+        #expect(office.contains(try SocketAddress(ipAddress: "10.1.200.3", port: 1)))
+        #expect(!office.contains(try SocketAddress(ipAddress: "10.2.0.1", port: 1)))
+        #expect(office.contains(try SocketAddress(ipAddress: "::ffff:10.1.0.9", port: 1)))
+        let v6 = try #require(AddressRange("2001:db8:aa::/47"))
+        #expect(v6.contains(try SocketAddress(ipAddress: "2001:db8:ab:1::5", port: 1)))
+        #expect(!v6.contains(try SocketAddress(ipAddress: "2001:db8:ac::5", port: 1)))
+        #expect(!v6.contains(try SocketAddress(ipAddress: "10.1.0.1", port: 1)))
+        let one = try #require(AddressRange("192.0.2.7"))
+        #expect(one.contains(try SocketAddress(ipAddress: "192.0.2.7", port: 9)))
+        #expect(!one.contains(try SocketAddress(ipAddress: "192.0.2.8", port: 9)))
+        #expect(AddressRange("0.0.0.0/0")?.contains(try SocketAddress(ipAddress: "203.0.113.1", port: 1)) == true)
+        for bad in ["10.0.0.0/33", "office", "10.0.0.0/x", "::/129", ""] { #expect(AddressRange(bad) == nil, "\(bad)") }
     }
 
     @Test func limiterForgetsClosedAddresses() {
