@@ -682,7 +682,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         guard let wait = server.throttle.retryAfter(account: account, address: address) else { return false }
         server.metrics.loginsThrottled.increment()
         let text = "Too many failed logins; try again in \(Int(wait.rounded(.up))) s"
-        logger.info("login refused: locked out", metadata: ["xmpp.user": "\(account ?? "-")", "retry.seconds": "\(Int(wait.rounded(.up)))"])
+        logger.debug("login refused: locked out", metadata: ["xmpp.user": "\(account ?? "-")", "retry.seconds": "\(Int(wait.rounded(.up)))"])
         saslFailure(SASLError(.temporaryAuthFailure, text: text), account: nil, countsAsFailure: false)
         return true
     }
@@ -731,8 +731,10 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         send(failure)
         guard countsAsFailure else { return }
         server.metrics.loginsFailed.increment()
-        for _ in 0..<server.throttle.recordFailure(account: account, address: remoteAddress) {
-            server.metrics.limitHit(.loginLockout)
+        let locked = server.throttle.recordFailure(account: account, address: remoteAddress)
+        for _ in 0..<locked { server.metrics.limitHit(.loginLockout) }
+        if locked > 0 {
+            logger.notice("login lockout started", metadata: ["xmpp.user": "\(account ?? "?")", "xmpp.remote_ip": "\(remoteAddress ?? "?")"])
         }
         logger.info("authentication failed", metadata: ["xmpp.user": "\(account ?? "?")", "sasl.condition": "\(error.condition.rawValue)"])
         authFailures += 1
