@@ -1,4 +1,5 @@
 // swift-tools-version:6.0
+import Foundation
 import PackageDescription
 
 let package = Package(
@@ -172,3 +173,28 @@ let package = Package(
         ),
     ]
 )
+
+// libFuzzer targets (docs/security.md, "Fuzzing"), only when asked for, so ordinary builds and CI
+// never see -sanitize=fuzzer:
+//   SWITCHBOARD_FUZZ=1 swift build --scratch-path .build-fuzz --product fuzz-xmlstream
+// The code under test is instrumented too (coverage guidance); its dependencies are not.
+if ProcessInfo.processInfo.environment["SWITCHBOARD_FUZZ"] != nil {
+    for target in package.targets where target.name == "XMLStream" || target.name == "XMPPCore" {
+        target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-sanitize=fuzzer"])]
+    }
+    let fuzzSettings: [SwiftSetting] = [.unsafeFlags(["-sanitize=fuzzer"])]
+    // libFuzzer without its main (SwiftPM renames an executable's entry point, so the targets'
+    // main.swift calls LLVMFuzzerRunDriver); the archive sits next to the toolchain's clang.
+    let runtime = ProcessInfo.processInfo.environment["SWITCHBOARD_FUZZ_RUNTIME"]
+        ?? "/opt/swift/usr/lib/clang/21/lib/linux/libclang_rt.fuzzer_no_main-x86_64.a"
+    let fuzzLinking: [LinkerSetting] = [.unsafeFlags(["-Xlinker", runtime, "-lstdc++", "-lm"])]
+    package.targets += [
+        .executableTarget(
+            name: "FuzzXMLStreamParser", dependencies: ["XMLStream"], swiftSettings: fuzzSettings, linkerSettings: fuzzLinking),
+        .executableTarget(name: "FuzzSASL", dependencies: ["XMPPCore"], swiftSettings: fuzzSettings, linkerSettings: fuzzLinking),
+    ]
+    package.products += [
+        .executable(name: "fuzz-xmlstream", targets: ["FuzzXMLStreamParser"]),
+        .executable(name: "fuzz-sasl", targets: ["FuzzSASL"]),
+    ]
+}

@@ -159,6 +159,7 @@ c2s_direct_tls: {{enabled: false, bind: 127.0.0.1, port: 0}}
 http: {{enabled: false, bind: 127.0.0.1, port: 0}}
 log_level: warning
 directory: {{search_max_results: 50}}
+limits: {{max_login_failures: 100000, stanza_rate_per_second: 0, max_connections_per_address: 0, connection_rate_per_address: 0}}
 """)
         server = subprocess.Popen(["taskset", "-c", SERVER_CORE, str(sb), "serve", "--config", str(serve_conf), "--status-file", str(status)],
                                   stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w"))

@@ -237,7 +237,9 @@ class Switchboard(Server):
             f"c2s_direct_tls: {{bind: {HOST}, port: {self.tls_port}}}\n"
             f"http: {{bind: {HOST}, port: {self.http_port}}}\n"
             f"tls: {{certificate: {certs / 'cert.pem'}, private_key: {certs / 'key.pem'}}}\n"
-            "limits: {max_login_failures: 100000}\n"
+            # like the other servers here: no shapers, rate or connection limits
+            "limits: {max_login_failures: 100000, stanza_rate_per_second: 0, max_connections_per_address: 0,"
+            " connection_rate_per_address: 0, max_sessions_per_user: 0}\n"
             + (extra.replace("\\n", "\n") + "\n" if extra else ""))
 
     def start(self) -> None:

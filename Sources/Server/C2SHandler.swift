@@ -69,6 +69,16 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     private static let pauseReadingAt = 8
     private var readingPaused = false
 
+    /// Stanza rate limit (`limits.stanza_rate_per_second`): one token per top-level element.
+    /// When the bucket is empty the queue stops and the socket is not read (TCP backpressure)
+    /// until a tenth of a second's worth of tokens is earned; a client still backlogged after
+    /// `stanza_rate_disconnect_after_seconds` of that gets `policy-violation`.
+    private var bucket: TokenBucket?
+    private var rateHold: Scheduled<Void>?
+    /// Start of the current episode of continuous holding back, and the last resume in it.
+    private var heldSince: NIODeadline?
+    private var lastResume: NIODeadline?
+
     init(server: ServerContext, transport: C2STransport, tlsContext: NIOSSLContext?, clientCertificates: ClientCertificateVerifier? = nil) {
         self.server = server
         self.transport = transport
@@ -76,14 +86,23 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         self.clientCertificates = clientCertificates
         self.logger = server.logger
         self.secure = transport == .tcp(directTLS: true)
-        self.parser = Self.makeParser(server: server, transport: transport)
+        self.parser = Self.makeParser(server: server, transport: transport, authenticated: false)
+        let limits = server.configuration.limits
+        if limits.stanzaRatePerSecond > 0 {
+            bucket = TokenBucket(
+                rate: Double(limits.stanzaRatePerSecond), burst: Double(limits.stanzaBurst),
+                now: NIODeadline.now().uptimeNanoseconds)
+        }
     }
 
-    private static func makeParser(server: ServerContext, transport: C2STransport) -> XMLStreamParser {
-        XMLStreamParser(
+    /// Before authentication only SASL, STARTTLS and registration elements are expected, so the
+    /// smaller `max_stanza_bytes_before_auth` bounds what an anonymous connection can make us hold.
+    private static func makeParser(server: ServerContext, transport: C2STransport, authenticated: Bool) -> XMLStreamParser {
+        let limits = server.configuration.limits
+        return XMLStreamParser(
             limits: XMLStreamLimits(
-                maxStanzaBytes: server.configuration.limits.maxStanzaBytes,
-                maxDepth: server.configuration.limits.maxDepth
+                maxStanzaBytes: authenticated ? limits.maxStanzaBytes : min(limits.maxStanzaBytes, limits.maxStanzaBytesBeforeAuth),
+                maxDepth: limits.maxDepth
             ),
             framing: transport == .websocket ? .framed : .stream
         )
@@ -98,7 +117,8 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         server.metrics.connectionOpened()
         let seconds = Int64(server.configuration.limits.loginTimeoutSeconds)
         loginTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(seconds)) { [weak self] in
-            guard let self, self.session == nil else { return }
+            guard let self, self.session == nil, !self.closing else { return }
+            self.server.metrics.limitHit(.loginTimeout)
             self.terminate(StreamError(.connectionTimeout, text: "login took too long"))
         }
     }
@@ -109,6 +129,8 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
 
     func channelInactive(context: ChannelHandlerContext) {
         loginTimeout?.cancel()
+        rateHold?.cancel()
+        rateHold = nil
         server.metrics.connectionClosed()
         if session != nil, sm.resumable, !closing {
             // The connection dropped: keep the session for the client to resume (XEP-0198).
@@ -159,6 +181,9 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         } catch let error as XMLStreamError {
             if parser === self.parser {
                 logger.debug("refused XML", metadata: ["error": "\(error)"])
+                if error.condition == .policyViolation {
+                    server.metrics.limitHit(error.text.hasPrefix("elements nested") ? .stanzaDepth : .stanzaSize)
+                }
                 terminate(StreamError(error))
             }
         } catch {
@@ -419,7 +444,9 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
 
     /// Processes queued elements in order; an async one pauses the queue until it completes.
     private func drain() {
-        while !busy, !closing, let element = pending.popFirst() {
+        while !busy, !closing, rateHold == nil, !pending.isEmpty {
+            if bucket != nil, !takeToken() { return }
+            let element = pending.removeFirst()
             if let future = process(element) {
                 busy = true
                 future.assumeIsolated().whenComplete { [weak self] _ in
@@ -433,6 +460,41 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             readingPaused = false
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
         }
+    }
+
+    /// Takes a stanza token; when there is none, holds the queue and stops reading until enough
+    /// are earned (or ends the stream after too long). Returns whether to go on.
+    private func takeToken() -> Bool {
+        let wanted = (bucket?.rate ?? 10) / 10
+        guard let wait = bucket?.take(wanted: wanted, now: { NIODeadline.now().uptimeNanoseconds }), let context else {
+            return true
+        }
+        let now = NIODeadline.now()
+        let pause = TimeAmount.nanoseconds(Int64(wait))
+        // Held back again right after the last resume: the client is still backlogged, same episode.
+        if let heldSince, let lastResume, now - lastResume <= pause + .seconds(1) {
+            let limit = server.configuration.limits.stanzaRateDisconnectAfterSeconds
+            if limit > 0, now - heldSince >= .seconds(Int64(limit)) {
+                server.metrics.limitHit(.stanzaRateDisconnect)
+                logger.info("stanza rate exceeded for too long", metadata: ["limit.seconds": "\(limit)"])
+                terminate(StreamError(.policyViolation, text: "too many stanzas for too long; slow down"))
+                return false
+            }
+        } else {
+            heldSince = now
+            server.metrics.limitHit(.stanzaRate)
+        }
+        if !readingPaused {
+            readingPaused = true
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        }
+        rateHold = context.eventLoop.assumeIsolated().scheduleTask(in: pause) { [weak self] in
+            guard let self else { return }
+            self.rateHold = nil
+            self.lastResume = .now()
+            self.drain()
+        }
+        return false
     }
 
     /// Handles one top-level element; returns a future when the work continues asynchronously.
@@ -497,7 +559,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     }
 
     private func restartStream() {
-        parser = Self.makeParser(server: server, transport: transport)
+        parser = Self.makeParser(server: server, transport: transport, authenticated: username != nil)
         streamOpen = false
         pending.removeAll()
     }
@@ -752,6 +814,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         guard let wait = server.throttle.retryAfter(account: account, address: address) else { return false }
         server.metrics.loginsThrottled.increment()
         let text = "Too many failed logins; try again in \(Int(wait.rounded(.up))) s"
+        logger.debug("login refused: locked out", metadata: ["xmpp.user": "\(account ?? "-")", "retry.seconds": "\(Int(wait.rounded(.up)))"])
         saslFailure(SASLError(.temporaryAuthFailure, text: text), account: nil, countsAsFailure: false)
         return true
     }
@@ -800,7 +863,11 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         send(failure)
         guard countsAsFailure else { return }
         server.metrics.loginsFailed.increment()
-        server.throttle.recordFailure(account: account, address: remoteAddress)
+        let locked = server.throttle.recordFailure(account: account, address: remoteAddress)
+        for _ in 0..<locked { server.metrics.limitHit(.loginLockout) }
+        if locked > 0 {
+            logger.notice("login lockout started", metadata: ["xmpp.user": "\(account ?? "?")", "xmpp.remote_ip": "\(remoteAddress ?? "?")"])
+        }
         logger.info("authentication failed", metadata: ["xmpp.user": "\(account ?? "?")", "sasl.condition": "\(error.condition.rawValue)"])
         authFailures += 1
         if authFailures >= 3 {
@@ -858,8 +925,17 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         }
         let handle = SessionHandle(
             jid: jid, id: server.router.nextID(), eventLoop: context.eventLoop, sink: self, certificateSerial: authenticatedSerial)
-        if let replaced = server.router.bind(handle) {
+        switch server.router.bind(handle, maxSessions: server.configuration.limits.maxSessionsPerUser) {
+        case .bound(replacing: let replaced?):
             replaced.close(StreamError(.conflict, text: "replaced by a new session with the same resource"))
+        case .bound(replacing: nil):
+            break
+        case .refused:
+            // RFC 6120 §7.6.2.1: the account has reached its number of connected resources.
+            server.metrics.limitHit(.sessionsPerUser)
+            logger.info("bind refused: too many sessions", metadata: ["xmpp.user": "\(username)"])
+            send(StanzaError(.resourceConstraint, text: "too many sessions for this account").reply(to: iq))
+            return nil
         }
         session = handle
         loginTimeout?.cancel()

@@ -9,10 +9,13 @@ public struct JSONLogHandler: LogHandler {
     public var logLevel: Logger.Level
     private let label: String
     private static let lock = NIOLock()
+    /// Where lines go; standard error unless a test captures them.
+    private let output: (@Sendable (String) -> Void)?
 
-    public init(label: String, level: Logger.Level) {
+    public init(label: String, level: Logger.Level, output: (@Sendable (String) -> Void)? = nil) {
         self.label = label
         self.logLevel = level
+        self.output = output
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -47,6 +50,10 @@ public struct JSONLogHandler: LogHandler {
             line += Self.quote(key) + ":" + Self.quote(value)
         }
         line += "}\n"
+        if let output {
+            output(line)
+            return
+        }
         Self.lock.withLock {
             FileHandle.standardError.write(Data(line.utf8))
         }

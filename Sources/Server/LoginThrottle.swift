@@ -1,55 +1,90 @@
 import Foundation
 import NIOConcurrencyHelpers
 
-/// Counts failed logins per account and per source address in a sliding window, so that a
-/// password guesser is slowed down without locking the real user out for long.
+/// Locks out password guessers per account and per source address, with exponential back-off,
+/// while letting the real user back in soon after a few typos.
 ///
-/// After `maxFailures` failures for one account (ten times that for one address, which may be
-/// a NAT gateway for a whole office) within `window` seconds, further attempts for that key
-/// are refused (`temporary-auth-failure`) until the oldest failure leaves the window.
+/// After `maxFailures` failed logins for one account (ten times that for one address, which may
+/// be a NAT gateway for a whole office) within `window` seconds, the key is locked for
+/// `lockout` seconds; every further lockout of the same key doubles that, up to `maxLockout`.
+/// While locked, attempts are refused (`temporary-auth-failure` with a retry hint) before any
+/// password is checked, so a locked account cannot be guessed at all. A key's history is
+/// forgotten once it has had no failure for `max(window, maxLockout)` seconds; a successful
+/// login clears its account's history (not the address's).
+///
+/// ```
+/// failures:  x x x x x |---- 60 s ----| x x x x x |-------- 120 s --------| x ... (≤ max)
+///                      locked (level 1)           locked (level 2)
+/// ```
 final class LoginThrottle: Sendable {
-    private let maxFailures: Int
-    private let window: Double
-    private let failures = NIOLockedValueBox<[String: [Double]]>([:])
-
-    init(maxFailures: Int, window: Double) {
-        self.maxFailures = maxFailures
-        self.window = window
+    private struct Entry {
+        /// Times of failures since the last lockout, within the window.
+        var failures: [Double] = []
+        /// Lockouts so far; the next one lasts `lockout × 2^level`.
+        var level = 0
+        var lockedUntil: Double = 0
+        var lastFailure: Double = 0
     }
 
-    private static func now() -> Double { Date().timeIntervalSince1970 }
+    private let maxFailures: Int
+    private let window: Double
+    private let lockout: Double
+    private let maxLockout: Double
+    private let clock: @Sendable () -> Double
+    private let table = NIOLockedValueBox<[String: Entry]>([:])
 
-    /// Seconds until a key may try again, or nil if it may try now.
+    /// - Parameter clock: seconds on any monotonic-enough scale (tests pass their own).
+    init(
+        maxFailures: Int, window: Double, lockout: Double = 60, maxLockout: Double = 3600,
+        clock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }
+    ) {
+        self.maxFailures = maxFailures
+        self.window = window
+        self.lockout = lockout
+        self.maxLockout = max(lockout, maxLockout)
+        self.clock = clock
+    }
+
+    /// Seconds until the account and address may try again, or nil if they may try now.
     func retryAfter(account: String?, address: String?) -> Double? {
-        let now = Self.now()
-        return failures.withLockedValue { table in
+        let now = clock()
+        return table.withLockedValue { table in
             var wait: Double?
             for key in Self.keys(account: account, address: address) {
-                guard var times = table[key] else { continue }
-                times.removeAll { now - $0 > window }
-                table[key] = times.isEmpty ? nil : times
-                if times.count >= limit(key), let oldest = times.first {
-                    wait = max(wait ?? 0, window - (now - oldest))
-                }
+                guard let entry = table[key] else { continue }
+                if entry.lockedUntil > now { wait = max(wait ?? 0, entry.lockedUntil - now) }
             }
             return wait
         }
     }
 
-    func recordFailure(account: String?, address: String?) {
-        let now = Self.now()
-        failures.withLockedValue { table in
+    /// Records a failed login; returns how many keys (account, address) it newly locked.
+    @discardableResult
+    func recordFailure(account: String?, address: String?) -> Int {
+        let now = clock()
+        let forgetAfter = max(window, maxLockout)
+        return table.withLockedValue { table in
+            var locked = 0
             for key in Self.keys(account: account, address: address) {
-                var times = table[key, default: []]
-                times.removeAll { now - $0 > window }
-                times.append(now)
-                if times.count > limit(key) { times.removeFirst(times.count - limit(key)) }
-                table[key] = times
+                var entry = table[key] ?? Entry()
+                if now - entry.lastFailure > forgetAfter, entry.lockedUntil <= now { entry = Entry() }
+                entry.lastFailure = now
+                entry.failures.removeAll { now - $0 > window }
+                entry.failures.append(now)
+                if entry.failures.count >= limit(key), entry.lockedUntil <= now {
+                    let seconds = min(maxLockout, lockout * pow(2, Double(min(entry.level, 30))))
+                    entry.lockedUntil = now + seconds
+                    entry.level += 1
+                    entry.failures = []
+                    locked += 1
+                }
+                table[key] = entry
             }
-            // Bound the table: forget the oldest entries if an attacker sprays many keys.
+            // Bound the table: forget quiet keys if an attacker sprays many names or addresses.
             if table.count > 100_000 {
-                table = table.filter { now - ($0.value.last ?? 0) < window }
+                table = table.filter { $0.value.lockedUntil > now || now - $0.value.lastFailure < window }
             }
+            return locked
         }
     }
 
@@ -59,7 +94,7 @@ final class LoginThrottle: Sendable {
 
     func recordSuccess(account: String?) {
         guard let account else { return }
-        _ = failures.withLockedValue { $0.removeValue(forKey: "user:" + account) }
+        _ = table.withLockedValue { $0.removeValue(forKey: "user:" + account) }
     }
 
     private static func keys(account: String?, address: String?) -> [String] {

@@ -18,15 +18,34 @@ public final class Router: Sendable {
 
     /// Adds a session; returns the session it replaces (same full JID), which the caller must close.
     func bind(_ session: SessionHandle) -> SessionHandle? {
+        switch bind(session, maxSessions: 0) {
+        case .bound(let replaced): return replaced
+        case .refused: return nil
+        }
+    }
+
+    enum BindResult {
+        /// Bound; the session it replaced (same full JID), which the caller must close.
+        case bound(replacing: SessionHandle?)
+        /// The account already has `maxSessions` other resources bound.
+        case refused
+    }
+
+    /// Adds a session unless its account already has `maxSessions` (0: no limit) sessions with
+    /// other resources. Replacing a session of the same full JID is always allowed. Checked and
+    /// bound under one lock, so concurrent binds cannot overshoot.
+    func bind(_ session: SessionHandle, maxSessions: Int) -> BindResult {
         table.withLockedValue { table in
             var sessions = table[session.bareKey, default: []]
             var replaced: SessionHandle?
             if let index = sessions.firstIndex(where: { $0.jid == session.jid }) {
                 replaced = sessions.remove(at: index)
+            } else if maxSessions > 0, sessions.count >= maxSessions {
+                return .refused
             }
             sessions.append(session)
             table[session.bareKey] = sessions
-            return replaced
+            return .bound(replacing: replaced)
         }
     }
 

@@ -129,9 +129,33 @@ public struct ServerConfiguration: Sendable, Codable, Hashable {
         public var idleTimeoutSeconds: Int = 300
         /// How long a session with XEP-0198 resumption survives a lost connection.
         public var resumptionTimeoutSeconds: Int = 300
-        /// Failed logins allowed per account or per address within `login_failure_window_seconds` before throttling.
+        /// Failed logins allowed per account (ten times that per source address) within
+        /// `login_failure_window_seconds` before the account (address) is locked out.
         public var maxLoginFailures: Int = 5
         public var loginFailureWindowSeconds: Int = 300
+        /// First lockout; each further lockout of the same key doubles it, up to `login_lockout_max_seconds`.
+        public var loginLockoutSeconds: Int = 60
+        public var loginLockoutMaxSeconds: Int = 3600
+        /// Largest stanza before authentication (SASL, registration), so unauthenticated
+        /// connections cannot make the server hold much. The smaller of this and `max_stanza_bytes` applies.
+        public var maxStanzaBytesBeforeAuth: Int = 16_384
+        /// Per connection: top-level elements per second, token bucket (0 = no limit). Over it the
+        /// server stops reading from the connection until tokens are earned back (backpressure).
+        public var stanzaRatePerSecond: Int = 50
+        /// Bucket size: how many elements a client may send at once (login, reconnection bursts).
+        public var stanzaBurst: Int = 200
+        /// A connection held back continuously for this long is closed with `policy-violation` (0 = never).
+        public var stanzaRateDisconnectAfterSeconds: Int = 30
+        /// Concurrent client connections per source address (IPv6: per /64), refused at accept (0 = no limit).
+        public var maxConnectionsPerAddress: Int = 1000
+        /// New client connections per second per source address, token bucket (0 = no limit).
+        public var connectionRatePerAddress: Int = 50
+        public var connectionBurstPerAddress: Int = 200
+        /// Bound resources per account; one more gets `<resource-constraint/>` on bind (0 = no limit).
+        public var maxSessionsPerUser: Int = 10
+        /// Addresses or CIDR ranges (`10.1.0.0/16`, `2001:db8::/48`) the per-address connection
+        /// limits do not apply to: trusted NAT gateways, load balancers.
+        public var exemptAddresses: [String] = []
         public init() {}
     }
 
@@ -235,6 +259,13 @@ extension ServerConfiguration.Limits {
         case idleTimeoutSeconds = "idle_timeout_seconds", maxLoginFailures = "max_login_failures"
         case resumptionTimeoutSeconds = "resumption_timeout_seconds"
         case loginFailureWindowSeconds = "login_failure_window_seconds"
+        case loginLockoutSeconds = "login_lockout_seconds", loginLockoutMaxSeconds = "login_lockout_max_seconds"
+        case maxStanzaBytesBeforeAuth = "max_stanza_bytes_before_auth"
+        case stanzaRatePerSecond = "stanza_rate_per_second", stanzaBurst = "stanza_burst"
+        case stanzaRateDisconnectAfterSeconds = "stanza_rate_disconnect_after_seconds"
+        case maxConnectionsPerAddress = "max_connections_per_address"
+        case connectionRatePerAddress = "connection_rate_per_address", connectionBurstPerAddress = "connection_burst_per_address"
+        case maxSessionsPerUser = "max_sessions_per_user", exemptAddresses = "exempt_addresses"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -249,6 +280,20 @@ extension ServerConfiguration.Limits {
         maxLoginFailures = try container.decodeIfPresent(Int.self, forKey: .maxLoginFailures) ?? defaults.maxLoginFailures
         loginFailureWindowSeconds =
             try container.decodeIfPresent(Int.self, forKey: .loginFailureWindowSeconds) ?? defaults.loginFailureWindowSeconds
+        func int(_ key: CodingKeys, _ fallback: Int) throws -> Int {
+            try container.decodeIfPresent(Int.self, forKey: key) ?? fallback
+        }
+        loginLockoutSeconds = try int(.loginLockoutSeconds, defaults.loginLockoutSeconds)
+        loginLockoutMaxSeconds = try int(.loginLockoutMaxSeconds, defaults.loginLockoutMaxSeconds)
+        maxStanzaBytesBeforeAuth = try int(.maxStanzaBytesBeforeAuth, defaults.maxStanzaBytesBeforeAuth)
+        stanzaRatePerSecond = try int(.stanzaRatePerSecond, defaults.stanzaRatePerSecond)
+        stanzaBurst = try int(.stanzaBurst, defaults.stanzaBurst)
+        stanzaRateDisconnectAfterSeconds = try int(.stanzaRateDisconnectAfterSeconds, defaults.stanzaRateDisconnectAfterSeconds)
+        maxConnectionsPerAddress = try int(.maxConnectionsPerAddress, defaults.maxConnectionsPerAddress)
+        connectionRatePerAddress = try int(.connectionRatePerAddress, defaults.connectionRatePerAddress)
+        connectionBurstPerAddress = try int(.connectionBurstPerAddress, defaults.connectionBurstPerAddress)
+        maxSessionsPerUser = try int(.maxSessionsPerUser, defaults.maxSessionsPerUser)
+        exemptAddresses = try container.decodeIfPresent([String].self, forKey: .exemptAddresses) ?? defaults.exemptAddresses
     }
 }
 
@@ -470,8 +515,36 @@ extension ServerConfiguration {
             ("limits.resumption_timeout_seconds", limits.resumptionTimeoutSeconds),
             ("limits.max_login_failures", limits.maxLoginFailures),
             ("limits.login_failure_window_seconds", limits.loginFailureWindowSeconds),
+            ("limits.login_lockout_seconds", limits.loginLockoutSeconds),
         ] where value < 1 {
             throw fail(key, "must be at least 1 (got \(value))")
+        }
+        if limits.loginLockoutMaxSeconds < limits.loginLockoutSeconds {
+            throw fail("limits.login_lockout_max_seconds", "must be at least limits.login_lockout_seconds (\(limits.loginLockoutSeconds))")
+        }
+        if !(1024...16 * 1024 * 1024).contains(limits.maxStanzaBytesBeforeAuth) {
+            throw fail(
+                "limits.max_stanza_bytes_before_auth", "must be between 1024 and 16777216 (got \(limits.maxStanzaBytesBeforeAuth))")
+        }
+        for (key, value) in [
+            ("limits.stanza_rate_per_second", limits.stanzaRatePerSecond),
+            ("limits.stanza_rate_disconnect_after_seconds", limits.stanzaRateDisconnectAfterSeconds),
+            ("limits.max_connections_per_address", limits.maxConnectionsPerAddress),
+            ("limits.connection_rate_per_address", limits.connectionRatePerAddress),
+            ("limits.max_sessions_per_user", limits.maxSessionsPerUser),
+        ] where value < 0 {
+            throw fail(key, "must be 0 (no limit) or more (got \(value))")
+        }
+        if limits.stanzaRatePerSecond > 0, limits.stanzaBurst < 1 {
+            throw fail("limits.stanza_burst", "must be at least 1 when limits.stanza_rate_per_second is set (got \(limits.stanzaBurst))")
+        }
+        for entry in limits.exemptAddresses where AddressRange(entry) == nil {
+            throw fail("limits.exempt_addresses", "must list addresses or CIDR ranges such as 10.1.0.0/16 (got '\(entry)')")
+        }
+        if limits.connectionRatePerAddress > 0, limits.connectionBurstPerAddress < 1 {
+            throw fail(
+                "limits.connection_burst_per_address",
+                "must be at least 1 when limits.connection_rate_per_address is set (got \(limits.connectionBurstPerAddress))")
         }
     }
 }

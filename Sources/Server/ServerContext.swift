@@ -17,6 +17,8 @@ public final class ServerContext: Sendable {
     public let logger: Logger
     public let metrics: ServerMetrics
     let throttle: LoginThrottle
+    /// Per-address connection limits of the client listeners.
+    let connectionLimiter: ConnectionLimiter
     let resumable = ResumableSessions()
     let plainLogins = PlainLoginCache()
     /// HTTP file upload slots and files (XEP-0363).
@@ -39,7 +41,15 @@ public final class ServerContext: Sendable {
         self.metrics = ServerMetrics()
         self.throttle = LoginThrottle(
             maxFailures: configuration.limits.maxLoginFailures,
-            window: Double(configuration.limits.loginFailureWindowSeconds)
+            window: Double(configuration.limits.loginFailureWindowSeconds),
+            lockout: Double(configuration.limits.loginLockoutSeconds),
+            maxLockout: Double(configuration.limits.loginLockoutMaxSeconds)
+        )
+        self.connectionLimiter = ConnectionLimiter(
+            maxOpen: configuration.limits.maxConnectionsPerAddress,
+            ratePerSecond: configuration.limits.connectionRatePerAddress,
+            burst: configuration.limits.connectionBurstPerAddress,
+            exempt: configuration.limits.exemptAddresses.compactMap(AddressRange.init)
         )
         self.fileShare = FileShare(configuration: configuration)
         var generator = SystemRandomNumberGenerator()

@@ -19,6 +19,29 @@ public final class ServerMetrics: Sendable {
     let streamErrors: Counter
     let stanzaErrors: Counter
     let offlineStored: Counter
+    private let limitHits: [Limit: Counter]
+
+    /// A protective limit (docs/security.md), counted in `switchboard_limit_hits_total{limit=…}`.
+    enum Limit: String, CaseIterable, Sendable {
+        /// A connection ran out of stanza tokens and was held back (once per episode).
+        case stanzaRate = "stanza_rate"
+        /// A connection stayed over its stanza rate for too long and was closed.
+        case stanzaRateDisconnect = "stanza_rate_disconnect"
+        /// A connection refused at accept: its address had too many open.
+        case connectionsPerAddress = "connections_per_address"
+        /// A connection refused at accept: its address opened too many too fast.
+        case connectionRate = "connection_rate"
+        /// A bind refused with resource-constraint: the account had too many sessions.
+        case sessionsPerUser = "sessions_per_user"
+        /// An account or address was locked out after failed logins.
+        case loginLockout = "login_lockout"
+        /// A stream ended: stanza larger than the (pre-authentication) size limit.
+        case stanzaSize = "stanza_size"
+        /// A stream ended: elements nested too deeply.
+        case stanzaDepth = "stanza_depth"
+        /// A connection closed for not authenticating and binding in time (slow clients, slow-loris).
+        case loginTimeout = "login_timeout"
+    }
 
     init() {
         connectionsOpen = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "connections_open", unitName: "", helpText: "Client connections currently open"))
@@ -32,7 +55,19 @@ public final class ServerMetrics: Sendable {
         streamErrors = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "stream_errors", unitName: "total", helpText: "Streams closed with a stream error"))
         stanzaErrors = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "stanza_errors", unitName: "total", helpText: "Stanza errors returned to clients"))
         offlineStored = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "offline_messages_stored", unitName: "total", helpText: "Messages stored for offline users"))
+        var hits: [Limit: Counter] = [:]
+        for limit in Limit.allCases {
+            hits[limit] = registry.makeCounter(
+                descriptor: MetricNameDescriptor(
+                    namespace: "switchboard", metricName: "limit_hits", unitName: "total",
+                    helpText: "Protective limits hit (docs/security.md)"),
+                labels: [("limit", limit.rawValue)])
+        }
+        limitHits = hits
     }
+
+    /// Counts one hit of a protective limit.
+    func limitHit(_ limit: Limit) { limitHits[limit]?.increment() }
 
     /// Prometheus text exposition.
     public func exposition() -> [UInt8] {

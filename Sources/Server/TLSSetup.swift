@@ -31,6 +31,9 @@ enum TLSSetup {
                 )
             }
         }
+        if let problem = looseKeyPermissions(keyPath) {
+            logger.warning("\(problem)", metadata: ["tls.private_key": "\(keyPath)"])
+        }
         let chain: [NIOSSLCertificate]
         let key: NIOSSLPrivateKey
         do {
@@ -69,6 +72,14 @@ enum TLSSetup {
         return NIOSSLServerHandler(context: context) { _, promise in
             promise.succeed(.certificateVerified)
         }
+    }
+
+    /// A warning if the private key file can be read or written by group or others (it should be 0600 or 0400).
+    static func looseKeyPermissions(_ path: String) -> String? {
+        guard let mode = (try? FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? NSNumber)?.intValue,
+            mode & 0o077 != 0
+        else { return nil }
+        return "the TLS private key is accessible to group or others (mode \(String(mode, radix: 8))); run chmod 600 on it"
     }
 
     /// Writes a P-256 self-signed certificate for `domain` (valid ten years) and its key (mode 0600).

@@ -189,9 +189,19 @@ public final class XMPPServer: Service, Sendable {
         clientCertificates: ClientCertificateVerifier?
     ) async throws -> any Channel {
         let context = self.context
+        let limiter = context.connectionLimiter
         return try await bootstrap()
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                // Per-address limits first: a refused connection costs an accept and a close,
+                // no TLS handshake, no handler (failing the initializer makes NIO close it).
+                if limiter.enabled, let key = ConnectionLimiter.key(channel.remoteAddress), !limiter.isExempt(channel.remoteAddress) {
+                    if let refusal = limiter.admit(key) {
+                        context.metrics.limitHit(refusal == .tooManyOpen ? .connectionsPerAddress : .connectionRate)
+                        return channel.eventLoop.makeFailedFuture(refusal)
+                    }
+                    channel.closeFuture.whenComplete { _ in limiter.release(key) }
+                }
+                return channel.eventLoop.makeCompletedFuture {
                     if transport == .tcp(directTLS: true) {
                         try channel.pipeline.syncOperations.addHandler(
                             TLSSetup.serverHandler(context: tls, requestsClientCertificates: clientCertificates != nil))

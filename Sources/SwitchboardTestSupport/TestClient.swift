@@ -16,14 +16,21 @@ public final class TestClient: @unchecked Sendable {
     public private(set) var jid: String?
     public let domain: String
 
-    /// Connects over TCP; with `directTLS`, TLS starts before any XMPP (XEP-0368).
-    public static func connect(port: Int, domain: String = "example.test", directTLS: NIOSSLContext? = nil) async throws -> TestClient {
+    /// Connects over TCP. `directTLS`: TLS from the first byte with this context (e.g. one that
+    /// presents a client certificate); `tls`: the same with a default context that verifies nothing.
+    public static func connect(
+        port: Int, domain: String = "example.test", directTLS: NIOSSLContext? = nil, tls: Bool = false
+    ) async throws -> TestClient {
         let (stream, continuation) = AsyncStream.makeStream(of: ByteBuffer.self)
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.certificateVerification = .none
+        let sslContext = try directTLS ?? (tls ? NIOSSLContext(configuration: configuration) : nil)
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    if let directTLS {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: directTLS, serverHostname: nil))
+                    if let sslContext {
+                        try channel.pipeline.syncOperations.addHandler(
+                            try NIOSSLClientHandler(context: sslContext, serverHostname: nil))
                     }
                     try channel.pipeline.syncOperations.addHandler(Collector(continuation))
                 }
@@ -124,6 +131,18 @@ public final class TestClient: @unchecked Sendable {
         let outcome = try await next()
         guard outcome.name == "success" else { throw TestClientError("login failed: \(XMLSerializer.string(outcome))") }
         if let data = Data(base64Encoded: outcome.text) { try scram.receiveServerFinal(Array(data)) }
+        return try await openStream()
+    }
+
+    /// SASL PLAIN (offered only on encrypted connections) and the stream restart; returns the
+    /// post-authentication features, or throws with the failure.
+    @discardableResult
+    public func authenticatePLAIN(_ username: String, password: String) async throws -> XMLElement {
+        _ = try await openStream()
+        let message = Data(PLAINMessage.encode(authcid: username, password: password)).base64EncodedString()
+        try await send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>\(message)</auth>")
+        let outcome = try await next()
+        guard outcome.name == "success" else { throw TestClientError("login failed: \(XMLSerializer.string(outcome))") }
         return try await openStream()
     }
 

@@ -41,6 +41,7 @@ public final class TestServer: Sendable {
     public static func start(
         domain: String = "example.test",
         dataDirectory: String? = nil,
+        logger: Logger? = nil,
         configure: (inout ServerConfiguration) -> Void = { _ in }
     ) async throws -> TestServer {
         let directory = dataDirectory ?? FileManager.default.temporaryDirectory
@@ -53,8 +54,11 @@ public final class TestServer: Sendable {
         configuration.c2sDirectTLS = .init(bind: "127.0.0.1", port: 0)
         configuration.http = .init(bind: "127.0.0.1", port: 0)
         configure(&configuration)
-        var logger = Logger(label: "switchboard.test")
-        logger.logLevel = ProcessInfo.processInfo.environment["SWITCHBOARD_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
+        let given = logger
+        var logger = given ?? Logger(label: "switchboard.test")
+        if given == nil {
+            logger.logLevel = ProcessInfo.processInfo.environment["SWITCHBOARD_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
+        }
         let (stores, _) = try await ServerAssembly.openStores(configuration)
         let server = try XMPPServer(
             configuration: configuration, stores: stores.stores, modules: BuiltinModules.all(configuration), logger: logger)

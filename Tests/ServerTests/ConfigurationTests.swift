@@ -41,6 +41,16 @@ import Testing
         #expect(!other.muc.enabled && other.mucDomain == "rooms.localhost")
     }
 
+    @Test func hardeningLimitsParse() throws {
+        let configuration = try ServerConfiguration.parse(
+            yaml: "limits: {stanza_rate_per_second: 0, max_sessions_per_user: 3, exempt_addresses: [10.1.0.0/16, '2001:db8::/48', 192.0.2.7]}\n",
+            source: "t")
+        #expect(configuration.limits.stanzaRatePerSecond == 0)
+        #expect(configuration.limits.maxSessionsPerUser == 3)
+        #expect(configuration.limits.exemptAddresses == ["10.1.0.0/16", "2001:db8::/48", "192.0.2.7"])
+        #expect(configuration.limits.connectionRatePerAddress == 50)
+    }
+
     @Test(arguments: [
         ("colour: blue", "unknown key 'colour'"),
         ("c2s: {prot: 1}", "unknown key 'c2s.prot'"),
@@ -51,6 +61,12 @@ import Testing
         ("log_format: xml", "'log_format' must be text or json"),
         ("tls: {certificate: /x.pem}", "'tls.private_key' must be set together"),
         ("limits: {max_stanza_bytes: 10}", "'limits.max_stanza_bytes' must be between"),
+        ("limits: {exempt_addresses: [10.0.0.0/33]}", "'limits.exempt_addresses' must list addresses or CIDR ranges"),
+        ("limits: {exempt_addresses: [office]}", "'limits.exempt_addresses' must list addresses or CIDR ranges"),
+        ("limits: {stanza_rate_per_second: -1}", "'limits.stanza_rate_per_second' must be 0 (no limit) or more"),
+        ("limits: {login_lockout_seconds: 600, login_lockout_max_seconds: 60}", "'limits.login_lockout_max_seconds' must be at least"),
+        ("limits: {max_stanza_bytes_before_auth: 100}", "'limits.max_stanza_bytes_before_auth' must be between"),
+        ("limits: {stanza_burst: 0}", "'limits.stanza_burst' must be at least 1"),
         ("c2s: 5", "'c2s' must be a mapping"),
         ("certificate_login: {roles: [admin]}", "unknown key 'certificate_login.roles'"),
         ("certificate_login: {required_roles: ['']}", "'certificate_login.required_roles' must list non-empty names"),

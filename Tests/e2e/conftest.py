@@ -97,8 +97,9 @@ class Switchboard(ServerUnderTest):
     kind = "switchboard"
     scram_mechanisms = {"SCRAM-SHA-1", "SCRAM-SHA-256"}
 
-    def __init__(self, tmp: Path, limits: dict[str, int] | None = None):
+    def __init__(self, tmp: Path, limits: dict[str, int] | None = None, settings: dict[str, str] | None = None):
         self.tmp = tmp
+        settings = {"log_level": "info", **(settings or {})}
         self.bin = Path(os.environ.get("SWITCHBOARD_BIN", REPO_ROOT / ".build/debug/switchboard"))
         if not self.bin.exists():
             raise RuntimeError(f"switchboard binary not found at {self.bin} (set SWITCHBOARD_BIN or build it)")
@@ -111,7 +112,7 @@ class Switchboard(ServerUnderTest):
         self.config.write_text(
             f"domain: {DOMAIN}\n"
             f"data_dir: {tmp / 'data'}\n"
-            "log_level: info\n"
+            + "".join(f"{key}: {value}\n" for key, value in settings.items()) +
             "c2s: {bind: 127.0.0.1, port: 0, require_tls: true}\n"
             "c2s_direct_tls: {bind: 127.0.0.1, port: 0}\n"
             "http: {bind: 127.0.0.1, port: 0}\n"
@@ -202,7 +203,7 @@ PROSODY_LIMIT_OPTIONS = {"resumption_timeout_seconds": "smacks_hibernation_time"
 class Prosody(ServerUnderTest):
     kind = "prosody"
 
-    def __init__(self, tmp: Path, limits: dict[str, int] | None = None):
+    def __init__(self, tmp: Path, limits: dict[str, int] | None = None, settings: dict[str, str] | None = None):
         self.tmp = tmp
         self.hash = os.environ.get("E2E_PROSODY_HASH", "SHA-1")
         self.scram_mechanisms = {f"SCRAM-{self.hash}"}
@@ -261,9 +262,10 @@ def server_kind() -> str:
 # Fixtures
 # ---------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def running_server(config, limits: dict[str, int] | None = None):
+def running_server(config, limits: dict[str, int] | None = None, settings: dict[str, str] | None = None):
     """Start a server of the selected kind in a fresh temp dir; stop it (SIGTERM, exit code 0
-    expected) and clean up afterwards. ``limits`` are extra Switchboard ``limits`` keys."""
+    expected) and clean up afterwards. ``limits`` are extra Switchboard ``limits`` keys,
+    ``settings`` top-level Switchboard keys (e.g. ``log_level``); Prosody ignores ``settings``."""
     tmp = Path(tempfile.mkdtemp(prefix=f"e2e-{server_kind()}-"))
 
     def cleanup():
@@ -273,7 +275,7 @@ def running_server(config, limits: dict[str, int] | None = None):
             shutil.rmtree(tmp, ignore_errors=True)
 
     try:
-        srv = BACKENDS[server_kind()](tmp, limits)
+        srv = BACKENDS[server_kind()](tmp, limits, settings)
         srv.start()
     except BaseException:
         cleanup()

@@ -903,8 +903,10 @@ STREAM_HEADER = ("<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabbe
 class RawStream:
     """Blocking plain-TCP XMPP connection; no TLS, no XML parsing beyond regexes."""
 
-    def __init__(self, host: str, port: int, timeout: float = WAIT):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float = WAIT, source: str | None = None):
+        """``source``: local address to connect from (another loopback address, 127.x.y.z)."""
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
 
     def send(self, data: str | bytes):

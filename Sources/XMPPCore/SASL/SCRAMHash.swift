@@ -101,9 +101,14 @@ enum SCRAMSupport {
         Array(Data(bytes).base64EncodedData())
     }
 
+    /// Strict RFC 4648 base64: only the canonical encoding of the result is accepted (Foundation
+    /// alone tolerates extra `=` padding, so one proof would have many spellings; found by
+    /// SASLAndJIDFuzzTests).
     static func base64Decode<C: Collection>(_ bytes: C) -> [UInt8]? where C.Element == UInt8 {
         guard let data = Data(base64Encoded: Data(bytes)) else { return nil }
-        return Array(data)
+        let decoded = Array(data)
+        guard base64Encode(decoded).elementsEqual(bytes) else { return nil }
+        return decoded
     }
 
     /// Decodes strict UTF-8 (no replacement characters, no NUL).
