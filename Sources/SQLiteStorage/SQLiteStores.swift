@@ -34,9 +34,11 @@ public final class SQLiteStores: Sendable {
     }
 
     public var stores: Stores {
-        Stores(
+        var stores = Stores(
             accounts: self, rosters: self, offline: self, privateXML: self, blocklists: self, archive: self, uploads: self,
             pubsub: self, directory: self, muc: self, audit: self, accessRequests: self, trail: self, certificates: self)
+        stores.cipher = cipher
+        return stores
     }
 
     /// A value to store: sealed when a cipher is set, UTF-8 text otherwise.

@@ -26,6 +26,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let temporaryPath: String
         var received: Int
         var failed: HTTPResponseStatus?
+        /// With encryption on: plaintext not yet sealed (less than one chunk) and the next chunk's index.
+        var pending: [UInt8] = []
+        var chunk = 0
     }
 
     init(server: ServerContext) {
@@ -154,6 +157,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         var upload = Upload(slot: slot, descriptor: descriptor, temporaryPath: temporary, received: 0)
+        if server.stores.cipher != nil, !Self.writeAll(descriptor, SealedFile.header()) {
+            upload.failed = .insufficientStorage
+        }
         if let length = head.headers.first(name: "Content-Length").flatMap(Int.init), length != slot.size {
             upload.failed = .badRequest
         }
@@ -167,17 +173,13 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             upload.failed = .payloadTooLarge
             return
         }
-        let written = buffer.withUnsafeReadableBytes { bytes -> Bool in
-            var offset = 0
-            while offset < bytes.count {
-                let result = Foundation.write(upload.descriptor, bytes.baseAddress.map { $0 + offset }, bytes.count - offset)
-                if result < 0 {
-                    if errno == EINTR { continue }
-                    return false
-                }
-                offset += result
-            }
-            return true
+        let written: Bool
+        if let cipher = server.stores.cipher {
+            // Sealed as it arrives: the plaintext never reaches the disk.
+            upload.pending.append(contentsOf: buffer.readableBytesView)
+            written = sealFullChunks(&upload, cipher: cipher, final: false)
+        } else {
+            written = buffer.withUnsafeReadableBytes { bytes in Self.writeAll(upload.descriptor, bytes) }
         }
         if written {
             upload.received += buffer.readableBytes
@@ -186,9 +188,44 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// Writes every byte (retrying short writes and EINTR); false on an error.
+    private static func writeAll(_ descriptor: Int32, _ bytes: some Collection<UInt8>) -> Bool {
+        Array(bytes).withUnsafeBytes { writeAll(descriptor, $0) }
+    }
+
+    private static func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let result = Foundation.write(descriptor, bytes.baseAddress.map { $0 + offset }, bytes.count - offset)
+            if result < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            offset += result
+        }
+        return true
+    }
+
+    /// Seals and writes the complete chunks waiting in `upload` (all of them when `final`).
+    private func sealFullChunks(_ upload: inout Upload, cipher: any FieldCipher, final: Bool) -> Bool {
+        while upload.pending.count >= SealedFile.chunkSize || (final && !upload.pending.isEmpty) {
+            let count = min(SealedFile.chunkSize, upload.pending.count)
+            let chunk = Array(upload.pending.prefix(count))
+            upload.pending.removeFirst(count)
+            guard let record = try? SealedFile.record(chunk, token: upload.slot.token, index: upload.chunk, cipher: cipher),
+                Self.writeAll(upload.descriptor, record)
+            else { return false }
+            upload.chunk += 1
+        }
+        return true
+    }
+
     private func finishUpload(context: ChannelHandlerContext, head: HTTPRequestHead) {
-        guard let upload else { return }
+        guard var upload else { return }
         self.upload = nil
+        if upload.failed == nil, let cipher = server.stores.cipher, !sealFullChunks(&upload, cipher: cipher, final: true) {
+            upload.failed = .insufficientStorage
+        }
         if upload.received != upload.slot.size && upload.failed == nil {
             abort(upload)
             problem(context: context, head: head, status: .badRequest, detail: "expected \(upload.slot.size) bytes, got \(upload.received)")
@@ -247,19 +284,20 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let promise = context.eventLoop.makePromise(of: UploadedFile?.self)
         promise.completeWithTask { try await uploads.upload(token: token) }
         promise.futureResult.assumeIsolated().whenComplete { [self] result in
-            guard case .success(let file?) = result, file.filename == name,
-                let handle = try? NIOFileHandle(_deprecatedPath: server.fileShare.path(token))
-            else {
+            let path = server.fileShare.path(token)
+            guard case .success(let file?) = result, file.filename == name, FileManager.default.fileExists(atPath: path) else {
                 problem(context: context, head: head, status: .notFound, detail: "no such file")
                 return
             }
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: file.contentType)
-            headers.add(name: "Content-Length", value: String(file.size))
-            headers.add(name: "X-Content-Type-Options", value: "nosniff")
-            headers.add(name: "Content-Security-Policy", value: "default-src 'none'; img-src 'self'; media-src 'self'; sandbox")
-            headers.add(name: "Cache-Control", value: "private, max-age=31536000, immutable")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+            if let cipher = server.stores.cipher, SealedFile.isSealed(path: path) {
+                serveSealed(context: context, head: head, file: file, path: path, cipher: cipher)
+                return
+            }
+            guard let handle = try? NIOFileHandle(_deprecatedPath: path) else {
+                problem(context: context, head: head, status: .notFound, detail: "no such file")
+                return
+            }
+            context.write(wrapOutboundOut(.head(uploadHead(head, file))), promise: nil)
             if head.method == .GET, file.size > 0 {
                 let region = FileRegion(fileHandle: handle, readerIndex: 0, endIndex: file.size)
                 context.write(wrapOutboundOut(.body(.fileRegion(region))), promise: nil)
@@ -267,6 +305,50 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
                 try? handle.close()
                 if !head.isKeepAlive { context.close(promise: nil) }
+            }
+        }
+    }
+
+    private func uploadHead(_ head: HTTPRequestHead, _ file: UploadedFile) -> HTTPResponseHead {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: file.contentType)
+        headers.add(name: "Content-Length", value: String(file.size))
+        headers.add(name: "X-Content-Type-Options", value: "nosniff")
+        headers.add(name: "Content-Security-Policy", value: "default-src 'none'; img-src 'self'; media-src 'self'; sandbox")
+        headers.add(name: "Cache-Control", value: "private, max-age=31536000, immutable")
+        return HTTPResponseHead(version: head.version, status: .ok, headers: headers)
+    }
+
+    /// Streams a sealed upload: read and open one chunk at a time off the event loop, write it,
+    /// wait for the write (so a slow client holds at most one chunk in memory).
+    private func serveSealed(context: ChannelHandlerContext, head: HTTPRequestHead, file: UploadedFile, path: String, cipher: any FieldCipher) {
+        context.write(wrapOutboundOut(.head(uploadHead(head, file))), promise: nil)
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        let logger = server.logger
+        let token = file.token
+        Task {
+            var sent = 0
+            do {
+                if head.method == .GET {
+                    try await SealedFile.open(path: path, token: token, cipher: cipher) { chunk in
+                        sent += chunk.count
+                        try await eventLoop.flatSubmit {
+                            let (handler, context) = bound.value
+                            return context.writeAndFlush(handler.wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: chunk)))))
+                        }.get()
+                    }
+                    guard sent == file.size else { throw StorageError.corrupt("sealed upload \(token) holds \(sent) of \(file.size) bytes") }
+                }
+                eventLoop.execute {
+                    let (handler, context) = bound.value
+                    context.writeAndFlush(handler.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                        if !head.isKeepAlive { context.close(promise: nil) }
+                    }
+                }
+            } catch {
+                logger.error("cannot serve sealed upload", metadata: ["error": "\(error)"])
+                eventLoop.execute { bound.value.1.close(promise: nil) }
             }
         }
     }

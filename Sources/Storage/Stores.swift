@@ -14,6 +14,8 @@ public struct Stores: Sendable {
     public var accessRequests: any AccessRequestStore
     public var trail: any TrailStore
     public var certificates: any CertificateStore
+    /// Seals files at rest (uploads) when encryption is on; the stores seal their own fields.
+    public var cipher: (any FieldCipher)?
 
     public init(
         accounts: any AccountStore, rosters: any RosterStore, offline: any OfflineStore, privateXML: any PrivateXMLStore,

@@ -155,6 +155,18 @@ import XMPPCore
         let archived = try await alice.next { $0.name == "message" && $0.child("result") != nil }
         #expect(XMLSerializer.string(archived).contains(marker))
         _ = try await alice.next { $0.id == "q1" }
+        // An attachment of several chunks: sealed on disk, served back intact.
+        let ns = "urn:xmpp:http:upload:0"
+        let file = Array(String(repeating: "\(marker) attachment line\n", count: 4000).utf8)
+        try await alice.send("<iq type='get' id='u1' to='example.test'><request xmlns='\(ns)' filename='notes.txt' size='\(file.count)' content-type='text/plain'/></iq>")
+        let slot = try await alice.next { $0.id == "u1" }.child("slot", namespace: ns)
+        func path(_ url: String) -> String { url.range(of: "/upload/").map { String(url[$0.lowerBound...]) } ?? url }
+        let put = path(try #require(slot?.child("put")?[attribute: "url"]))
+        let get = path(try #require(slot?.child("get")?[attribute: "url"]))
+        #expect(try await HTTPTestClient.request(port: server.ports.http ?? 0, method: "PUT", path: put, body: file).status == 201)
+        let fetched = try await HTTPTestClient.request(port: server.ports.http ?? 0, method: "GET", path: get)
+        #expect(fetched.status == 200)
+        #expect(fetched.body == file)
         await alice.close()
         let directory = server.dataDirectory
         await server.stop(keepData: true)
