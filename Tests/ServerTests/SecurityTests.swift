@@ -1,7 +1,9 @@
 import Crypto
 import Directory
 import Foundation
+@testable import Modules
 import SQLiteStorage
+import Server
 import Storage
 import SwitchboardTestSupport
 import Testing
@@ -46,6 +48,29 @@ import XMPPCore
             let reopened = try await KeyRing.open(master: newMaster, store: stores)
             #expect(try reopened.open(sealed, context: "archive") == Array("机密 secret".utf8))
             await #expect(throws: VaultError.self) { _ = try await KeyRing.open(master: master, store: stores) }
+        }
+    }
+
+    @Test func reencryptionMovesEverythingToTheNewestKey() async throws {
+        try await withStores { plain, path in
+            let master = try MasterKey.fromFile(path + "/keys/master.key", create: true)
+            // Rows from before encryption was on, and rows sealed with the first key.
+            try await plain.store("<message><body>plain-before</body></message>", for: "a@x", at: 1)
+            let first = plain.encrypted(with: try await KeyRing.open(master: master, store: plain))
+            try await first.store("<message><body>under-key-1</body></message>", for: "a@x", at: 2)
+            try await first.appendAudit([AuditRecord(time: 3, sender: "a@x", recipients: ["b@x"], type: "chat", stanza: "<m>audit-1</m>", attachments: ["https://f"])])
+            _ = try await KeyRing.rotate(master: master, store: plain)
+            let ring = try await KeyRing.open(master: master, store: plain)
+            let second = plain.encrypted(with: ring)
+            #expect(try await second.resealAll() == 4)  // two offline rows, the audit stanza and its attachments
+            #expect(try await second.resealAll() == 0)
+            let values = try await plain.database.run { db in
+                try db.query("SELECT stanza FROM offline_messages") { $0.blob(0) } + (try db.query("SELECT stanza FROM audit_messages") { $0.blob(0) })
+            }
+            #expect(values.allSatisfy { ring.keyID(of: $0) == ring.activeKeyID })
+            #expect(try await second.messages(for: "a@x").map(\.stanza) == [
+                "<message><body>plain-before</body></message>", "<message><body>under-key-1</body></message>",
+            ])
         }
     }
 
@@ -179,6 +204,23 @@ import XMPPCore
             #expect(data.range(of: Data(marker.utf8)) == nil, "plaintext found in \(file)")
         }
         #expect(scanned > 10_000)
+    }
+
+    @Test func retentionDeletesOldRecordsAndSaysSo() async throws {
+        let server = try await TestServer.start { $0.c2s.requireTLS = false }
+        defer { Task { await server.stop() } }
+        let now = Date().timeIntervalSince1970
+        try await server.stores.appendAudit([
+            AuditRecord(time: now - 40 * 86400, sender: "a@example.test", recipients: ["b@example.test"], type: "chat", stanza: "<m>old</m>"),
+            AuditRecord(time: now - 1000, sender: "a@example.test", recipients: ["b@example.test"], type: "chat", stanza: "<m>new</m>"),
+        ])
+        var security = ServerConfiguration.Security()
+        security.auditRetentionDays = 30
+        let trail = try #require(server.server.context.modules.service(TrailService.self))
+        await AuditModule.enforceRetention(security, directory: DirectoryRuntime(), trail: trail, server: server.server.context)
+        #expect(try await server.stores.auditCount() == 1)
+        let entries = try await server.stores.trail(from: 1, limit: 100)
+        #expect(entries.contains { $0.action == "audit.retention" && $0.details.contains("\"deleted\":\"1\"") })
     }
 
     @Test func auditorsReadOnlyWhatAnApproverGranted() async throws {
