@@ -24,6 +24,7 @@ public struct ArchiveModule: ServerModule {
     public static let senderArchiveID = "archive.sender-id"
     private let writer = ArchiveWriter()
     private let ids = ArchiveIDGenerator.shared
+    private let preferences = ArchivePreferenceTable()
 
     public init() {}
 
@@ -33,6 +34,9 @@ public struct ArchiveModule: ServerModule {
         registry.addServerFeature(Self.stanzaID)
         let writer = self.writer
         let ids = self.ids
+        let preferences = self.preferences
+        registry.onStart { server in try await preferences.load(server) }
+        registry.onSessionBound { session, server in try await preferences.refreshRoster(of: session.bareKey, server) }
 
         registry.onMessagePreparation { message, to, server in
             guard Self.archivable(message.stanza) else { return }
@@ -53,7 +57,9 @@ public struct ArchiveModule: ServerModule {
             let server = event.server
             let now = Date().timeIntervalSince1970
             var records: [ArchiveRecord] = []
-            if server.isLocal(event.to), event.to.localpart != nil {
+            if server.isLocal(event.to), event.to.localpart != nil,
+                preferences.archives(owner: event.to.bare.description, peer: from.bare.description)
+            {
                 // The recipient's copy keeps the recipient's own stanza-id (it is the MAM id).
                 let owner = event.to.bare.description
                 let uid = stanza.elements.first { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
@@ -67,7 +73,9 @@ public struct ArchiveModule: ServerModule {
                         id: position, uid: uid, owner: owner, peer: from.bare.description, outgoing: false, time: now,
                         stanza: serialized))
             }
-            if server.isLocal(from), from.localpart != nil, from.bare != event.to.bare {
+            if server.isLocal(from), from.localpart != nil, from.bare != event.to.bare,
+                preferences.archives(owner: from.bare.description, peer: event.to.bare.description)
+            {
                 // The sender's copy must not carry another archive's id (XEP-0313 §5.1).
                 var own = stanza
                 own.removeChildren { $0.name == "stanza-id" && $0.namespace == Self.stanzaID }
@@ -94,13 +102,14 @@ public struct ArchiveModule: ServerModule {
                     writer: writer
                 ) { request.session?.deliver($0) }
             case "prefs":
-                if request.isSet {
-                    throw StanzaError(.notAllowed, text: "archiving is set by the organisation's policy")
-                }
-                var prefs = XMLElement("prefs", xmlns: Self.ns, ["default": "always"])
-                prefs.append(XMLElement("always", xmlns: Self.ns))
-                prefs.append(XMLElement("never", xmlns: Self.ns))
-                return prefs
+                let owner = request.from.bare.description
+                guard request.isSet else { return preferences.preferences(of: owner).element }
+                var chosen = try ArchivePreferences(request.payload)
+                if chosen.default == .roster { chosen.rosterJIDs = try await ArchivePreferenceTable.rosterJIDs(owner, request.server) }
+                try await request.server.stores.privateXML.setDocument(
+                    chosen == ArchivePreferences() ? nil : XMLSerializer.string(chosen.element), of: owner, key: ArchivePreferences.storageKey)
+                preferences.set(chosen, of: owner)
+                return chosen.element
             default:
                 throw StanzaError.featureNotImplemented
             }

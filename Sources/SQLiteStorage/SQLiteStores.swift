@@ -227,6 +227,12 @@ extension SQLiteStores: PrivateXMLStore {
         }
     }
 
+    public func documents(key: String) async throws -> [(user: String, xml: String)] {
+        try await database.run { db in
+            try db.query("SELECT user, xml FROM private_xml WHERE key = ?", [.text(key)]) { ($0.text(0) ?? "", $0.text(1) ?? "") }
+        }
+    }
+
     public func setDocument(_ xml: String?, of user: String, key: String) async throws {
         try await database.run { db in
             if let xml {

@@ -3,4 +3,6 @@ public protocol PrivateXMLStore: Sendable {
     func document(of user: String, key: String) async throws -> String?
     /// Stores the document; `nil` deletes it.
     func setDocument(_ xml: String?, of user: String, key: String) async throws
+    /// Every user's document under `key` (e.g. all archiving preferences, loaded at start).
+    func documents(key: String) async throws -> [(user: String, xml: String)]
 }

@@ -25,6 +25,47 @@ import XMPPCore
         }
     }
 
+    @Test func preferencesChooseWhatGoesIntoOnesOwnHistory() async throws {
+        let server = try await TestServer.start { $0.c2s.requireTLS = false }
+        for user in ["alice", "bob", "carol"] { try await server.addUser(user, password: "pw") }
+        let alice = try await server.online("alice", "desk")
+        let bob = try await server.online("bob", "pc")
+        let carol = try await server.online("carol", "pc")
+        // Defaults: always, empty lists.
+        try await alice.send("<iq type='get' id='p0'><prefs xmlns='urn:xmpp:mam:2'/></iq>")
+        #expect(try await alice.next { $0.id == "p0" }.child("prefs")?[attribute: "default"] == "always")
+        try await alice.send(
+            "<iq type='set' id='p1'><prefs xmlns='urn:xmpp:mam:2' default='never'><always><jid>bob@example.test</jid></always><never/></prefs></iq>")
+        let set = try await alice.next { $0.id == "p1" }
+        #expect(set.stanzaType == "result")
+        #expect(set.child("prefs")?.child("always")?.child("jid")?.text == "bob@example.test")
+        try await bob.send("<message to='alice@example.test' type='chat' id='b1'><body>from bob</body></message>")
+        _ = try await alice.next { $0.id == "b1" }
+        try await carol.send("<message to='alice@example.test' type='chat' id='c1'><body>from carol</body></message>")
+        _ = try await alice.next { $0.id == "c1" }
+        try await alice.send("<message to='carol@example.test' type='chat' id='a1'><body>to carol</body></message>")
+        _ = try await carol.next { $0.id == "a1" }
+        await server.server.context.durabilityBarrier()
+        #expect(try await query(alice, id: "q1").bodies == ["from bob"])
+        // Carol's own history is not governed by alice's choice.
+        #expect(try await query(carol, id: "q2").bodies == ["from carol", "to carol"])
+        // Bad input: an unknown default, a malformed JID.
+        try await alice.send("<iq type='set' id='p2'><prefs xmlns='urn:xmpp:mam:2' default='sometimes'/></iq>")
+        #expect(try await alice.next { $0.id == "p2" }.child("error")?.child("bad-request") != nil)
+        try await alice.send("<iq type='set' id='p3'><prefs xmlns='urn:xmpp:mam:2' default='always'><always><jid>@@</jid></always></prefs></iq>")
+        #expect(try await alice.next { $0.id == "p3" }.child("error")?.child("jid-malformed") != nil)
+        for client in [alice, bob, carol] { await client.close() }
+        // Stored: a restart keeps them.
+        let directory = server.dataDirectory
+        await server.stop(keepData: true)
+        let again = try await TestServer.start(dataDirectory: directory) { $0.c2s.requireTLS = false }
+        defer { Task { await again.stop() } }
+        let back = try await again.online("alice", "desk")
+        try await back.send("<iq type='get' id='p4'><prefs xmlns='urn:xmpp:mam:2'/></iq>")
+        #expect(try await back.next { $0.id == "p4" }.child("prefs")?[attribute: "default"] == "never")
+        await back.close()
+    }
+
     @Test func bothSidesArchiveAndPageThroughHistory() async throws {
         let server = try await TestServer.start { $0.c2s.requireTLS = false }
         try await server.addUser("alice", password: "pw")
