@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import Server
 import XMLStream
 import XMPPCore
@@ -10,6 +11,9 @@ public struct PushModule: ServerModule {
     public let id = "push"
     static let ns = "urn:xmpp:push:0"
     static let storageKey = "push:registrations"
+
+    /// Notable messages pushed per user since they were last online (the summary's message-count).
+    let pending = NIOLockedValueBox<[String: Int]>([:])
 
     public init() {}
 
@@ -41,6 +45,10 @@ public struct PushModule: ServerModule {
             try await store.setDocument(registrations.isEmpty ? nil : XMLSerializer.string(document), of: user, key: Self.storageKey)
             return nil
         }
+        let pending = self.pending
+        // Back online: nothing is waiting any more.
+        registry.onSessionBound { session, _ in pending.withLockedValue { _ = $0.removeValue(forKey: session.bareKey) } }
+        registry.onSessionAvailable { session, _ in pending.withLockedValue { _ = $0.removeValue(forKey: session.bareKey) } }
         registry.onMessageRouted { event in
             let server = event.server
             guard server.isLocal(event.to), event.to.localpart != nil, Self.notable(event.stanza) else { return }
@@ -48,10 +56,15 @@ public struct PushModule: ServerModule {
             guard event.recipients.allSatisfy({ $0.presence.detached }) else { return }
             let sender = event.stanza[attribute: "from"].flatMap { try? JID($0) }?.bare.description ?? ""
             let user = event.to.bare
+            // XEP-0357 §5: the number of messages waiting since the user was last online.
+            let count = pending.withLockedValue { counts -> Int in
+                counts[user.description, default: 0] += 1
+                return counts[user.description] ?? 1
+            }
             server.track {
                 guard let registrations = try? await Self.registrations(of: user.description, server: server) else { return }
                 for registration in registrations {
-                    Self.publish(registration, for: user, sender: sender, server: server)
+                    Self.publish(registration, for: user, sender: sender, count: count, server: server)
                 }
             }
         }
@@ -70,10 +83,10 @@ public struct PushModule: ServerModule {
         return Array(document.elements)
     }
 
-    private static func publish(_ registration: XMLElement, for user: JID, sender: String, server: ServerContext) {
+    private static func publish(_ registration: XMLElement, for user: JID, sender: String, count: Int, server: ServerContext) {
         guard let target = registration[attribute: "jid"].flatMap({ try? JID($0) }), let node = registration[attribute: "node"] else { return }
         var summary = XMLElement("x", xmlns: NS.dataForms, ["type": "submit"])
-        for (name, value) in [("FORM_TYPE", "urn:xmpp:push:summary"), ("message-count", "1"), ("last-message-sender", sender)] {
+        for (name, value) in [("FORM_TYPE", "urn:xmpp:push:summary"), ("message-count", String(count)), ("last-message-sender", sender)] {
             var field = XMLElement("field", xmlns: NS.dataForms, ["var": name])
             field.append(XMLElement("value", xmlns: NS.dataForms).withText(value))
             summary.append(field)
