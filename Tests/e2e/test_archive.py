@@ -313,3 +313,32 @@ async def test_sent_carbon_carries_own_archive_id(xmpp, server):
     _, sent = await phone.wait_carbon("sent", "synced")
     (archived,), _ = await phone.mam_query(with_jid=bob_acc.jid)
     assert stanza_ids(sent, alice_acc.jid) == [archived.archive_id], ET.tostring(sent, encoding="unicode")
+
+
+@async_test()
+async def test_preferences_choose_what_enters_ones_own_archive(xmpp, server):
+    """XEP-0313 §6: default never with bob always archived; carol's messages stay out of alice's
+    archive (carol's own archive is hers to decide)."""
+    alice_acc, bob_acc, carol_acc = (xmpp.new_user(n) for n in ("alice", "bob", "carol"))
+    alice = await xmpp.login(alice_acc, "desk")
+    bob = await xmpp.login(bob_acc, "desk")
+    carol = await xmpp.login(carol_acc, "desk")
+    iq = alice.make_iq_set()
+    prefs = ET.SubElement(iq.xml, f"{{{NS_MAM}}}prefs", {"default": "never"})
+    ET.SubElement(ET.SubElement(prefs, f"{{{NS_MAM}}}always"), f"{{{NS_MAM}}}jid").text = bob_acc.jid
+    ET.SubElement(prefs, f"{{{NS_MAM}}}never")
+    result = await iq.send()
+    assert result.xml.find(f"{{{NS_MAM}}}prefs").get("default") == "never"
+    query = alice.make_iq_get()
+    query.append(ET.Element(f"{{{NS_MAM}}}prefs"))
+    answer = await query.send()
+    assert answer.xml.findtext(f"{{{NS_MAM}}}prefs/{{{NS_MAM}}}always/{{{NS_MAM}}}jid") == bob_acc.jid
+
+    bob_mid = bob.send_chat(alice_acc.jid, "from bob")
+    await alice.wait_message(sender=bob_acc.jid, body="from bob")
+    carol.send_chat(alice_acc.jid, "from carol")
+    await alice.wait_message(sender=carol_acc.jid, body="from carol")
+    results, fin = await alice.mam_query()
+    assert ids(results) == [bob_mid] and complete(fin), [r.body for r in results]
+    carols, _ = await carol.mam_query()
+    assert [r.body for r in carols] == ["from carol"]
