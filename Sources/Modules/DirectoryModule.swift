@@ -345,6 +345,7 @@ public struct DirectoryModule: ServerModule {
 
     public func register(in registry: inout ModuleRegistry) {
         let runtime = self.runtime
+        registry.provide(runtime)
         registry.onStart { server in try await runtime.start(server) }
         registry.addBackgroundTask { server in
             let interval = Duration.milliseconds(runtime.configuration.refreshIntervalMs)

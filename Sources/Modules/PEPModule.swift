@@ -65,7 +65,14 @@ public struct PEPModule: ServerModule {
         }
         guard let node = try await store.node(owner: owner, name: name) else { throw StanzaError.itemNotFound }
         guard try await mayRead(node, reader: request.from, server: request.server) else {
-            throw StanzaError(.notAuthorized, text: "the node's access model does not include you")
+            // XEP-0060 §6.5.9: the access model's own error.
+            let errors = "http://jabber.org/protocol/pubsub#errors"
+            if node.accessModel == .presence {
+                throw StanzaError(
+                    .notAuthorized, text: "only contacts who receive the owner's presence may read this node",
+                    applicationCondition: XMLElement("presence-subscription-required", xmlns: errors))
+            }
+            throw StanzaError(.notAllowed, text: "this node is closed", applicationCondition: XMLElement("closed-node", xmlns: errors))
         }
         let ids = itemsRequest.elements.compactMap { $0.name == "item" ? $0[attribute: "id"] : nil }
         let limit = itemsRequest[attribute: "max_items"].flatMap(Int.init)
@@ -135,6 +142,13 @@ public struct PEPModule: ServerModule {
         case .open: return true
         case .whitelist: return false
         case .presence:
+            // Directory colleagues share presence without subscriptions, so they read too.
+            if let directory = server.modules.service(DirectoryRuntime.self), directory.rosterEnabled,
+                let ownerName = try? JID(node.owner).localpart, let readerName = reader.localpart, server.isLocal(reader),
+                directory.snapshot.sees(readerName, ownerName)
+            {
+                return true
+            }
             return try await server.stores.rosters.item(of: node.owner, contact: reader.bare.description)?.subscription.contactSeesUser ?? false
         }
     }
@@ -144,8 +158,24 @@ public struct PEPModule: ServerModule {
     static func notify(_ items: XMLElement, node: PubSubNode, server: ServerContext) async throws {
         var recipients = server.router.sessions(of: node.owner)
         if node.accessModel != .whitelist {
+            var seen = Set<String>()
             for item in try await server.stores.rosters.roster(of: node.owner).items where item.subscription.contactSeesUser {
+                seen.insert(item.jid)
                 recipients += server.router.availableSessions(of: item.jid)
+            }
+            if let directory = server.modules.service(DirectoryRuntime.self), directory.rosterEnabled,
+                let ownerName = try? JID(node.owner).localpart
+            {
+                switch directory.snapshot.viewers(of: ownerName) {
+                case .users(let users):
+                    for user in users where !seen.contains("\(user)@\(server.domain)") {
+                        recipients += server.router.availableSessions(of: "\(user)@\(server.domain)")
+                    }
+                case .everyone:
+                    recipients += server.router.allSessions().filter {
+                        $0.presence.available && $0.bareKey != node.owner && !seen.contains($0.bareKey)
+                    }
+                }
             }
         }
         for session in recipients {
@@ -166,7 +196,11 @@ public struct PEPModule: ServerModule {
     static func sendLastItems(to session: SessionHandle, server: ServerContext) async throws {
         let user = session.bareKey
         let roster = try await server.stores.rosters.roster(of: user)
-        let owners = [user] + roster.items.filter { $0.subscription.userSeesContact }.map(\.jid)
+        var owners = [user] + roster.items.filter { $0.subscription.userSeesContact }.map(\.jid)
+        if let directory = server.modules.service(DirectoryRuntime.self), directory.rosterEnabled, let name = session.jid.localpart {
+            let known = Set(owners)
+            owners += directory.snapshot.contacts(of: name).keys.map { "\($0)@\(server.domain)" }.filter { !known.contains($0) }
+        }
         let store = server.stores.pubsub
         for node in try await store.nodes(owners: owners) {
             guard try await mayRead(node, reader: session.jid, server: server),

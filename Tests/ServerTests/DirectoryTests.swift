@@ -257,6 +257,28 @@ import XMPPCore
         await client.close()
     }
 
+    @Test func colleaguesSeeEachOthersAvatarsWithoutSubscriptions() async throws {
+        let (server, _) = try await start()
+        defer { Task { await server.stop() } }
+        let zhang = try await server.online("zhangwei", "pc")
+        try await waitForVersion(zhang, atLeast: try await server.stores.directoryVersion())
+        let lina = try await server.online("lina", "phone")
+        let wang = try await server.online("wangfang", "pc")
+        let ps = "http://jabber.org/protocol/pubsub"
+        try await zhang.send(
+            "<iq type='set' id='a1'><pubsub xmlns='\(ps)'><publish node='urn:xmpp:avatar:metadata'><item id='h1'><metadata xmlns='urn:xmpp:avatar:metadata'><info id='h1' bytes='9' type='image/png'/></metadata></item></publish></pubsub></iq>")
+        #expect(try await zhang.next { $0.id == "a1" }.stanzaType == "result")
+        let event = try await lina.next { $0.name == "message" && $0.child("event") != nil }
+        #expect(event[attribute: "from"] == "zhangwei@example.test")
+        try await lina.send("<iq type='get' id='r1' to='zhangwei@example.test'><pubsub xmlns='\(ps)'><items node='urn:xmpp:avatar:metadata'/></pubsub></iq>")
+        #expect(try await lina.next { $0.id == "r1" }.stanzaType == "result")
+        // Someone from another unit: refused with the access model's own condition.
+        try await wang.send("<iq type='get' id='r2' to='zhangwei@example.test'><pubsub xmlns='\(ps)'><items node='urn:xmpp:avatar:metadata'/></pubsub></iq>")
+        let refused = try await wang.next { $0.id == "r2" }
+        #expect(refused.child("error")?.child("presence-subscription-required", namespace: "http://jabber.org/protocol/pubsub#errors") != nil)
+        for client in [zhang, lina, wang] { await client.close() }
+    }
+
     @Test func disablingEndsSessionsAndRefusesLogin() async throws {
         let (server, service) = try await start()
         defer { Task { await server.stop() } }
