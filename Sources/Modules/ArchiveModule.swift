@@ -35,6 +35,7 @@ public struct ArchiveModule: ServerModule {
         let writer = self.writer
         let ids = self.ids
         let preferences = self.preferences
+        registry.provide(SharedArchiveWriter(writer))
         registry.onStart { server in try await preferences.load(server) }
         registry.onSessionBound { session, server in try await preferences.refreshRoster(of: session.bareKey, server) }
 
@@ -262,13 +263,40 @@ final class ArchiveIDGenerator: Sendable {
     }
 }
 
-/// The archive's writer.
-typealias ArchiveWriter = GroupCommitWriter<ArchiveRecord>
+/// What the archive's writer commits: users' and rooms' archive records, and audit records
+/// riding along, so one transaction (one fsync) serves both.
+enum ArchiveWrite: Sendable {
+    case message(ArchiveRecord)
+    case audit(AuditRecord)
+}
 
-extension GroupCommitWriter where Record == ArchiveRecord {
+/// The archive's writer.
+typealias ArchiveWriter = GroupCommitWriter<ArchiveWrite>
+
+extension GroupCommitWriter where Record == ArchiveWrite {
     convenience init() {
-        self.init(name: "archive") { records, server in try await server.stores.archive.append(records) }
+        self.init(name: "archive") { writes, server in
+            var messages: [ArchiveRecord] = []
+            var audit: [AuditRecord] = []
+            for write in writes {
+                switch write {
+                case .message(let record): messages.append(record)
+                case .audit(let record): audit.append(record)
+                }
+            }
+            try await server.stores.archive.append(messages, audit: audit)
+        }
     }
+
+    func enqueue(_ records: [ArchiveRecord], server: ServerContext) {
+        enqueue(records.map(ArchiveWrite.message), server: server)
+    }
+}
+
+/// The user archive's writer, offered to the audit record so both commit together.
+final class SharedArchiveWriter: Sendable {
+    let writer: ArchiveWriter
+    init(_ writer: ArchiveWriter) { self.writer = writer }
 }
 
 /// Group commit: records accumulate while the previous batch is written, so one transaction
