@@ -35,7 +35,6 @@ public struct ArchiveModule: ServerModule {
         let writer = self.writer
         let ids = self.ids
         let preferences = self.preferences
-        registry.provide(SharedArchiveWriter(writer))
         registry.onStart { server in try await preferences.load(server) }
         registry.onSessionBound { session, server in try await preferences.refreshRoster(of: session.bareKey, server) }
 
@@ -263,40 +262,13 @@ final class ArchiveIDGenerator: Sendable {
     }
 }
 
-/// What the archive's writer commits: users' and rooms' archive records, and audit records
-/// riding along, so one transaction (one fsync) serves both.
-enum ArchiveWrite: Sendable {
-    case message(ArchiveRecord)
-    case audit(AuditRecord)
-}
-
 /// The archive's writer.
-typealias ArchiveWriter = GroupCommitWriter<ArchiveWrite>
+typealias ArchiveWriter = GroupCommitWriter<ArchiveRecord>
 
-extension GroupCommitWriter where Record == ArchiveWrite {
+extension GroupCommitWriter where Record == ArchiveRecord {
     convenience init() {
-        self.init(name: "archive") { writes, server in
-            var messages: [ArchiveRecord] = []
-            var audit: [AuditRecord] = []
-            for write in writes {
-                switch write {
-                case .message(let record): messages.append(record)
-                case .audit(let record): audit.append(record)
-                }
-            }
-            try await server.stores.archive.append(messages, audit: audit)
-        }
+        self.init(name: "archive") { records, server in try await server.stores.archive.append(records) }
     }
-
-    func enqueue(_ records: [ArchiveRecord], server: ServerContext) {
-        enqueue(records.map(ArchiveWrite.message), server: server)
-    }
-}
-
-/// The user archive's writer, offered to the audit record so both commit together.
-final class SharedArchiveWriter: Sendable {
-    let writer: ArchiveWriter
-    init(_ writer: ArchiveWriter) { self.writer = writer }
 }
 
 /// Group commit: records accumulate while the previous batch is written, so one transaction

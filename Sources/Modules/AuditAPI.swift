@@ -231,7 +231,7 @@ struct AuditAPI: Sendable {
         guard access.status == .approved else {
             throw Failure.status(403, "Forbidden", "request \(id) is \(access.status.rawValue), not approved")
         }
-        await server.durabilityBarrier()  // everything routed so far is in the record
+        await writer.flushed()
         let query = request.query["q"].map { $0.lowercased() }.flatMap { $0.isEmpty ? nil : $0 }
         let limit = export ? 100_000 : min(max(1, Int(request.query["limit"] ?? "") ?? 100), 1000)
         var after = Int64(request.query["after"] ?? "") ?? 0

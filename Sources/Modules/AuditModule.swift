@@ -69,21 +69,13 @@ public struct AuditModule: ServerModule {
                 server: server)
         }
         guard configuration.security.audit else { return }
-        // Audit records ride in the archive's group commit when the archive runs (one fsync for both).
-        @Sendable func enqueue(_ record: AuditRecord, _ server: ServerContext) {
-            if let shared = server.modules.service(SharedArchiveWriter.self) {
-                shared.writer.enqueue([.audit(record)], server: server)
-            } else {
-                writer.enqueue([record], server: server)
-            }
-        }
         registry.onMessageRouted(.low) { event in
             guard let record = Self.record(event.stanza, to: event.to, text: event.annotations[ArchiveModule.routedText]) else { return }
-            enqueue(record, event.server)
+            writer.enqueue([record], server: event.server)
         }
         registry.onGroupMessage { event in
             guard let record = Self.record(event.stanza, room: event.room, sender: event.sender) else { return }
-            enqueue(record, event.server)
+            writer.enqueue([record], server: event.server)
         }
         registry.onDurabilityBarrier { _ in await writer.flushed() }
         registry.addBackgroundTask { server in

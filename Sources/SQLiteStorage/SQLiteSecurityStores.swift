@@ -65,13 +65,8 @@ extension SQLiteStores: TrailStore {
 extension SQLiteStores: AuditArchiveStore {
     public func appendAudit(_ records: [AuditRecord]) async throws {
         guard !records.isEmpty else { return }
-        let rows = try auditRows(records)
-        try await archiveDatabase.transaction { db in try Self.insertAudit(rows, db) }
-    }
-
-    /// Sealed column values and participants of audit records (sealing happens off the database queue).
-    func auditRows(_ records: [AuditRecord]) throws -> [(values: [SQLValue], participants: [String], time: Double)] {
-        try records.map { record in
+        // Seal outside the database queue: the archive connection only writes.
+        let rows = try records.map { record -> ([SQLValue], [String]) in
             let values: [SQLValue] = [
                 .double(record.time), .text(record.sender), .text(record.recipients.joined(separator: "\n")), .text(record.type),
                 .optional(record.room), try sealed(record.stanza, context: "audit"),
@@ -80,18 +75,19 @@ extension SQLiteStores: AuditArchiveStore {
             ]
             var participants = [record.sender] + record.recipients
             if let room = record.room { participants.append(room) }
-            return (values, Array(Set(participants)), record.time)
+            return (values, Array(Set(participants)))
         }
-    }
-
-    static func insertAudit(_ rows: [(values: [SQLValue], participants: [String], time: Double)], _ db: Connection) throws {
-        for row in rows {
-            try db.run(
-                "INSERT INTO audit_messages (created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                row.values)
-            let id = db.lastInsertRowID
-            for user in row.participants {
-                try db.run("INSERT INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)", [.text(user), .double(row.time), .int(id)])
+        try await archiveDatabase.transaction { db in
+            for (index, (values, participants)) in rows.enumerated() {
+                try db.run(
+                    "INSERT INTO audit_messages (created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    values)
+                let id = db.lastInsertRowID
+                for user in participants {
+                    try db.run(
+                        "INSERT INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)",
+                        [.text(user), .double(records[index].time), .int(id)])
+                }
             }
         }
     }

@@ -287,22 +287,14 @@ extension SQLiteStores: BlocklistStore {
 
 extension SQLiteStores: ArchiveStore {
     public func append(_ records: [ArchiveRecord]) async throws {
-        try await append(records, audit: [])
-    }
-
-    public func append(_ records: [ArchiveRecord], audit: [AuditRecord]) async throws {
-        guard !records.isEmpty || !audit.isEmpty else { return }
-        // Seal before taking the database queue: it only writes.
-        let archiveRows = try records.map { record -> [SQLValue] in
-            [.int(record.id), .text(record.uid), .text(record.owner), .text(record.peer), .int(record.outgoing ? 1 : 0),
-             .double(record.time), try sealed(record.stanza, context: "archive")]
-        }
-        let auditRows = try auditRows(audit)
+        guard !records.isEmpty else { return }
         try await archiveDatabase.transaction { db in
-            for values in archiveRows {
-                try db.run("INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+            for record in records {
+                try db.run(
+                    "INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [.int(record.id), .text(record.uid), .text(record.owner), .text(record.peer), .int(record.outgoing ? 1 : 0),
+                     .double(record.time), try self.sealed(record.stanza, context: "archive")])
             }
-            try Self.insertAudit(auditRows, db)
         }
     }
 

@@ -72,8 +72,6 @@ public struct ArchivePage: Sendable, Hashable {
 public protocol ArchiveStore: Sendable {
     /// Durably appends the records in one transaction.
     func append(_ records: [ArchiveRecord]) async throws
-    /// Appends archive records and audit records in one transaction (one fsync for both).
-    func append(_ records: [ArchiveRecord], audit: [AuditRecord]) async throws
     /// - Returns: nil when `after` or `before` names no record of the owner's archive.
     func query(_ query: ArchiveQuery) async throws -> ArchivePage?
     func archiveCount(owner: String) async throws -> Int
