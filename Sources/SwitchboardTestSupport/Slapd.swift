@@ -155,7 +155,20 @@ public final class SlapdServer: @unchecked Sendable {  // immutable after start;
     }
 
     /// SIGSTOP: the server keeps its sockets but answers nothing (a hung directory).
-    public func suspend() { _ = kill(process.processIdentifier, SIGSTOP) }
+    public func suspend() {
+        let pid = process.processIdentifier
+        _ = kill(pid, SIGSTOP)
+        // Signals are delivered asynchronously: wait until the kernel reports it stopped ('T'),
+        // so a request sent right after cannot still be answered.
+        for _ in 0..<200 {
+            if let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")"), stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("T")
+            {
+                return
+            }
+            usleep(5_000)
+        }
+    }
 
     /// SIGCONT after `suspend()`.
     public func resume() { _ = kill(process.processIdentifier, SIGCONT) }
