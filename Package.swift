@@ -106,6 +106,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Seeded generators and time budgets for the fuzz tests (no dependencies).
+        .target(name: "FuzzSupport"),
         // How a server process is put together (stores + key ring), shared by the CLI and the tests.
         .target(name: "Assembly", dependencies: ["Server", "SQLiteStorage", "Storage", "Vault"]),
         // The executable: serve, user, bench ...
@@ -146,8 +148,8 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
-        .testTarget(name: "XMLStreamTests", dependencies: ["XMLStream", "CExpat"]),
-        .testTarget(name: "XMPPCoreTests", dependencies: ["XMPPCore"]),
+        .testTarget(name: "XMLStreamTests", dependencies: ["XMLStream", "CExpat", "FuzzSupport"]),
+        .testTarget(name: "XMPPCoreTests", dependencies: ["XMPPCore", "FuzzSupport"]),
         .testTarget(
             name: "LDAPTests",
             dependencies: [

@@ -284,10 +284,14 @@ final class GroupCommitWriter<Record: Sendable>: Sendable {
 
     private let state = NIOLockedValueBox(State())
     private let name: String
+    private let linger: Duration?
     private let write: @Sendable ([Record], ServerContext) async throws -> Void
 
-    init(name: String, write: @escaping @Sendable ([Record], ServerContext) async throws -> Void) {
+    /// - Parameter linger: with fewer than 256 records waiting, wait this long for more before a
+    ///   batch (messages: many per fsync even at low rates); nil writes at once.
+    init(name: String, linger: Duration? = .milliseconds(4), write: @escaping @Sendable ([Record], ServerContext) async throws -> Void) {
         self.name = name
+        self.linger = linger
         self.write = write
     }
 
@@ -303,16 +307,15 @@ final class GroupCommitWriter<Record: Sendable>: Sendable {
         if start { server.track { await self.drain(server) } }
     }
 
-    /// Below this many waiting records the writer lingers (4 ms) so that, at low rates too,
+    /// Below this many waiting records the writer lingers (`linger`) so that, at low rates too,
     /// one commit (one fsync) carries many messages instead of one each.
     private static var lingerBelow: Int { 256 }
-    private static var linger: Duration { .milliseconds(4) }
 
     private func drain(_ server: ServerContext) async {
         var failures = 0
         while true {
-            if state.withLockedValue({ $0.pending.count }) < Self.lingerBelow {
-                try? await Task.sleep(for: Self.linger)
+            if let linger, state.withLockedValue({ $0.pending.count }) < Self.lingerBelow {
+                try? await Task.sleep(for: linger)
             }
             let (batch, upTo) = state.withLockedValue { state -> ([Record], UInt64) in
                 let batch = state.pending

@@ -757,78 +757,30 @@ final class MUCService: Sendable {
     }
 }
 
-/// Room storage written behind, in order, by one task at a time.
-final class MUCPersistence: Sendable {
-    enum Operation: Sendable {
-        case save(MUCRoomRecord)
-        case delete(String)
-    }
+/// A change to stored rooms.
+enum MUCPersistenceOperation: Sendable {
+    case save(MUCRoomRecord)
+    case delete(String)
+}
 
-    private struct State {
-        var pending: [Operation] = []
-        var enqueued: UInt64 = 0
-        var done: UInt64 = 0
-        var running = false
-        var waiters: [(UInt64, CheckedContinuation<Void, Never>)] = []
-    }
+/// Room storage written behind, in order, by one task at a time (the archive's group-commit
+/// writer without lingering: rooms change rarely and callers may wait for it).
+typealias MUCPersistence = GroupCommitWriter<MUCPersistenceOperation>
 
-    private let state = NIOLockedValueBox(State())
-
-    func enqueue(_ operation: Operation, server: ServerContext) {
-        let start = state.withLockedValue { state -> Bool in
-            state.pending.append(operation)
-            state.enqueued += 1
-            guard !state.running else { return false }
-            state.running = true
-            return true
-        }
-        if start { server.track { await self.drain(server) } }
-    }
-
-    private func drain(_ server: ServerContext) async {
-        while true {
-            let (batch, upTo) = state.withLockedValue { state -> ([Operation], UInt64) in
-                let batch = state.pending
-                state.pending = []
-                if batch.isEmpty { state.running = false }
-                return (batch, state.enqueued)
-            }
-            guard !batch.isEmpty else { return }
-            for operation in batch {
-                var failures = 0
-                while true {
-                    do {
-                        switch operation {
-                        case .save(let record): try await server.stores.muc.saveRoom(record)
-                        case .delete(let jid): try await server.stores.muc.deleteRoom(jid)
-                        }
-                        break
-                    } catch {
-                        failures += 1
-                        server.logger.error("room storage failed; retrying", metadata: ["error": "\(error)"])
-                        try? await Task.sleep(for: .milliseconds(min(5000, 50 * failures)))
-                    }
+extension GroupCommitWriter where Record == MUCPersistenceOperation {
+    convenience init() {
+        // Saves and deletes are idempotent, so a batch that failed half-way is simply redone.
+        self.init(name: "room storage", linger: nil) { operations, server in
+            for operation in operations {
+                switch operation {
+                case .save(let record): try await server.stores.muc.saveRoom(record)
+                case .delete(let jid): try await server.stores.muc.deleteRoom(jid)
                 }
             }
-            let ready = state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
-                state.done = upTo
-                let ready = state.waiters.filter { $0.0 <= upTo }.map(\.1)
-                state.waiters.removeAll { $0.0 <= upTo }
-                return ready
-            }
-            for waiter in ready { waiter.resume() }
         }
     }
 
-    /// Returns once everything enqueued before the call is stored.
-    func flushed() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let done = state.withLockedValue { state -> Bool in
-                if state.done >= state.enqueued { return true }
-                state.waiters.append((state.enqueued, continuation))
-                return false
-            }
-            if done { continuation.resume() }
-        }
+    func enqueue(_ operation: MUCPersistenceOperation, server: ServerContext) {
+        enqueue([operation], server: server)
     }
 }

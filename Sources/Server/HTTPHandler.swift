@@ -357,23 +357,10 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// RFC 9457 problem JSON.
     private func problem(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, detail: String) {
-        let escaped = detail.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-        let body = #"{"type":"about:blank","title":"\#(status.reasonPhrase)","status":\#(status.code),"detail":"\#(escaped)"}"#
-        write(context: context, head: head, status: status, contentType: "application/problem+json", body: Array(body.utf8))
+        write(context: context, head: head, response: .problem(Int(status.code), status.reasonPhrase, detail))
     }
 
     private func write(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, contentType: String, body: [UInt8]) {
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: contentType)
-        headers.add(name: "Content-Length", value: String(body.count))
-        let keepAlive = head.isKeepAlive
-        if !keepAlive { headers.add(name: "Connection", value: "close") }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-        if !body.isEmpty {
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
-        }
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-            if !keepAlive { context.close(promise: nil) }
-        }
+        write(context: context, head: head, response: HTTPResponse(status: Int(status.code), contentType: contentType, body: body))
     }
 }

@@ -93,3 +93,40 @@ extension TestServer {
         return client
     }
 }
+
+extension TestServer {
+    /// Fails `times` logins of `user` with a wrong password, each on its own connection; returns
+    /// how many were refused (all of them, unless something is wrong).
+    @discardableResult
+    public func failLogins(_ user: String, times: Int) async throws -> Int {
+        var refused = 0
+        for _ in 0..<times {
+            let client = try await TestClient.connect(port: ports.c2s ?? 0, domain: domain)
+            do {
+                try await client.login(user, password: "wrong-\(UUID().uuidString)")
+            } catch is TestClientError {
+                refused += 1
+            }
+            await client.close()
+        }
+        return refused
+    }
+}
+
+extension TestServer {
+    /// Waits until the running server has applied the directory as it is in the database now
+    /// (it polls the version; the tree IQ answers with the version it serves), asking through `client`.
+    public func waitForDirectory(_ client: TestClient, timeout: Duration = .seconds(5)) async throws {
+        let version = try await stores.directoryVersion()
+        let deadline = ContinuousClock.now + timeout
+        var attempt = 0
+        while ContinuousClock.now < deadline {
+            attempt += 1
+            try await client.send("<iq type='get' id='dv\(attempt)' to='\(domain)'><units xmlns='urn:switchboard:org:0'/></iq>")
+            let result = try await client.next { $0.id == "dv\(attempt)" }
+            if let seen = result.child("units")?[attribute: "version"].flatMap(Int64.init), seen >= version { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw TestClientError("the server never reached directory version \(version)")
+    }
+}

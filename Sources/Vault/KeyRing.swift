@@ -175,8 +175,7 @@ public final class KeyRing: FieldCipher, Sendable {
     }
 
     public func open(_ sealed: [UInt8], context: String) throws -> [UInt8] {
-        guard isSealed(sealed) else { throw VaultError("not a sealed value") }
-        let id = Int64(UInt32(sealed[4]) << 24 | UInt32(sealed[5]) << 16 | UInt32(sealed[6]) << 8 | UInt32(sealed[7]))
+        guard let id = keyID(of: sealed) else { throw VaultError("not a sealed value") }
         guard let key = keys[id] else { throw VaultError("value sealed with unknown data key \(id)") }
         do {
             let box = try AES.GCM.SealedBox(

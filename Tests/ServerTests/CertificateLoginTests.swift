@@ -211,17 +211,6 @@ import XMPPCore
         await client.close()
     }
 
-    /// Waits until the running server applied the directory as it is in the database now.
-    private func waitForDirectory(_ server: TestServer, _ client: TestClient) async throws {
-        let version = try await server.stores.directoryVersion()
-        for attempt in 0..<100 {
-            try await client.send("<iq type='get' id='v\(attempt)' to='example.test'><units xmlns='urn:switchboard:org:0'/></iq>")
-            let result = try await client.next { $0.id == "v\(attempt)" }
-            if let seen = result.child("units")?[attribute: "version"].flatMap(Int64.init), seen >= version { return }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        Issue.record("server never reached directory version \(version)")
-    }
 
     @Test func policyForcesCertificateLoginForAnAdmin() async throws {
         let (server, ca) = try await start { $0.certificateLogin.requiredRoles = ["admin"] }
@@ -234,7 +223,7 @@ import XMPPCore
         _ = try await watcherTLS.scramOutcome("dave", password: "pw")
         _ = try await watcherTLS.openStream()
         _ = try await watcherTLS.bind("watch")
-        try await waitForDirectory(server, watcherTLS)
+        try await server.waitForDirectory(watcherTLS)
 
         // Right password, but an admin: refused, and told why.
         let (scram, _) = try await starttls(server, try TestClient.tlsContext())
@@ -280,7 +269,7 @@ import XMPPCore
         #expect(try await watcher.scramOutcome("frank", password: "pw").name == "success")
         _ = try await watcher.openStream()
         _ = try await watcher.bind("watch")
-        try await waitForDirectory(server, watcher)
+        try await server.waitForDirectory(watcher)
 
         let (client, _) = try await starttls(server, try TestClient.tlsContext())
         let refused = try await client.scramOutcome("erin", password: "pw")

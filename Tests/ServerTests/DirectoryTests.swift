@@ -166,22 +166,12 @@ import XMPPCore
         return items
     }
 
-    /// Waits until the server has applied directory version `version` (it polls every 50 ms).
-    private func waitForVersion(_ client: TestClient, atLeast version: Int64) async throws {
-        for attempt in 0..<100 {
-            try await client.send("<iq type='get' id='v\(attempt)' to='example.test'><units xmlns='urn:switchboard:org:0'/></iq>")
-            let result = try await client.next { $0.id == "v\(attempt)" }
-            if let seen = result.child("units")?[attribute: "version"].flatMap(Int64.init), seen >= version { return }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        Issue.record("server never reached directory version \(version)")
-    }
 
     @Test func colleaguesInRosterWithPresenceAndLivePushes() async throws {
         let (server, service) = try await start()
         defer { Task { await server.stop() } }
         let zhang = try await server.online("zhangwei", "pc")
-        try await waitForVersion(zhang, atLeast: try await server.stores.directoryVersion())
+        try await server.waitForDirectory(zhang)
         let first = try await roster(zhang, id: "r1")
         let shown = items(first)
         #expect(shown["lina@example.test"]?.name == "李娜")
@@ -230,7 +220,7 @@ import XMPPCore
         defer { Task { await server.stop() } }
         let muc = try #require(server.server.context.modules.service(MUCModule.self))
         let client = try await server.online("zhangwei", "pc")
-        try await waitForVersion(client, atLeast: try await server.stores.directoryVersion())
+        try await server.waitForDirectory(client)
         func members(_ unit: String) async throws -> Set<String>? {
             for _ in 0..<100 {
                 if let members = muc.members(ofRoom: unit), !members.isEmpty { return members }
@@ -261,7 +251,7 @@ import XMPPCore
         let (server, _) = try await start()
         defer { Task { await server.stop() } }
         let zhang = try await server.online("zhangwei", "pc")
-        try await waitForVersion(zhang, atLeast: try await server.stores.directoryVersion())
+        try await server.waitForDirectory(zhang)
         let lina = try await server.online("lina", "phone")
         let wang = try await server.online("wangfang", "pc")
         let ps = "http://jabber.org/protocol/pubsub"
@@ -283,7 +273,7 @@ import XMPPCore
         let (server, service) = try await start()
         defer { Task { await server.stop() } }
         let lina = try await server.online("lina", "pc")
-        try await waitForVersion(lina, atLeast: try await server.stores.directoryVersion())
+        try await server.waitForDirectory(lina)
         try await service.setStatus("lina", .disabled)
         var sawError = false
         while let element = try? await lina.next(timeout: .seconds(5)) {
@@ -306,7 +296,7 @@ import XMPPCore
             $0.phones = ["010-1234"]
         }
         let wang = try await server.online("wangfang", "pc")
-        try await waitForVersion(wang, atLeast: try await server.stores.directoryVersion())
+        try await server.waitForDirectory(wang)
 
         // XEP-0055: the form, then a search by initials.
         try await wang.send("<iq type='get' id='s1' to='example.test'><query xmlns='jabber:iq:search'/></iq>")
@@ -340,8 +330,7 @@ import XMPPCore
             == ["lina@example.test", "zhangwei@example.test"])
         try await service.setStatus("lina", .disabled)
         _ = try await service.createUnit(name: "财务部")
-        let newVersion = try await server.stores.directoryVersion()
-        try await waitForVersion(wang, atLeast: newVersion)
+        try await server.waitForDirectory(wang)
         try await wang.send("<iq type='get' id='t3' to='example.test'><units xmlns='urn:switchboard:org:0' parent='platform' since='\(version)'/></iq>")
         let delta = try await wang.next { $0.id == "t3" }
         #expect(delta.child("units")?.elements.filter { $0.name == "removed" }.compactMap { $0[attribute: "jid"] } == ["lina@example.test"])

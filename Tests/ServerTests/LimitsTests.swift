@@ -219,11 +219,7 @@ import XMPPCore
             $0.limits.loginLockoutSeconds = 30
         }
         try await server.addUser("alice", password: "right")
-        for _ in 0..<2 {
-            let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
-            await #expect(throws: TestClientError.self) { try await client.login("alice", password: "wrong") }
-            await client.close()
-        }
+        #expect(try await server.failLogins("alice", times: 2) == 2)
         let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
         do {
             try await client.login("alice", password: "right")

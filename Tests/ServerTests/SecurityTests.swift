@@ -136,8 +136,10 @@ import XMPPCore
         // Separation of duties: one person cannot both audit and approve, or audit and administer.
         await #expect(throws: DirectoryError.self) { try await service.grantRole("approver", to: "audrey") }
         await #expect(throws: DirectoryError.self) { try await service.grantRole("auditor", to: "sam") }
-        // Let the server pick up the roles (it polls every 50 ms).
-        try await Task.sleep(for: .milliseconds(400))
+        // Let the server pick up the roles.
+        let probe = try await server.online("alice", "probe")
+        try await server.waitForDirectory(probe)
+        await probe.close()
         return server
     }
 

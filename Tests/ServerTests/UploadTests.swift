@@ -5,23 +5,14 @@ import Testing
 import XMLStream
 import XMPPCore
 
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
-
 @Suite struct UploadTests {
     private let ns = "urn:xmpp:http:upload:0"
 
     private func http(_ method: String, _ url: String, body: Data? = nil) async throws -> (Int, Data, String?) {
-        var request = URLRequest(url: try #require(URL(string: url)))
-        request.httpMethod = method
-        if let body {
-            request.httpBody = body
-            request.setValue(String(body.count), forHTTPHeaderField: "Content-Length")
-        }
-        let (data, response) = try await URLSession.shared.data(for: request)
-        let http = try #require(response as? HTTPURLResponse)
-        return (http.statusCode, data, http.value(forHTTPHeaderField: "Content-Type"))
+        let components = try #require(URLComponents(string: url))
+        let response = try await HTTPTestClient.request(
+            port: try #require(components.port), method: method, path: components.percentEncodedPath, body: Array(body ?? Data()))
+        return (response.status, Data(response.body), response.headers["content-type"])
     }
 
     @Test func slotPutGetOnceOnlyAndLimits() async throws {

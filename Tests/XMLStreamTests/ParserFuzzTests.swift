@@ -1,3 +1,4 @@
+import FuzzSupport
 import Foundation
 import NIOCore
 import Testing
@@ -155,23 +156,3 @@ import Testing
     }
 }
 
-/// How long a fuzz test runs and with which seed (environment, printed so a failure replays).
-struct FuzzBudget {
-    let name: String
-    let seed: UInt64
-    let deadline: ContinuousClock.Instant
-    let minimumCases = 200
-
-    init(name: String) {
-        self.name = name
-        let environment = ProcessInfo.processInfo.environment
-        seed = environment["SWITCHBOARD_FUZZ_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 1...UInt64.max)
-        let seconds = environment["SWITCHBOARD_FUZZ_SECONDS"].flatMap { Double($0) } ?? 2
-        deadline = .now + .milliseconds(Int(seconds * 1000))
-        print("fuzz \(name): SWITCHBOARD_FUZZ_SEED=\(seed) (SWITCHBOARD_FUZZ_SECONDS=\(seconds))")
-    }
-
-    func goOn(_ cases: Int) -> Bool { cases < minimumCases || ContinuousClock.now < deadline }
-
-    func finish(_ cases: Int) { print("fuzz \(name): \(cases) cases, seed \(seed)") }
-}
