@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh Debian 12 machine with Swift 6.3:
-#   1. installs the system libraries the build links (libexpat, libsqlite3) and the OpenLDAP
-#      server and tools the LDAP tests start (slapd, ldap-utils) if missing,
+#   1. installs the system libraries the build links (libexpat, libsqlite3), the OpenLDAP
+#      server and tools the LDAP tests start (slapd, ldap-utils), Python 3 for the benchmark
+#      harnesses and openssl (`switchboard ca issue` writes PKCS#12 with it) if missing,
 #   2. builds the server (debug) and runs the Swift test suites (unit + in-process server),
-#   3. runs the end-to-end suite: the real server process driven by slixmpp, a WebSocket
+#   3. runs the benchmark harnesses (bench/compare.sh, bench/directory.sh) in their seconds-long
+#      smoke modes (no timing assertions),
+#   4. runs the end-to-end suite: the real server process driven by slixmpp, a WebSocket
 #      client, raw sockets and two Profanity clients under tmux (Tests/e2e/run.sh installs
-#      its own Debian and PyPI dependencies into Tests/e2e/.venv),
-#   4. runs the benchmark harness in its seconds-long smoke mode (no timing assertions).
+#      its own Debian and PyPI dependencies into Tests/e2e/.venv).
 # Extra arguments are passed to pytest (e.g. scripts/test.sh -k roster).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +18,7 @@ say() { printf '\n==> %s\n' "$*"; }
 
 say "system libraries and test servers"
 missing=()
-for package in libexpat1-dev libsqlite3-dev slapd ldap-utils; do
+for package in libexpat1-dev libsqlite3-dev slapd ldap-utils python3 openssl; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
