@@ -65,6 +65,11 @@ public final class DirectoryRuntime: Sendable {
         }
     }
 
+    /// Creates or updates every unit's room once at start, in turn with the refreshes.
+    func syncAllDepartmentRooms(_ server: ServerContext) async {
+        await refresher.run { [self] in await syncDepartmentRooms(server, old: nil, new: snapshot) }
+    }
+
     /// Runs refreshes one at a time, so changes are applied in version order. (An actor alone
     /// would not do: it is reentrant at every `await` inside the body.)
     private actor Refresher {
@@ -349,7 +354,7 @@ public struct DirectoryModule: ServerModule {
         registry.onStart { server in try await runtime.start(server) }
         registry.addBackgroundTask { server in
             let interval = Duration.milliseconds(runtime.configuration.refreshIntervalMs)
-            await runtime.syncDepartmentRooms(server, old: nil, new: runtime.snapshot)
+            await runtime.syncAllDepartmentRooms(server)
             while !Task.isCancelled {
                 try? await Task.sleep(for: interval)
                 await runtime.refresh(server)
