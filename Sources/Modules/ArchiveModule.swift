@@ -7,10 +7,11 @@ import XMPPCore
 
 /// XEP-0313 message archive management with XEP-0059 paging, and XEP-0359 stanza ids.
 ///
-/// Every chat message with content is archived for both parties. Writes are group-committed:
-/// the hot path only appends to an in-memory batch; one task writes each batch in a single
-/// transaction (one fsync for many messages). Stream-management acknowledgements and archive
-/// queries wait for the batch they depend on, so nothing is reported safe before it is durable.
+/// Every chat message with content is archived for both parties. The copies go through the
+/// server's `MessageJournal`: the hot path only appends to an in-memory batch; the journal makes
+/// each batch durable with one fsync and applies it to the store in bulk. Stream-management
+/// acknowledgements wait for the journal, archive queries for the store, so nothing is reported
+/// safe before it is durable and no query misses a message accepted before it.
 public struct ArchiveModule: ServerModule {
     public let id = "archive"
     static let ns = "urn:xmpp:mam:2"
@@ -22,7 +23,6 @@ public struct ArchiveModule: ServerModule {
     public static let routedText = "archive.routedText"
     static let outgoingPosition = "archive.position.out"
     public static let senderArchiveID = "archive.sender-id"
-    private let writer = ArchiveWriter()
     private let ids = ArchiveIDGenerator.shared
     private let preferences = ArchivePreferenceTable()
 
@@ -32,7 +32,6 @@ public struct ArchiveModule: ServerModule {
         registry.addAccountFeature(Self.ns)
         registry.addAccountFeature(Self.stanzaID)
         registry.addServerFeature(Self.stanzaID)
-        let writer = self.writer
         let ids = self.ids
         let preferences = self.preferences
         registry.onStart { server in try await preferences.load(server) }
@@ -87,10 +86,8 @@ public struct ArchiveModule: ServerModule {
                         time: now, stanza: XMLSerializer.string(own)))
                 event.annotations[Self.senderArchiveID] = uid
             }
-            writer.enqueue(records, server: server)
+            server.journal.append(records.map(JournalEntry.archive))
         }
-
-        registry.onDurabilityBarrier { _ in await writer.flushed() }
 
         registry.handleIQ(Self.ns, target: .account) { request in
             guard request.isToSelf else { throw StanzaError.forbidden }
@@ -98,8 +95,7 @@ public struct ArchiveModule: ServerModule {
             case "query":
                 guard request.isSet else { return Self.queryForm() }
                 return try await Self.query(
-                    request.payload, owner: request.from.bare.description, from: nil, to: request.from, server: request.server,
-                    writer: writer
+                    request.payload, owner: request.from.bare.description, from: nil, to: request.from, server: request.server
                 ) { request.session?.deliver($0) }
             case "prefs":
                 let owner = request.from.bare.description
@@ -134,7 +130,7 @@ public struct ArchiveModule: ServerModule {
     /// Answers a XEP-0313 query on `owner`'s archive (a user's, or a room's): the results go
     /// to `to` through `deliver` (from `from`, when set), the returned `<fin/>` ends the IQ.
     static func query(
-        _ payload: XMLElement, owner: String, from: String?, to: JID, server: ServerContext, writer: ArchiveWriter,
+        _ payload: XMLElement, owner: String, from: String?, to: JID, server: ServerContext,
         deliver: (XMLElement) -> Void
     ) async throws -> XMLElement {
         var query = ArchiveQuery(owner: owner)
@@ -173,7 +169,7 @@ public struct ArchiveModule: ServerModule {
             }
         }
         // Make the user's own recent messages visible before answering.
-        await writer.flushed()
+        await server.journal.applied()
         guard let page = try await server.stores.archive.query(query) else {
             throw StanzaError(.itemNotFound, text: "no such archive id")
         }
@@ -222,52 +218,6 @@ public struct ArchiveModule: ServerModule {
         if let date = try? Date(trimmed, strategy: .iso8601) { return date.timeIntervalSince1970 }
         let fractional = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
         return (try? fractional.parse(trimmed))?.timeIntervalSince1970
-    }
-}
-
-/// Archive positions (microseconds since 1970, bumped to stay strictly increasing: they only
-/// order the archive) and the random ids clients see.
-final class ArchiveIDGenerator: Sendable {
-    /// 96 random bits, URL-safe, opaque.
-    /// 128 random bits in base 62. Two draws from the system generator (one getrandom each),
-    /// not one per character: this runs twice for every archived message.
-    static func uid() -> String {
-        var generator = SystemRandomNumberGenerator()
-        var words = [generator.next(), generator.next()]
-        var characters: [UInt8] = []
-        characters.reserveCapacity(22)
-        for index in 0..<2 {
-            for _ in 0..<11 {
-                characters.append(alphabet[Int(words[index] % 62)])
-                words[index] /= 62
-            }
-        }
-        return String(decoding: characters, as: UTF8.self)
-    }
-
-    private static let alphabet = Array("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
-
-    private let last = NIOLockedValueBox<Int64>(0)
-
-    /// One generator per process: archive positions are the table's primary key, so every
-    /// writer (user archives, room archives) must draw from the same sequence.
-    static let shared = ArchiveIDGenerator()
-
-    func next() -> Int64 {
-        let now = Int64(Date().timeIntervalSince1970 * 1_000_000)
-        return last.withLockedValue {
-            $0 = max($0 + 1, now)
-            return $0
-        }
-    }
-}
-
-/// The archive's writer.
-typealias ArchiveWriter = GroupCommitWriter<ArchiveRecord>
-
-extension GroupCommitWriter where Record == ArchiveRecord {
-    convenience init() {
-        self.init(name: "archive") { records, server in try await server.stores.archive.append(records) }
     }
 }
 

@@ -21,7 +21,6 @@ struct AuditAPI: Sendable {
     let configuration: ServerConfiguration.Security
     let directory: DirectoryRuntime
     let trail: TrailService
-    let writer: GroupCommitWriter<AuditRecord>
 
     struct Failure: Error {
         let response: HTTPResponse
@@ -231,7 +230,7 @@ struct AuditAPI: Sendable {
         guard access.status == .approved else {
             throw Failure.status(403, "Forbidden", "request \(id) is \(access.status.rawValue), not approved")
         }
-        await writer.flushed()
+        await server.journal.applied()
         let query = request.query["q"].map { $0.lowercased() }.flatMap { $0.isEmpty ? nil : $0 }
         let limit = export ? 100_000 : min(max(1, Int(request.query["limit"] ?? "") ?? 100), 1000)
         var after = Int64(request.query["after"] ?? "") ?? 0

@@ -45,7 +45,6 @@ public struct AuditModule: ServerModule {
     let configuration: ServerConfiguration
     let directory: DirectoryRuntime
     let trail: TrailService
-    let writer = GroupCommitWriter<AuditRecord>(name: "audit") { records, server in try await server.stores.audit.appendAudit(records) }
 
     public init(configuration: ServerConfiguration, directory: DirectoryRuntime, trail: TrailService) {
         self.configuration = configuration
@@ -56,7 +55,6 @@ public struct AuditModule: ServerModule {
     public func register(in registry: inout ModuleRegistry) {
         let configuration = self.configuration
         let trail = self.trail
-        let writer = self.writer
         let directory = self.directory
         registry.provide(trail)
         registry.onStart { server in
@@ -71,20 +69,19 @@ public struct AuditModule: ServerModule {
         guard configuration.security.audit else { return }
         registry.onMessageRouted(.low) { event in
             guard let record = Self.record(event.stanza, to: event.to, text: event.annotations[ArchiveModule.routedText]) else { return }
-            writer.enqueue([record], server: event.server)
+            event.server.journal.append([.audit(record)])
         }
         registry.onGroupMessage { event in
             guard let record = Self.record(event.stanza, room: event.room, sender: event.sender) else { return }
-            writer.enqueue([record], server: event.server)
+            event.server.journal.append([.audit(record)])
         }
-        registry.onDurabilityBarrier { _ in await writer.flushed() }
         registry.addBackgroundTask { server in
             while !Task.isCancelled {
                 await Self.enforceRetention(configuration.security, directory: directory, trail: trail, server: server)
                 try? await Task.sleep(for: .seconds(3600))
             }
         }
-        let api = AuditAPI(configuration: configuration.security, directory: directory, trail: trail, writer: writer)
+        let api = AuditAPI(configuration: configuration.security, directory: directory, trail: trail)
         registry.addHTTPRoute(prefix: "/api/audit/") { request, server in await api.handle(request, server: server) }
     }
 
@@ -120,14 +117,14 @@ public struct AuditModule: ServerModule {
             let from = stanza[attribute: "from"].flatMap({ try? JID($0) })
         else { return nil }
         return AuditRecord(
-            time: Date().timeIntervalSince1970, sender: from.bare.description, recipients: [to.bare.description],
+            id: ArchiveIDGenerator.shared.next(), time: Date().timeIntervalSince1970, sender: from.bare.description, recipients: [to.bare.description],
             type: stanza.stanzaType ?? "normal", stanza: text ?? XMLSerializer.string(stanza), attachments: attachments(stanza))
     }
 
     static func record(_ stanza: XMLElement, room: String, sender: String) -> AuditRecord? {
         guard hasContent(stanza) else { return nil }
         return AuditRecord(
-            time: Date().timeIntervalSince1970, sender: sender, recipients: [room], type: "groupchat", room: room,
+            id: ArchiveIDGenerator.shared.next(), time: Date().timeIntervalSince1970, sender: sender, recipients: [room], type: "groupchat", room: room,
             stanza: XMLSerializer.string(stanza), attachments: attachments(stanza))
     }
 

@@ -45,7 +45,6 @@ public struct MUCModule: ServerModule {
             }
             return .pass
         }
-        registry.onDurabilityBarrier { _ in await service.archive.flushed() }
     }
 
     // MARK: - Organisation directory API
@@ -100,7 +99,6 @@ final class MUCService: Sendable {
     let creators: Set<String>
     private let rooms = NIOLockedValueBox<[String: MUCRoomBox]>([:])
     private let context = NIOLockedValueBox<ServerContext?>(nil)
-    let archive = ArchiveWriter()
     let persistence = MUCPersistence()
     private let ids = ArchiveIDGenerator.shared
     private let relays = NIOLockedValueBox<[String: Relay]>([:])
@@ -232,7 +230,7 @@ final class MUCService: Sendable {
             let record = ArchiveRecord(
                 id: ids.next(), uid: stanzaID, owner: room.bareKey, peer: sender, outgoing: false,
                 time: Date().timeIntervalSince1970, stanza: XMLSerializer.string(stanza))
-            archive.enqueue([record], server: server)
+            server.journal.append([.archive(record)])
         }
         if effects.deleteStored {
             persistence.enqueue(.delete(room.bareKey), server: server)
@@ -439,7 +437,7 @@ final class MUCService: Sendable {
         guard let sender = box.state.withLockedValue({ $0.occupant(session: item.from) }) else {
             return StanzaError(.notAcceptable, text: "join the room first")
         }
-        await archive.flushed()
+        await server.journal.applied()
         do {
             guard let record = try await server.stores.archive.record(owner: box.key, uid: target) else {
                 return StanzaError(.itemNotFound, text: "no such message in this room")
@@ -659,7 +657,7 @@ final class MUCService: Sendable {
         }
         do {
             let fin = try await ArchiveModule.query(
-                payload, owner: box.key, from: box.key, to: item.from, server: server, writer: archive
+                payload, owner: box.key, from: box.key, to: item.from, server: server
             ) { server.sendFromService($0, to: item.from) }
             reply(item, fin)
             return nil
@@ -681,7 +679,7 @@ final class MUCService: Sendable {
             return StanzaError(.forbidden, text: "only moderators moderate messages")
         }
         let reason = payload.child("reason").map { String($0.text.prefix(MUCLimits.longestReason)) }
-        await archive.flushed()
+        await server.journal.applied()
         do {
             guard let record = try await server.stores.archive.record(owner: box.key, uid: target) else {
                 return StanzaError(.itemNotFound, text: "no such message in this room")

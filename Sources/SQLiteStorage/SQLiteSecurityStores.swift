@@ -63,11 +63,14 @@ extension SQLiteStores: TrailStore {
 }
 
 extension SQLiteStores: AuditArchiveStore {
+    /// Records with an id (the server's archive positions) are idempotent: one already stored is
+    /// skipped (the message journal may apply an entry again after a crash); id 0 takes the next.
     public func appendAudit(_ records: [AuditRecord]) async throws {
         guard !records.isEmpty else { return }
         // Seal outside the database queue: the archive connection only writes.
         let rows = try records.map { record -> ([SQLValue], [String]) in
             let values: [SQLValue] = [
+                record.id == 0 ? .null : .int(record.id),
                 .double(record.time), .text(record.sender), .text(record.recipients.joined(separator: "\n")), .text(record.type),
                 .optional(record.room), try sealed(record.stanza, context: "audit"),
                 // Nothing to hide in an empty list: skip the cipher (it costs a key schedule per call).
@@ -79,9 +82,10 @@ extension SQLiteStores: AuditArchiveStore {
         }
         try await archiveDatabase.transaction { db in
             for (index, (values, participants)) in rows.enumerated() {
-                try db.run(
-                    "INSERT INTO audit_messages (created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                let inserted = try db.run(
+                    "INSERT OR IGNORE INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     values)
+                guard inserted > 0 else { continue }
                 let id = db.lastInsertRowID
                 for user in participants {
                     try db.run(

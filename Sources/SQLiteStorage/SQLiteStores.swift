@@ -286,12 +286,14 @@ extension SQLiteStores: BlocklistStore {
 }
 
 extension SQLiteStores: ArchiveStore {
+    /// Idempotent: a record whose position is already stored is skipped (the message journal
+    /// may apply an entry again after a crash).
     public func append(_ records: [ArchiveRecord]) async throws {
         guard !records.isEmpty else { return }
         try await archiveDatabase.transaction { db in
             for record in records {
                 try db.run(
-                    "INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [.int(record.id), .text(record.uid), .text(record.owner), .text(record.peer), .int(record.outgoing ? 1 : 0),
                      .double(record.time), try self.sealed(record.stanza, context: "archive")])
             }

@@ -1172,11 +1172,8 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         case "r":
             guard sm.enabled else { return nil }
             let handled = sm.handledInbound
-            guard !server.modules.durabilityBarriers.isEmpty else {
-                sendRaw("<a xmlns='urn:xmpp:sm:3' h='\(handled)'/>")
-                return nil
-            }
-            // Acknowledge only what is durable (archived): wait for the barrier first.
+            // Acknowledge only what is durable (journaled for the archive and the audit record,
+            // and whatever modules add): wait for the barrier first.
             let server = self.server
             return runAsync({ await server.durabilityBarrier() }) { [self] _ in
                 sendRaw("<a xmlns='urn:xmpp:sm:3' h='\(handled)'/>")

@@ -23,6 +23,8 @@ public final class ServerContext: Sendable {
     let plainLogins = PlainLoginCache()
     /// HTTP file upload slots and files (XEP-0363).
     public let fileShare: FileShare
+    /// The durable log in front of the message archive and the audit record.
+    public let journal: MessageJournal
     /// Work that must finish before the process exits (sessions ending, unacked stanzas being stored).
     let pendingWork = NIOLockedValueBox(0)
     /// Secret for deterministic fake SCRAM salts of unknown users.
@@ -52,6 +54,7 @@ public final class ServerContext: Sendable {
             exempt: configuration.limits.exemptAddresses.compactMap(AddressRange.init)
         )
         self.fileShare = FileShare(configuration: configuration)
+        self.journal = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger)
         var generator = SystemRandomNumberGenerator()
         self.fakeSaltKey = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
     }
@@ -116,6 +119,7 @@ public final class ServerContext: Sendable {
 
     /// Waits until everything accepted so far is durable.
     public func durabilityBarrier() async {
+        await journal.durable()
         for barrier in modules.durabilityBarriers { await barrier(self) }
     }
 

@@ -89,6 +89,8 @@ public final class XMPPServer: Service, Sendable {
             throw error
         }
         do {
+            // Messages a crashed process had acknowledged reach the stores before anything else runs.
+            try await context.journal.open(stores: context.stores)
             for hook in context.modules.startHooks { try await hook(context) }
         } catch {
             failWaiters(error)
@@ -160,6 +162,7 @@ public final class XMPPServer: Service, Sendable {
         {
             try? await Task.sleep(for: .milliseconds(20))
         }
+        await context.journal.close()
         logger.notice("stopped")
     }
 

@@ -74,6 +74,15 @@ public final class TestServer: Sendable {
             Account(username: username, credentials: try StoredCredentials.derive(password: password), createdAt: Date().timeIntervalSince1970))
     }
 
+    /// Waits until every message accepted so far is in the stores (the message journal applies
+    /// in the background; tests that read `stores` directly call this first).
+    public func applied() async { await server.context.journal.applied() }
+
+    /// The message-journal entries on disk now: durable, whether applied or not.
+    public func journalEntries() throws -> [JournalEntry] {
+        try MessageJournal.entries(inDirectory: server.context.journal.directory, cipher: stores.cipher, logger: server.context.logger)
+    }
+
     /// Graceful shutdown, then removes the data directory unless `keepData` (to restart on it).
     public func stop(keepData: Bool = false) async {
         await group.triggerGracefulShutdown()

@@ -1,3 +1,4 @@
+import Server
 import SwitchboardTestSupport
 import Testing
 import XMLStream
@@ -120,7 +121,18 @@ import XMPPCore
         try await alice.send(burst + "<r xmlns='urn:xmpp:sm:3'/>")
         let ack = try await alice.next { $0.name == "a" }
         #expect(ack[attribute: "h"] == "50")
-        // By the time the ack arrived, all 50 were committed in both archives.
+        // By the time the ack arrived, all 50 were durable for both archives: on disk in the
+        // message journal, or already applied to the store (a segment goes only once applied).
+        let onDisk = try server.journalEntries()
+        for owner in ["alice@example.test", "bob@example.test"] {
+            let journaled = Set(onDisk.compactMap { entry -> Int64? in
+                if case .archive(let record) = entry, record.owner == owner { return record.id }
+                return nil
+            })
+            let stored = try await server.stores.archiveCount(owner: owner)
+            #expect(journaled.count + stored >= 50, "\(owner): \(journaled.count) journaled, \(stored) stored")
+        }
+        await server.applied()
         #expect(try await server.stores.archiveCount(owner: "alice@example.test") == 50)
         #expect(try await server.stores.archiveCount(owner: "bob@example.test") == 50)
         await alice.close()

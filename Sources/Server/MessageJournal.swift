@@ -1,0 +1,644 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import Storage
+
+/// One record the journal carries to the stores.
+public enum JournalEntry: Sendable, Hashable {
+    /// A copy of a message for one user's (or one room's) archive.
+    case archive(ArchiveRecord)
+    /// A message for the audit record.
+    case audit(AuditRecord)
+}
+
+/// The durable log in front of the message archive and the audit record.
+///
+/// Every routed message produces two archive copies and an audit record. Writing them straight
+/// into SQLite costs a transaction per batch whose page writes grow with the number of records
+/// (each record lands on another index page: one per owner, peer, participant), and at low rates
+/// every batch is small, so a message costs several 4 KiB page writes and a share of an fsync
+/// on the server's core. The journal splits durability from indexing:
+///
+/// * **append** (hot path): entries join an in-memory batch; the journal thread writes each
+///   batch as one frame (sealed with the data key when encryption is on) at the end of an
+///   append-only segment file and fdatasyncs it: sequential bytes proportional to the messages,
+///   one fsync per batch. `durable()` (stream-management acknowledgements) waits for that;
+/// * **apply** (background): about once a second, or sooner when many entries wait or a
+///   reader asks (`applied()`), everything durable is inserted into the stores in one
+///   transaction each, so a user's index page is written once per second, not once per message;
+///   a segment is deleted once every entry in it is applied;
+/// * **recovery** (`open`): segments left by a crash are read back and applied before the
+///   server listens. The inserts are idempotent (archive positions and audit ids come from the
+///   journal's entries), so an entry applied before the crash is not stored twice. A torn frame
+///   at the end of the last segment was never acknowledged and is dropped.
+///
+/// Readers of the archive or the audit record call `applied()` first, so they see every
+/// message accepted before their request.
+public final class MessageJournal: @unchecked Sendable {
+    // @unchecked: mutable state is guarded by `condition`'s mutex; the segment file descriptor
+    // and frame buffer are touched only by the journal thread (and by `open` before it starts).
+    public struct Options: Sendable {
+        /// How long the journal thread waits for more entries before writing a small batch.
+        public var linger: Duration = .milliseconds(4)
+        /// No lingering once this many entries wait.
+        public var lingerBelow = 256
+        /// Applies at least this often while entries wait.
+        public var applyInterval: Duration = .seconds(1)
+        /// Applies at once when this many entries wait (bounds memory at high rates).
+        public var applyAbove = 16_384
+        /// A new segment starts after this many bytes (old segments are deleted when applied).
+        public var segmentBytes = 64 << 20
+        public init() {}
+    }
+
+    private struct Segment {
+        var number: Int
+        var written = 0
+        var applied = 0
+        var closed = false
+    }
+
+    private struct State {
+        var pending: [JournalEntry] = []
+        /// Entries appended so far (sequence numbers are 1-based counts).
+        var appended: UInt64 = 0
+        var durable: UInt64 = 0
+        var applied: UInt64 = 0
+        /// Durable entries not yet in the stores, with their segment number and sequence.
+        var unapplied: [(entry: JournalEntry, segment: Int)] = []
+        var unappliedUpTo: UInt64 = 0
+        var segments: [Int: Segment] = [:]
+        var currentSegment = 0
+        var rotate = false
+        var applying = false
+        var applyRequested = false
+        var lastApply = ContinuousClock.now
+        var applyFailures = 0
+        var durableWaiters: [(UInt64, CheckedContinuation<Void, Never>)] = []
+        var appliedWaiters: [(UInt64, CheckedContinuation<Void, Never>)] = []
+        var closing = false
+        var threadRunning = false
+        var writeFailures = 0
+    }
+
+    public let directory: String
+    private let options: Options
+    private let logger: Logger
+    private let condition = ConditionVariable()
+    private var state = State()
+    private var stores: Stores?
+    private var fd: Int32 = -1
+    private var segmentSize = 0
+    private var threadDone: CheckedContinuation<Void, Never>?
+
+    public init(directory: String, logger: Logger, options: Options = Options()) {
+        self.directory = directory
+        self.logger = logger
+        self.options = options
+    }
+
+    // MARK: - Lifecycle
+
+    /// Applies whatever a previous process left in the journal, then starts the journal thread.
+    /// Call once, before any `append`.
+    public func open(stores: Stores) async throws {
+        self.stores = stores
+        if mkdir(directory, 0o700) != 0, errno != EEXIST {
+            throw ConfigurationError("cannot create the journal directory \(directory): \(String(cString: strerror(errno)))")
+        }
+        chmod(directory, 0o700)
+        let leftovers = try segmentNumbers()
+        var recovered = 0
+        for number in leftovers {
+            let path = segmentPath(number)
+            let entries = try readSegment(path, cipher: stores.cipher)
+            for chunk in stride(from: 0, to: entries.count, by: 4096) {
+                try await Self.store(Array(entries[chunk..<min(chunk + 4096, entries.count)]), in: stores)
+            }
+            recovered += entries.count
+            unlink(path)
+        }
+        if recovered > 0 || !leftovers.isEmpty {
+            logger.notice(
+                "journal recovered", metadata: ["journal.entries": "\(recovered)", "journal.segments": "\(leftovers.count)"])
+        }
+        let first = (leftovers.last ?? 0) + 1
+        try openSegment(first)
+        condition.withLock {
+            state.currentSegment = first
+            state.segments[first] = Segment(number: first)
+            state.threadRunning = true
+        }
+        let thread = Thread { [self] in self.run() }
+        thread.name = "switchboard-journal"
+        thread.start()
+    }
+
+    /// Writes and applies everything appended, stops the thread and deletes the applied segments.
+    public func close() async {
+        await applied()
+        let running = condition.withLock { () -> Bool in
+            state.closing = true
+            condition.signal()
+            return state.threadRunning
+        }
+        guard running else { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let finished = condition.withLock { () -> Bool in
+                if !state.threadRunning { return true }
+                threadDone = continuation
+                return false
+            }
+            if finished { continuation.resume() }
+        }
+    }
+
+    // MARK: - Appending and waiting
+
+    /// Adds entries to the next batch. Never blocks on disk.
+    public func append(_ entries: [JournalEntry]) {
+        guard !entries.isEmpty else { return }
+        condition.withLock {
+            state.pending.append(contentsOf: entries)
+            state.appended += UInt64(entries.count)
+            if state.pending.count == entries.count || state.pending.count >= options.lingerBelow { condition.signal() }
+        }
+    }
+
+    /// Returns once everything appended before the call is on disk.
+    public func durable() async {
+        await wait { state, continuation in
+            if state.durable >= state.appended { return true }
+            state.durableWaiters.append((state.appended, continuation))
+            return false
+        }
+    }
+
+    /// Returns once everything appended before the call is in the stores (readers call this).
+    public func applied() async {
+        await wait { state, continuation in
+            if state.applied >= state.appended { return true }
+            state.appliedWaiters.append((state.appended, continuation))
+            state.applyRequested = true
+            return false
+        }
+    }
+
+    private func wait(_ register: (inout State, CheckedContinuation<Void, Never>) -> Bool) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = condition.withLock { () -> Bool in
+                let done = register(&state, continuation)
+                if !done { condition.signal() }
+                return done
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    // MARK: - The journal thread
+
+    private func run() {
+        condition.lock()
+        while true {
+            // Sleep until there is something to write, an apply falls due, or we close.
+            var finished = false
+            while state.pending.isEmpty, !applyDue() {
+                if state.closing, !state.applying {
+                    finished = state.unapplied.isEmpty
+                    break
+                }
+                if state.unapplied.isEmpty || state.applying {
+                    condition.wait()
+                } else {
+                    condition.wait(until: state.lastApply + options.applyInterval)
+                }
+            }
+            if finished { break }
+            if !state.pending.isEmpty, state.pending.count < options.lingerBelow, !state.applyRequested, !state.closing,
+                state.durableWaiters.isEmpty
+            {
+                condition.wait(until: ContinuousClock.now + options.linger)
+            }
+            var batch: [JournalEntry] = []
+            swap(&batch, &state.pending)
+            let upTo = state.appended
+            let rotate = state.rotate
+            state.rotate = false
+            let segment = state.currentSegment
+            condition.unlock()
+
+            var written = segment
+            var failure: (any Error)?
+            if !batch.isEmpty {
+                do {
+                    written = try writeBatch(batch, segment: segment, rotate: rotate || segmentSize >= options.segmentBytes)
+                } catch {
+                    failure = error
+                }
+            }
+
+            condition.lock()
+            if let failure {
+                // Nothing is acknowledged: the batch goes back and is retried with back-off.
+                state.writeFailures += 1
+                state.pending.insert(contentsOf: batch, at: 0)
+                logger.error("journal write failed; retrying", metadata: ["error": "\(failure)", "journal.batch": "\(batch.count)"])
+                condition.wait(until: ContinuousClock.now + .milliseconds(min(5000, 50 * state.writeFailures)))
+                continue
+            }
+            state.writeFailures = 0
+            var ready: [CheckedContinuation<Void, Never>] = []
+            if !batch.isEmpty {
+                if written != segment {
+                    state.segments[segment]?.closed = true
+                    deleteAppliedSegments()
+                    state.segments[written] = Segment(number: written)
+                    state.currentSegment = written
+                }
+                state.segments[written]?.written += batch.count
+                state.unapplied.append(contentsOf: batch.map { ($0, written) })
+                state.durable = upTo
+                state.unappliedUpTo = state.durable
+                ready = takeWaiters(&state.durableWaiters, upTo: state.durable)
+            }
+            let startApply = !state.applying && !state.unapplied.isEmpty && (applyDue() || state.closing)
+            if startApply {
+                state.applying = true
+                state.applyRequested = false
+            }
+            condition.unlock()
+            for waiter in ready { waiter.resume() }
+            if startApply { Task { await self.applyOnce() } }
+            condition.lock()
+        }
+        state.threadRunning = false
+        if fd >= 0 {
+            Foundation.close(fd)
+            fd = -1
+        }
+        state.segments[state.currentSegment]?.closed = true
+        deleteAppliedSegments()
+        let done = threadDone
+        threadDone = nil
+        condition.unlock()
+        done?.resume()
+    }
+
+    /// Whether the stores should get the waiting entries now. Called with the lock held.
+    private func applyDue() -> Bool {
+        guard !state.applying, !state.unapplied.isEmpty else { return false }
+        return state.applyRequested || state.unapplied.count >= options.applyAbove
+            || ContinuousClock.now >= state.lastApply + options.applyInterval
+    }
+
+    private func takeWaiters(_ waiters: inout [(UInt64, CheckedContinuation<Void, Never>)], upTo: UInt64) -> [CheckedContinuation<Void, Never>] {
+        guard !waiters.isEmpty else { return [] }
+        var ready: [CheckedContinuation<Void, Never>] = []
+        waiters.removeAll { waiter in
+            guard waiter.0 <= upTo else { return false }
+            ready.append(waiter.1)
+            return true
+        }
+        return ready
+    }
+
+    /// Deletes closed segments whose entries are all applied. Called with the lock held.
+    private func deleteAppliedSegments() {
+        for (number, segment) in state.segments where segment.closed && segment.applied >= segment.written {
+            unlink(segmentPath(number))
+            state.segments[number] = nil
+        }
+    }
+
+    // MARK: - Applying
+
+    private func applyOnce() async {
+        let (batch, upTo) = condition.withLock { () -> ([(entry: JournalEntry, segment: Int)], UInt64) in
+            var batch: [(entry: JournalEntry, segment: Int)] = []
+            swap(&batch, &state.unapplied)
+            // The segment being written is closed at the next write, so that it can go once applied.
+            state.rotate = true
+            return (batch, state.unappliedUpTo)
+        }
+        do {
+            guard let stores else { throw ConfigurationError("the journal is not open") }
+            try await Self.store(batch.map(\.entry), in: stores)
+            let ready = condition.withLock { () -> [CheckedContinuation<Void, Never>] in
+                for item in batch { state.segments[item.segment]?.applied += 1 }
+                deleteAppliedSegments()
+                state.applied = max(state.applied, upTo)
+                state.applying = false
+                state.applyFailures = 0
+                state.lastApply = .now
+                condition.signal()
+                return takeWaiters(&state.appliedWaiters, upTo: state.applied)
+            }
+            for waiter in ready { waiter.resume() }
+        } catch {
+            let failures = condition.withLock { () -> Int in
+                state.unapplied.insert(contentsOf: batch, at: 0)
+                state.applyFailures += 1
+                state.applying = false
+                // Retry after a back-off (the entries are durable in the journal meanwhile).
+                state.lastApply = .now + .milliseconds(min(5000, 50 * state.applyFailures)) - options.applyInterval
+                condition.signal()
+                return state.applyFailures
+            }
+            logger.error("journal apply failed; retrying", metadata: ["error": "\(error)", "journal.failures": "\(failures)"])
+        }
+    }
+
+    /// Inserts entries into their stores (idempotently: recovery may repeat an applied entry).
+    static func store(_ entries: [JournalEntry], in stores: Stores) async throws {
+        var archive: [ArchiveRecord] = []
+        var audit: [AuditRecord] = []
+        for entry in entries {
+            switch entry {
+            case .archive(let record): archive.append(record)
+            case .audit(let record): audit.append(record)
+            }
+        }
+        if !archive.isEmpty { try await stores.archive.append(archive) }
+        if !audit.isEmpty { try await stores.audit.appendAudit(audit) }
+    }
+
+    // MARK: - Segment files
+
+    private static let suffix = ".journal"
+    /// Frame headers: magic, payload length, CRC-32 of the payload (little-endian UInt32 each).
+    private static let plainFrame: UInt32 = 0x314A_4253  // "SBJ1": entries as they are
+    private static let sealedFrame: UInt32 = 0x324A_4253  // "SBJ2": entries sealed with the data key
+
+    private func segmentPath(_ number: Int) -> String {
+        directory + "/" + String(repeating: "0", count: max(0, 10 - String(number).count)) + String(number) + Self.suffix
+    }
+
+    private func segmentNumbers() throws -> [Int] {
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory)
+        return names.compactMap { name in name.hasSuffix(Self.suffix) ? Int(name.dropLast(Self.suffix.count)) : nil }.sorted()
+    }
+
+    private func openSegment(_ number: Int) throws {
+        let path = segmentPath(number)
+        let descriptor = Foundation.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else {
+            throw ConfigurationError("cannot create the journal segment \(path): \(String(cString: strerror(errno)))")
+        }
+        fchmod(descriptor, 0o600)
+        // The new file's directory entry must be durable before anything in it is acknowledged.
+        let directoryFD = Foundation.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if directoryFD >= 0 {
+            fsync(directoryFD)
+            Foundation.close(directoryFD)
+        }
+        if fd >= 0 { Foundation.close(fd) }
+        fd = descriptor
+        segmentSize = 0
+    }
+
+    /// Writes one frame and syncs it; returns the segment it went to (a new one after rotation).
+    private func writeBatch(_ batch: [JournalEntry], segment: Int, rotate: Bool) throws -> Int {
+        var target = segment
+        if rotate {
+            target = segment + 1
+            try openSegment(target)
+        }
+        var body = ByteBuffer()
+        body.reserveCapacity(batch.count * 512)
+        for entry in batch { entry.encode(into: &body) }
+        var payload = Array(body.readableBytesView)
+        let cipher = stores?.cipher
+        if let cipher { payload = try cipher.seal(payload, context: "journal") }
+        var frame: [UInt8] = []
+        frame.reserveCapacity(payload.count + 12)
+        frame.appendInteger(cipher == nil ? Self.plainFrame : Self.sealedFrame)
+        frame.appendInteger(UInt32(payload.count))
+        frame.appendInteger(CRC32.checksum(payload))
+        frame.append(contentsOf: payload)
+        try frame.withUnsafeBytes { bytes in
+            guard let base = bytes.baseAddress else { return }
+            var offset = 0
+            while offset < bytes.count {
+                let count = Foundation.write(fd, base + offset, bytes.count - offset)
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    throw ConfigurationError("journal write failed: \(String(cString: strerror(errno)))")
+                }
+                offset += count
+            }
+        }
+        segmentSize += frame.count
+        guard fdatasync(fd) == 0 else { throw ConfigurationError("journal sync failed: \(String(cString: strerror(errno)))") }
+        return target
+    }
+
+    /// The entries on disk in a journal directory, oldest first (inspection and tests).
+    public static func entries(inDirectory directory: String, cipher: (any FieldCipher)?, logger: Logger) throws -> [JournalEntry] {
+        let journal = MessageJournal(directory: directory, logger: logger)
+        return try journal.segmentNumbers().flatMap { try journal.readSegment(journal.segmentPath($0), cipher: cipher) }
+    }
+
+    /// Reads a segment's entries, stopping at the first incomplete or damaged frame.
+    private func readSegment(_ path: String, cipher: (any FieldCipher)?) throws -> [JournalEntry] {
+        guard let data = FileManager.default.contents(atPath: path) else { return [] }
+        let bytes = [UInt8](data)
+        var entries: [JournalEntry] = []
+        var offset = 0
+        while offset + 12 <= bytes.count {
+            let magic = bytes.readInteger(at: offset)
+            let length = Int(bytes.readInteger(at: offset + 4))
+            let checksum = bytes.readInteger(at: offset + 8)
+            let start = offset + 12
+            guard magic == Self.plainFrame || magic == Self.sealedFrame, length <= bytes.count - start else { break }
+            var payload = Array(bytes[start..<start + length])
+            guard CRC32.checksum(payload) == checksum else { break }
+            if magic == Self.sealedFrame {
+                guard let cipher else {
+                    throw ConfigurationError(
+                        "the journal \(path) is encrypted but encryption is off; turn security.encryption back on to recover it")
+                }
+                payload = try cipher.open(payload, context: "journal")
+            }
+            var buffer = ByteBuffer(bytes: payload)
+            while buffer.readableBytes > 0 { entries.append(try JournalEntry.decode(from: &buffer)) }
+            offset = start + length
+        }
+        if offset < bytes.count {
+            logger.warning(
+                "journal segment ends in an incomplete frame (never acknowledged); ignored",
+                metadata: ["journal.segment": "\(path)", "journal.bytes": "\(bytes.count - offset)"])
+        }
+        return entries
+    }
+}
+
+// MARK: - Encoding
+
+extension JournalEntry {
+    static let archiveTag: UInt8 = 1
+    static let auditTag: UInt8 = 2
+
+    func encode(into buffer: inout ByteBuffer) {
+        switch self {
+        case .archive(let record):
+            buffer.writeInteger(Self.archiveTag)
+            buffer.writeInteger(record.id)
+            buffer.writeJournalString(record.uid)
+            buffer.writeJournalString(record.owner)
+            buffer.writeJournalString(record.peer)
+            buffer.writeInteger(UInt8(record.outgoing ? 1 : 0))
+            buffer.writeInteger(record.time.bitPattern)
+            buffer.writeJournalString(record.stanza)
+        case .audit(let record):
+            buffer.writeInteger(Self.auditTag)
+            buffer.writeInteger(record.id)
+            buffer.writeInteger(record.time.bitPattern)
+            buffer.writeJournalString(record.sender)
+            buffer.writeJournalStrings(record.recipients)
+            buffer.writeJournalString(record.type)
+            buffer.writeInteger(UInt8(record.room == nil ? 0 : 1))
+            if let room = record.room { buffer.writeJournalString(room) }
+            buffer.writeJournalString(record.stanza)
+            buffer.writeJournalStrings(record.attachments)
+        }
+    }
+
+    static func decode(from buffer: inout ByteBuffer) throws -> JournalEntry {
+        func fail() -> ConfigurationError { ConfigurationError("the journal holds an entry it cannot read") }
+        guard let tag: UInt8 = buffer.readInteger() else { throw fail() }
+        switch tag {
+        case archiveTag:
+            guard let id: Int64 = buffer.readInteger(), let uid = buffer.readJournalString(), let owner = buffer.readJournalString(),
+                let peer = buffer.readJournalString(), let outgoing: UInt8 = buffer.readInteger(), let time: UInt64 = buffer.readInteger(),
+                let stanza = buffer.readJournalString()
+            else { throw fail() }
+            return .archive(
+                ArchiveRecord(
+                    id: id, uid: uid, owner: owner, peer: peer, outgoing: outgoing == 1, time: Double(bitPattern: time), stanza: stanza))
+        case auditTag:
+            guard let id: Int64 = buffer.readInteger(), let time: UInt64 = buffer.readInteger(), let sender = buffer.readJournalString(),
+                let recipients = buffer.readJournalStrings(), let type = buffer.readJournalString(), let hasRoom: UInt8 = buffer.readInteger()
+            else { throw fail() }
+            var room: String?
+            if hasRoom == 1 {
+                guard let name = buffer.readJournalString() else { throw fail() }
+                room = name
+            }
+            guard let stanza = buffer.readJournalString(), let attachments = buffer.readJournalStrings() else { throw fail() }
+            return .audit(
+                AuditRecord(
+                    id: id, time: Double(bitPattern: time), sender: sender, recipients: recipients, type: type, room: room, stanza: stanza,
+                    attachments: attachments))
+        default:
+            throw fail()
+        }
+    }
+}
+
+extension ByteBuffer {
+    fileprivate mutating func writeJournalString(_ string: String) {
+        let count = self.writeInteger(UInt32(0))
+        let start = writerIndex
+        let written = writeString(string)
+        setInteger(UInt32(written), at: start - count)
+    }
+
+    fileprivate mutating func writeJournalStrings(_ strings: [String]) {
+        writeInteger(UInt32(strings.count))
+        for string in strings { writeJournalString(string) }
+    }
+
+    fileprivate mutating func readJournalString() -> String? {
+        guard let length: UInt32 = readInteger(), let string = readString(length: Int(length)) else { return nil }
+        return string
+    }
+
+    fileprivate mutating func readJournalStrings() -> [String]? {
+        guard let count: UInt32 = readInteger(), Int(count) <= readableBytes / 4 else { return nil }
+        var strings: [String] = []
+        strings.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            guard let string = readJournalString() else { return nil }
+            strings.append(string)
+        }
+        return strings
+    }
+}
+
+extension [UInt8] {
+    fileprivate mutating func appendInteger(_ value: UInt32) {
+        Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
+    }
+
+    fileprivate func readInteger(at offset: Int) -> UInt32 {
+        var value: UInt32 = 0
+        for index in 0..<4 { value |= UInt32(self[offset + index]) << (8 * index) }
+        return value
+    }
+}
+
+/// CRC-32 (IEEE), to tell a complete journal frame from a torn one.
+enum CRC32 {
+    private static let table: [UInt32] = (0..<256).map { index in
+        var crc = UInt32(index)
+        for _ in 0..<8 { crc = crc & 1 == 1 ? (crc >> 1) ^ 0xEDB8_8320 : crc >> 1 }
+        return crc
+    }
+
+    static func checksum(_ bytes: [UInt8]) -> UInt32 {
+        var crc: UInt32 = 0xFFFF_FFFF
+        bytes.withUnsafeBufferPointer { buffer in
+            for byte in buffer { crc = table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
+        }
+        return crc ^ 0xFFFF_FFFF
+    }
+}
+
+/// A mutex with a condition variable (the journal thread sleeps on it).
+final class ConditionVariable: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(&cond, &attributes)
+        pthread_condattr_destroy(&attributes)
+    }
+
+    deinit {
+        pthread_cond_destroy(&cond)
+        pthread_mutex_destroy(&mutex)
+    }
+
+    func lock() { pthread_mutex_lock(&mutex) }
+    func unlock() { pthread_mutex_unlock(&mutex) }
+    func signal() { pthread_cond_signal(&cond) }
+    func wait() { pthread_cond_wait(&cond, &mutex) }
+
+    /// Waits until signalled or the deadline passes (`ContinuousClock` is CLOCK_MONOTONIC on Linux).
+    func wait(until deadline: ContinuousClock.Instant) {
+        let remaining = ContinuousClock.now.duration(to: deadline)
+        guard remaining > .zero else { return }
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let (seconds, attoseconds) = remaining.components
+        var nanoseconds = Int(now.tv_nsec) + Int(attoseconds / 1_000_000_000)
+        var wholeSeconds = Int(now.tv_sec) + Int(seconds)
+        if nanoseconds >= 1_000_000_000 {
+            wholeSeconds += 1
+            nanoseconds -= 1_000_000_000
+        }
+        var target = timespec(tv_sec: wholeSeconds, tv_nsec: nanoseconds)
+        pthread_cond_timedwait(&cond, &mutex, &target)
+    }
+
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+}

@@ -1,0 +1,144 @@
+import Assembly
+import Foundation
+import Logging
+import SQLiteStorage
+import Server
+import Storage
+import Testing
+
+/// The message journal on its own, against the real SQLite stores and key ring: what was
+/// acknowledged as durable survives a crash, exactly once; a torn frame is dropped; nothing on
+/// disk is readable without the key.
+@Suite struct MessageJournalTests {
+    let logger = Logger(label: "switchboard.test.journal")
+
+    func configuration() -> ServerConfiguration {
+        var configuration = ServerConfiguration()
+        configuration.dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("journal-test-\(UUID().uuidString)").path
+        return configuration
+    }
+
+    /// Options under which a journal never applies by itself: entries stay in the segments, as
+    /// when the process dies between the journal's fsync and the next apply.
+    var neverApplies: MessageJournal.Options {
+        var options = MessageJournal.Options()
+        options.applyInterval = .seconds(3600)
+        options.applyAbove = .max
+        return options
+    }
+
+    func entries(_ count: Int, owner: String, body: String = "hello") -> [JournalEntry] {
+        (0..<count).flatMap { index -> [JournalEntry] in
+            let id = ArchiveIDGenerator.shared.next()
+            let stanza = "<message xmlns='jabber:client' from='\(owner)/x' to='bob@example.test'><body>\(body) \(index)</body></message>"
+            return [
+                .archive(
+                    ArchiveRecord(
+                        id: id, uid: ArchiveIDGenerator.uid(), owner: owner, peer: "bob@example.test", outgoing: true,
+                        time: Date().timeIntervalSince1970, stanza: stanza)),
+                .audit(
+                    AuditRecord(
+                        id: ArchiveIDGenerator.shared.next(), time: Date().timeIntervalSince1970, sender: owner,
+                        recipients: ["bob@example.test"], type: "chat", stanza: stanza)),
+            ]
+        }
+    }
+
+    @Test func durableEntriesSurviveACrashExactlyOnce() async throws {
+        let configuration = configuration()
+        defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
+        let (stores, _) = try await ServerAssembly.openStores(configuration)
+        let crashed = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: neverApplies)
+        try await crashed.open(stores: stores.stores)
+        crashed.append(entries(300, owner: "alice@example.test", body: "secret-journal-text"))
+        await crashed.durable()
+        #expect(try await stores.archiveCount(owner: "alice@example.test") == 0)
+        #expect(try await stores.auditCount() == 0)
+
+        // Nothing on disk shows the message: the journal's frames are sealed too.
+        for name in try FileManager.default.contentsOfDirectory(atPath: crashed.directory) {
+            let data = try Data(contentsOf: URL(fileURLWithPath: crashed.directory + "/" + name))
+            #expect(data.range(of: Data("secret-journal-text".utf8)) == nil, "\(name) holds plaintext")
+        }
+
+        // A new process over the same directory: recovery stores everything before it opens.
+        let restarted = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger)
+        try await restarted.open(stores: stores.stores)
+        #expect(try await stores.archiveCount(owner: "alice@example.test") == 300)
+        #expect(try await stores.auditCount() == 300)
+        // Applying the same entries again (the old process applying late) stores nothing twice.
+        await crashed.close()
+        #expect(try await stores.archiveCount(owner: "alice@example.test") == 300)
+        #expect(try await stores.auditCount() == 300)
+        await restarted.close()
+        #expect(try MessageJournal.entries(inDirectory: restarted.directory, cipher: stores.cipher, logger: logger).isEmpty)
+    }
+
+    @Test func aTornFrameAtTheEndIsDroppedAndTheRestRecovered() async throws {
+        let configuration = configuration()
+        defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
+        let (stores, _) = try await ServerAssembly.openStores(configuration)
+        let crashed = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: neverApplies)
+        try await crashed.open(stores: stores.stores)
+        crashed.append(entries(10, owner: "alice@example.test"))
+        await crashed.durable()
+        crashed.append(entries(5, owner: "carol@example.test"))
+        await crashed.durable()
+        // The process died in the middle of writing a third frame.
+        let segments = try FileManager.default.contentsOfDirectory(atPath: crashed.directory).filter { $0.hasSuffix(".journal") }
+        #expect(segments.count == 1)
+        let path = crashed.directory + "/" + (segments.first ?? "")
+        let handle = try #require(FileHandle(forWritingAtPath: path))
+        try handle.seekToEnd()
+        try handle.write(contentsOf: [0x53, 0x42, 0x4A, 0x32, 0xFF, 0x00, 0x00, 0x00, 1, 2, 3])
+        try handle.close()
+
+        let restarted = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger)
+        try await restarted.open(stores: stores.stores)
+        #expect(try await stores.archiveCount(owner: "alice@example.test") == 10)
+        #expect(try await stores.archiveCount(owner: "carol@example.test") == 5)
+        #expect(try await stores.auditCount() == 15)
+        await restarted.close()
+    }
+
+    @Test func appliedMeansReadableAndSegmentsGoOnceApplied() async throws {
+        let configuration = configuration()
+        defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
+        let (stores, _) = try await ServerAssembly.openStores(configuration)
+        var options = MessageJournal.Options()
+        options.segmentBytes = 4096  // rotate often
+        let journal = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: options)
+        try await journal.open(stores: stores.stores)
+        for round in 1...20 {
+            journal.append(entries(20, owner: "alice@example.test"))
+            if round % 5 == 0 {
+                await journal.applied()
+                #expect(try await stores.archiveCount(owner: "alice@example.test") == round * 20)
+            }
+        }
+        await journal.applied()
+        // Applied segments are deleted; at most the one being written remains.
+        let segments = try FileManager.default.contentsOfDirectory(atPath: journal.directory).filter { $0.hasSuffix(".journal") }
+        #expect(segments.count <= 1, "\(segments)")
+        await journal.close()
+        #expect(try FileManager.default.contentsOfDirectory(atPath: journal.directory).filter { $0.hasSuffix(".journal") }.isEmpty)
+        #expect(try await stores.archiveCount(owner: "alice@example.test") == 400)
+        #expect(try await stores.auditCount() == 400)
+    }
+
+    @Test func aJournalWrittenWithEncryptionNeedsTheKeyToRecover() async throws {
+        let configuration = configuration()
+        defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
+        let (stores, _) = try await ServerAssembly.openStores(configuration)
+        let crashed = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: neverApplies)
+        try await crashed.open(stores: stores.stores)
+        crashed.append(entries(3, owner: "alice@example.test"))
+        await crashed.durable()
+        var plain = configuration
+        plain.security.encryption = false
+        let (plainStores, _) = try await ServerAssembly.openStores(plain)
+        let restarted = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger)
+        await #expect(throws: ConfigurationError.self) { try await restarted.open(stores: plainStores.stores) }
+        #expect(try await stores.archiveCount(owner: "alice@example.test") == 0)
+    }
+}
