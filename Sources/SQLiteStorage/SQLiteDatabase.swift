@@ -21,6 +21,12 @@ public final class SQLiteDatabase: @unchecked Sendable {
         try connection.execute("PRAGMA synchronous=FULL")
         try connection.execute("PRAGMA foreign_keys=ON")
         try connection.execute("PRAGMA busy_timeout=10000")
+        // The archive's indexes take inserts all over (one page per owner): keep the hot pages in
+        // memory (64 MiB at most per connection, used only as the database grows) and let the
+        // WAL grow to 32 MiB before a checkpoint, so a page changed by many transactions is
+        // copied into the database once per checkpoint rather than once per transaction.
+        try connection.execute("PRAGMA cache_size=-65536")
+        try connection.execute("PRAGMA wal_autocheckpoint=8192")
         try Migrations.migrate(connection)
         chmod(path, 0o600)
     }

@@ -75,6 +75,8 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     /// `stanza_rate_disconnect_after_seconds` of that gets `policy-violation`.
     private var bucket: TokenBucket?
     private var rateHold: Scheduled<Void>?
+    /// Input held while the message journal catches up with the stores.
+    private var journalHold = false
     /// Start of the current episode of continuous holding back, and the last resume in it.
     private var heldSince: NIODeadline?
     private var lastResume: NIODeadline?
@@ -444,8 +446,12 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
 
     /// Processes queued elements in order; an async one pauses the queue until it completes.
     private func drain() {
-        while !busy, !closing, rateHold == nil, !pending.isEmpty {
+        while !busy, !closing, rateHold == nil, !journalHold, !pending.isEmpty {
             if bucket != nil, !takeToken() { return }
+            if session != nil, server.journal.backedUp {
+                holdUntilTheJournalCatchesUp()
+                return
+            }
             let element = pending.removeFirst()
             if let future = process(element) {
                 busy = true
@@ -484,17 +490,41 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             heldSince = now
             server.metrics.limitHit(.stanzaRate)
         }
-        if !readingPaused {
-            readingPaused = true
-            context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        hold(for: pause)
+        return false
+    }
+
+    /// The message journal has more waiting for the stores than it may (`MessageJournal.backedUp`):
+    /// stop reading and processing this client's input (TCP backpressure) until it catches up.
+    private func holdUntilTheJournalCatchesUp() {
+        guard let context, !journalHold else { return }
+        journalHold = true
+        pauseReading(context)
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        server.journal.whenCaughtUp {
+            handler.eventLoop.execute {
+                handler.value.journalHold = false
+                handler.value.drain()
+            }
         }
+    }
+
+    private func pauseReading(_ context: ChannelHandlerContext) {
+        guard !readingPaused else { return }
+        readingPaused = true
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+    }
+
+    /// Stops reading and processing this client's input for `pause`, then goes on.
+    private func hold(for pause: TimeAmount) {
+        guard let context else { return }
+        pauseReading(context)
         rateHold = context.eventLoop.assumeIsolated().scheduleTask(in: pause) { [weak self] in
             guard let self else { return }
             self.rateHold = nil
             self.lastResume = .now()
             self.drain()
         }
-        return false
     }
 
     /// Handles one top-level element; returns a future when the work continues asynchronously.

@@ -47,6 +47,10 @@ public final class MessageJournal: @unchecked Sendable {
         public var applyInterval: Duration = .seconds(1)
         /// Applies at once when this many entries wait (bounds memory at high rates).
         public var applyAbove = 16_384
+        /// Past this many entries waiting for the stores, `backedUp` turns on and client
+        /// connections stop reading new stanzas until the stores catch up (TCP backpressure):
+        /// memory stays bounded and the stores are never left behind by more than a moment.
+        public var backlogLimit = 65_536
         /// A new segment starts after this many bytes (old segments are deleted when applied).
         public var segmentBytes = 64 << 20
         public init() {}
@@ -80,12 +84,18 @@ public final class MessageJournal: @unchecked Sendable {
         var closing = false
         var threadRunning = false
         var writeFailures = 0
+        /// Entries in the apply under way.
+        var applyingCount = 0
+        var backedUp = false
+        var backlogEpisodes = 0
+        var caughtUpWaiters: [@Sendable () -> Void] = []
     }
 
     public let directory: String
     private let options: Options
     private let logger: Logger
     private let condition = ConditionVariable()
+    private let backlog = NIOLockedValueBox(false)
     private var state = State()
     private var stores: Stores?
     private var fd: Int32 = -1
@@ -156,12 +166,48 @@ public final class MessageJournal: @unchecked Sendable {
 
     // MARK: - Appending and waiting
 
+    /// Whether more entries wait for the stores than `backlogLimit`: sessions hold new stanzas back.
+    public var backedUp: Bool { backlog.withLockedValue { $0 } }
+
+    /// Runs `resume` once the backlog is under `backlogLimit` (at once if it is).
+    public func whenCaughtUp(_ resume: @escaping @Sendable () -> Void) {
+        let now = condition.withLock { () -> Bool in
+            guard state.backedUp else { return true }
+            state.caughtUpWaiters.append(resume)
+            return false
+        }
+        if now { resume() }
+    }
+
+    /// Updates `backedUp`. Called with the lock held; returns the callbacks to run (unlocked).
+    private func updateBacklog() -> [@Sendable () -> Void] {
+        let waiting = state.unapplied.count + state.pending.count + state.applyingCount
+        let backedUp = waiting > options.backlogLimit
+        guard backedUp != state.backedUp else { return [] }
+        state.backedUp = backedUp
+        backlog.withLockedValue { $0 = backedUp }
+        guard !backedUp else {
+            state.backlogEpisodes += 1
+            // Logged once per hundred episodes: under sustained overload this is the steady state.
+            if state.backlogEpisodes % 100 == 1 {
+                logger.notice(
+                    "message journal backlog: holding client input until the stores catch up",
+                    metadata: ["journal.entries": "\(waiting)", "journal.episodes": "\(state.backlogEpisodes)"])
+            }
+            return []
+        }
+        var waiters: [@Sendable () -> Void] = []
+        swap(&waiters, &state.caughtUpWaiters)
+        return waiters
+    }
+
     /// Adds entries to the next batch. Never blocks on disk.
     public func append(_ entries: [JournalEntry]) {
         guard !entries.isEmpty else { return }
         condition.withLock {
             state.pending.append(contentsOf: entries)
             state.appended += UInt64(entries.count)
+            if state.pending.count > options.backlogLimit / 2 { _ = updateBacklog() }
             if state.pending.count == entries.count || state.pending.count >= options.lingerBelow { condition.signal() }
         }
     }
@@ -249,6 +295,7 @@ public final class MessageJournal: @unchecked Sendable {
             }
             state.writeFailures = 0
             var ready: [CheckedContinuation<Void, Never>] = []
+            var caughtUp: [@Sendable () -> Void] = []
             if !batch.isEmpty {
                 if written != segment {
                     state.segments[segment]?.closed = true
@@ -261,6 +308,7 @@ public final class MessageJournal: @unchecked Sendable {
                 state.durable = upTo
                 state.unappliedUpTo = state.durable
                 ready = takeWaiters(&state.durableWaiters, upTo: state.durable)
+                caughtUp = updateBacklog()
             }
             let startApply = !state.applying && !state.unapplied.isEmpty && (applyDue() || state.closing)
             if startApply {
@@ -269,6 +317,7 @@ public final class MessageJournal: @unchecked Sendable {
             }
             condition.unlock()
             for waiter in ready { waiter.resume() }
+            for resume in caughtUp { resume() }
             if startApply { Task { await self.applyOnce() } }
             condition.lock()
         }
@@ -317,6 +366,7 @@ public final class MessageJournal: @unchecked Sendable {
         let (batch, upTo) = condition.withLock { () -> ([(entry: JournalEntry, segment: Int)], UInt64) in
             var batch: [(entry: JournalEntry, segment: Int)] = []
             swap(&batch, &state.unapplied)
+            state.applyingCount = batch.count
             // The segment being written is closed at the next write, so that it can go once applied.
             state.rotate = true
             return (batch, state.unappliedUpTo)
@@ -324,22 +374,25 @@ public final class MessageJournal: @unchecked Sendable {
         do {
             guard let stores else { throw ConfigurationError("the journal is not open") }
             try await Self.store(batch.map(\.entry), in: stores)
-            let ready = condition.withLock { () -> [CheckedContinuation<Void, Never>] in
+            let ready = condition.withLock { () -> ([CheckedContinuation<Void, Never>], [@Sendable () -> Void]) in
                 for item in batch { state.segments[item.segment]?.applied += 1 }
                 deleteAppliedSegments()
                 state.applied = max(state.applied, upTo)
                 state.applying = false
+                state.applyingCount = 0
                 state.applyFailures = 0
                 state.lastApply = .now
                 condition.signal()
-                return takeWaiters(&state.appliedWaiters, upTo: state.applied)
+                return (takeWaiters(&state.appliedWaiters, upTo: state.applied), updateBacklog())
             }
-            for waiter in ready { waiter.resume() }
+            for waiter in ready.0 { waiter.resume() }
+            for resume in ready.1 { resume() }
         } catch {
             let failures = condition.withLock { () -> Int in
                 state.unapplied.insert(contentsOf: batch, at: 0)
                 state.applyFailures += 1
                 state.applying = false
+                state.applyingCount = 0
                 // Retry after a back-off (the entries are durable in the journal meanwhile).
                 state.lastApply = .now + .milliseconds(min(5000, 50 * state.applyFailures)) - options.applyInterval
                 condition.signal()
