@@ -419,7 +419,7 @@ public final class MessageJournal: @unchecked Sendable {
     // MARK: - Segment files
 
     private static let suffix = ".journal"
-    /// Frame headers: magic, payload length, CRC-32 of the payload (little-endian UInt32 each).
+    /// Frame headers: magic, payload length, CRC-32 of a plain payload (little-endian UInt32 each).
     private static let plainFrame: UInt32 = 0x314A_4253  // "SBJ1": entries as they are
     private static let sealedFrame: UInt32 = 0x324A_4253  // "SBJ2": entries sealed with the data key
 
@@ -467,7 +467,8 @@ public final class MessageJournal: @unchecked Sendable {
         frame.reserveCapacity(payload.count + 12)
         frame.appendInteger(cipher == nil ? Self.plainFrame : Self.sealedFrame)
         frame.appendInteger(UInt32(payload.count))
-        frame.appendInteger(CRC32.checksum(payload))
+        // A sealed payload is authenticated by its GCM tag, which also tells a torn frame.
+        frame.appendInteger(cipher == nil ? CRC32.checksum(payload) : 0)
         frame.append(contentsOf: payload)
         try frame.withUnsafeBytes { bytes in
             guard let base = bytes.baseAddress else { return }
@@ -504,14 +505,27 @@ public final class MessageJournal: @unchecked Sendable {
             let checksum = bytes.readInteger(at: offset + 8)
             let start = offset + 12
             guard magic == Self.plainFrame || magic == Self.sealedFrame, length <= bytes.count - start else { break }
+            // A frame that fails its check is torn only if it is the last thing in the file (the
+            // process died writing it, before acknowledging anything in it). Damage anywhere
+            // else means acknowledged messages: refuse to go on rather than drop them.
+            let damaged = ConfigurationError(
+                "the journal segment \(path) is damaged at byte \(offset) (\(bytes.count - start - length) bytes follow); "
+                    + "it holds acknowledged messages: restore it, or move it out of the journal directory to start without them")
+            let last = start + length == bytes.count
             var payload = Array(bytes[start..<start + length])
-            guard CRC32.checksum(payload) == checksum else { break }
             if magic == Self.sealedFrame {
                 guard let cipher else {
                     throw ConfigurationError(
                         "the journal \(path) is encrypted but encryption is off; turn security.encryption back on to recover it")
                 }
-                payload = try cipher.open(payload, context: "journal")
+                guard let opened = try? cipher.open(payload, context: "journal") else {
+                    if last { break }
+                    throw damaged
+                }
+                payload = opened
+            } else if CRC32.checksum(payload) != checksum {
+                if last { break }
+                throw damaged
             }
             var buffer = ByteBuffer(bytes: payload)
             while buffer.readableBytes > 0 { entries.append(try JournalEntry.decode(from: &buffer)) }

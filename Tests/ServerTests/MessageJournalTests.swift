@@ -142,3 +142,25 @@ import Testing
         #expect(try await stores.archiveCount(owner: "alice@example.test") == 0)
     }
 }
+
+extension MessageJournalTests {
+    @Test func damageBeforeTheEndStopsRecoveryInsteadOfDroppingMessages() async throws {
+        let configuration = configuration()
+        defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
+        let (stores, _) = try await ServerAssembly.openStores(configuration)
+        let crashed = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: neverApplies)
+        try await crashed.open(stores: stores.stores)
+        crashed.append(entries(4, owner: "alice@example.test"))
+        await crashed.durable()
+        crashed.append(entries(4, owner: "carol@example.test"))
+        await crashed.durable()
+        let segment = try #require(try FileManager.default.contentsOfDirectory(atPath: crashed.directory).first { $0.hasSuffix(".journal") })
+        let path = crashed.directory + "/" + segment
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        bytes[40] ^= 0xFF  // inside the first frame's sealed payload
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let restarted = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger)
+        await #expect(throws: ConfigurationError.self) { try await restarted.open(stores: stores.stores) }
+        #expect(FileManager.default.fileExists(atPath: path), "the damaged segment is kept for the admin")
+    }
+}
