@@ -119,11 +119,13 @@ def listening_pids(port: int) -> list[int]:
     return pids
 
 
-def make_certificate(certs: Path) -> None:
-    """One self-signed RSA-2048 certificate for bench.test, shared by all three servers."""
+def make_certificate(certs: Path, kind: str = "ecdsa") -> None:
+    """One self-signed certificate for bench.test, shared by all three servers: ECDSA P-256
+    (``ecdsa``) or RSA-2048 (``rsa``)."""
     certs.mkdir(parents=True, exist_ok=True)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if kind == "ecdsa" else ["-newkey", "rsa:2048"]
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+        ["openssl", "req", "-x509", *key, "-nodes", "-days", "30",
          "-keyout", str(certs / "key.pem"), "-out", str(certs / "cert.pem"),
          "-subj", f"/CN={DOMAIN}", "-addext", f"subjectAltName=DNS:{DOMAIN}"],
         check=True, capture_output=True)
