@@ -11,11 +11,15 @@ import Storage
 public final class SQLiteDatabase: @unchecked Sendable {
     // @unchecked: all mutable state (the connection and the statement cache) is touched only on `queue`.
     private let queue: DispatchQueue
+    private let worker: BackgroundWorker?
     private var connection: Connection
 
     /// Opens (creating if needed) the database at `path` and migrates it to the current schema.
-    public init(path: String) throws {
+    /// - Parameter background: run this connection's work on a thread of its own at a lower
+    ///   CPU priority (nice 10), so bulk writes yield the core to the event loops at once.
+    public init(path: String, background: Bool = false) throws {
         queue = DispatchQueue(label: "switchboard.sqlite")
+        worker = background ? BackgroundWorker(name: "switchboard-archive-db", nice: 10) : nil
         connection = try Connection(path: path)
         try connection.execute("PRAGMA journal_mode=WAL")
         try connection.execute("PRAGMA synchronous=FULL")
@@ -31,12 +35,17 @@ public final class SQLiteDatabase: @unchecked Sendable {
         chmod(path, 0o600)
     }
 
+    deinit { worker?.stop() }
+
     /// Runs `body` on the database queue.
     @discardableResult
     public func run<T: Sendable>(_ body: @escaping @Sendable (Connection) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
-            queue.async {
-                continuation.resume(with: Result { try body(self.connection) })
+            let job: @Sendable () -> Void = { continuation.resume(with: Result { try body(self.connection) }) }
+            if let worker {
+                worker.submit(job)
+            } else {
+                queue.async(execute: job)
             }
         }
     }
@@ -48,8 +57,83 @@ public final class SQLiteDatabase: @unchecked Sendable {
 
     /// Synchronous access for command-line tools that own the process.
     public func runSync<T>(_ body: (Connection) throws -> T) throws -> T {
-        try queue.sync { try body(connection) }
+        if let worker { return try worker.sync { try body(connection) } }
+        return try queue.sync { try body(connection) }
     }
+}
+
+/// A serial executor on a thread of its own with a lower CPU priority: the archive's bulk writes
+/// run there, so a message arriving meanwhile gets the core at once (the kernel prefers the
+/// event loop whenever both are runnable) instead of waiting behind a transaction.
+final class BackgroundWorker: @unchecked Sendable {
+    // @unchecked: `jobs` is guarded by `condition`.
+    private let condition = NSCondition()
+    private var jobs: [@Sendable () -> Void] = []
+    private var stopping = false
+
+    init(name: String, nice: Int32) {
+        let thread = Thread { [self] in
+            // On Linux, PRIO_PROCESS with 0 sets the calling thread's nice value only. Raising it
+            // needs no privilege (lowering it would).
+            #if os(Linux)
+            setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, nice)
+            #else
+            setpriority(PRIO_PROCESS, 0, nice)
+            #endif
+            self.loop()
+        }
+        thread.name = name
+        thread.start()
+    }
+
+    func submit(_ job: @escaping @Sendable () -> Void) {
+        condition.lock()
+        jobs.append(job)
+        condition.signal()
+        condition.unlock()
+    }
+
+    func sync<T>(_ body: () throws -> T) throws -> T {
+        try withoutActuallyEscaping(body) { body in
+            let result = UnsafeResultBox<T>()
+            let done = DispatchSemaphore(value: 0)
+            nonisolated(unsafe) let work = body
+            submit {
+                result.value = Result { try work() }
+                done.signal()
+            }
+            done.wait()
+            guard let value = result.value else { throw StorageError.backend("background job did not run") }
+            return try value.get()
+        }
+    }
+
+    /// Ends the thread once the jobs submitted so far have run.
+    func stop() {
+        condition.lock()
+        stopping = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    private func loop() {
+        while true {
+            condition.lock()
+            while jobs.isEmpty, !stopping { condition.wait() }
+            if jobs.isEmpty {
+                condition.unlock()
+                return
+            }
+            let batch = jobs
+            jobs = []
+            condition.unlock()
+            for job in batch { job() }
+        }
+    }
+}
+
+private final class UnsafeResultBox<T>: @unchecked Sendable {
+    var value: Result<T, any Error>?
 }
 
 /// A raw SQLite connection with a prepared-statement cache.

@@ -5,8 +5,9 @@ import XMPPCore
 /// All stores on one SQLite database file.
 public final class SQLiteStores: Sendable {
     public let database: SQLiteDatabase
-    /// A second connection (and queue) for the message archive: its group commits, fsyncs and
-    /// WAL checkpoints never make a login, roster read or offline store wait.
+    /// A second connection for the message archive and the audit record, on a thread of its own
+    /// at a lower CPU priority: its bulk inserts, fsyncs and WAL checkpoints never make a login,
+    /// roster read or offline store wait, and yield the core to the event loops.
     let archiveDatabase: SQLiteDatabase
     /// Seals message bodies (archive, offline messages, audit record) when set.
     public let cipher: (any FieldCipher)?
@@ -17,7 +18,7 @@ public final class SQLiteStores: Sendable {
             atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]
         )
         database = try SQLiteDatabase(path: directory + "/switchboard.sqlite")
-        archiveDatabase = try SQLiteDatabase(path: directory + "/switchboard.sqlite")
+        archiveDatabase = try SQLiteDatabase(path: directory + "/switchboard.sqlite", background: true)
         cipher = nil
     }
 
