@@ -40,7 +40,7 @@ public final class MessageJournal: @unchecked Sendable {
     // and frame buffer are touched only by the journal thread (and by `open` before it starts).
     public struct Options: Sendable {
         /// How long the journal thread waits for more entries before writing a small batch.
-        public var linger: Duration = .milliseconds(4)
+        public var linger: Duration = .milliseconds(10)
         /// No lingering once this many entries wait.
         public var lingerBelow = 256
         /// Applies at least this often while entries wait.
