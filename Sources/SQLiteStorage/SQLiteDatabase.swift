@@ -20,6 +20,10 @@ public final class SQLiteDatabase: @unchecked Sendable {
     public init(path: String, background: Bool = false) throws {
         queue = DispatchQueue(label: "switchboard.sqlite")
         worker = background ? BackgroundWorker(name: "switchboard-archive-db", nice: 10) : nil
+        // Created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the
+        // database file's mode, so none of the three is ever readable by others.
+        let created = Foundation.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        if created >= 0 { Foundation.close(created) }
         connection = try Connection(path: path)
         try connection.execute("PRAGMA journal_mode=WAL")
         try connection.execute("PRAGMA synchronous=FULL")
@@ -32,7 +36,8 @@ public final class SQLiteDatabase: @unchecked Sendable {
         try connection.execute("PRAGMA cache_size=-65536")
         try connection.execute("PRAGMA wal_autocheckpoint=8192")
         try Migrations.migrate(connection)
-        chmod(path, 0o600)
+        // Files made by older versions.
+        for file in [path, path + "-wal", path + "-shm"] { chmod(file, 0o600) }
     }
 
     deinit { worker?.stop() }

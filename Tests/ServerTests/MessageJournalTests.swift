@@ -27,6 +27,26 @@ import Testing
         return options
     }
 
+    /// A journal that wrote `batches` (each made durable) and then "crashed": nothing applied.
+    func journalThatCrashed(after batches: [[JournalEntry]]) async throws -> (ServerConfiguration, SQLiteStores, MessageJournal) {
+        let configuration = configuration()
+        let (stores, _) = try await ServerAssembly.openStores(configuration)
+        let journal = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: neverApplies)
+        try await journal.open(stores: stores.stores)
+        for batch in batches {
+            journal.append(batch)
+            await journal.durable()
+        }
+        return (configuration, stores, journal)
+    }
+
+    /// The only segment file of a journal.
+    func onlySegment(of journal: MessageJournal) throws -> String {
+        let segments = try FileManager.default.contentsOfDirectory(atPath: journal.directory).filter { $0.hasSuffix(".journal") }
+        #expect(segments.count == 1)
+        return journal.directory + "/" + (segments.first ?? "")
+    }
+
     func entries(_ count: Int, owner: String, body: String = "hello") -> [JournalEntry] {
         (0..<count).flatMap { index -> [JournalEntry] in
             let id = ArchiveIDGenerator.shared.next()
@@ -45,13 +65,8 @@ import Testing
     }
 
     @Test func durableEntriesSurviveACrashExactlyOnce() async throws {
-        let configuration = configuration()
+        let (configuration, stores, crashed) = try await journalThatCrashed(after: [entries(300, owner: "alice@example.test", body: "secret-journal-text")])
         defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
-        let (stores, _) = try await ServerAssembly.openStores(configuration)
-        let crashed = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: neverApplies)
-        try await crashed.open(stores: stores.stores)
-        crashed.append(entries(300, owner: "alice@example.test", body: "secret-journal-text"))
-        await crashed.durable()
         #expect(try await stores.archiveCount(owner: "alice@example.test") == 0)
         #expect(try await stores.auditCount() == 0)
 
@@ -75,19 +90,11 @@ import Testing
     }
 
     @Test func aTornFrameAtTheEndIsDroppedAndTheRestRecovered() async throws {
-        let configuration = configuration()
+        let (configuration, stores, crashed) = try await journalThatCrashed(
+            after: [entries(10, owner: "alice@example.test"), entries(5, owner: "carol@example.test")])
         defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
-        let (stores, _) = try await ServerAssembly.openStores(configuration)
-        let crashed = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: neverApplies)
-        try await crashed.open(stores: stores.stores)
-        crashed.append(entries(10, owner: "alice@example.test"))
-        await crashed.durable()
-        crashed.append(entries(5, owner: "carol@example.test"))
-        await crashed.durable()
         // The process died in the middle of writing a third frame.
-        let segments = try FileManager.default.contentsOfDirectory(atPath: crashed.directory).filter { $0.hasSuffix(".journal") }
-        #expect(segments.count == 1)
-        let path = crashed.directory + "/" + (segments.first ?? "")
+        let path = try onlySegment(of: crashed)
         let handle = try #require(FileHandle(forWritingAtPath: path))
         try handle.seekToEnd()
         try handle.write(contentsOf: [0x53, 0x42, 0x4A, 0x32, 0xFF, 0x00, 0x00, 0x00, 1, 2, 3])
@@ -127,13 +134,8 @@ import Testing
     }
 
     @Test func aJournalWrittenWithEncryptionNeedsTheKeyToRecover() async throws {
-        let configuration = configuration()
+        let (configuration, stores, _) = try await journalThatCrashed(after: [entries(3, owner: "alice@example.test")])
         defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
-        let (stores, _) = try await ServerAssembly.openStores(configuration)
-        let crashed = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: neverApplies)
-        try await crashed.open(stores: stores.stores)
-        crashed.append(entries(3, owner: "alice@example.test"))
-        await crashed.durable()
         var plain = configuration
         plain.security.encryption = false
         let (plainStores, _) = try await ServerAssembly.openStores(plain)
@@ -145,17 +147,10 @@ import Testing
 
 extension MessageJournalTests {
     @Test func damageBeforeTheEndStopsRecoveryInsteadOfDroppingMessages() async throws {
-        let configuration = configuration()
+        let (configuration, stores, crashed) = try await journalThatCrashed(
+            after: [entries(4, owner: "alice@example.test"), entries(4, owner: "carol@example.test")])
         defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
-        let (stores, _) = try await ServerAssembly.openStores(configuration)
-        let crashed = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: neverApplies)
-        try await crashed.open(stores: stores.stores)
-        crashed.append(entries(4, owner: "alice@example.test"))
-        await crashed.durable()
-        crashed.append(entries(4, owner: "carol@example.test"))
-        await crashed.durable()
-        let segment = try #require(try FileManager.default.contentsOfDirectory(atPath: crashed.directory).first { $0.hasSuffix(".journal") })
-        let path = crashed.directory + "/" + segment
+        let path = try onlySegment(of: crashed)
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
         bytes[40] ^= 0xFF  // inside the first frame's sealed payload
         try Data(bytes).write(to: URL(fileURLWithPath: path))

@@ -69,6 +69,14 @@ import XMPPCore
         }
         #expect(try mode(directory) == 0o700)
         #expect(try mode(directory + "/tls") == 0o700)
+        // The database and its WAL files, the message journal: nobody else may read them.
+        for file in ["switchboard.sqlite", "switchboard.sqlite-wal", "switchboard.sqlite-shm"] {
+            #expect(try mode(directory + "/" + file) == 0o600, "\(file)")
+        }
+        #expect(try mode(directory + "/journal") == 0o700)
+        for segment in try FileManager.default.contentsOfDirectory(atPath: directory + "/journal") {
+            #expect(try mode(directory + "/journal/" + segment) == 0o600, "\(segment)")
+        }
         #expect(try mode(directory + "/tls/private-key.pem") == 0o600)
         let key = try String(contentsOfFile: directory + "/tls/private-key.pem", encoding: .utf8)
         #expect(key.contains("PRIVATE KEY"))
