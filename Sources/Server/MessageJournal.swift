@@ -339,7 +339,7 @@ public final class MessageJournal: @unchecked Sendable {
     /// Whether the stores should get the waiting entries now. Called with the lock held.
     private func applyDue() -> Bool {
         guard !state.applying, !state.unapplied.isEmpty else { return false }
-        return state.applyRequested || state.unapplied.count >= options.applyAbove
+        return state.applyRequested || !state.appliedWaiters.isEmpty || state.unapplied.count >= options.applyAbove
             || ContinuousClock.now >= state.lastApply + options.applyInterval
     }
 
@@ -366,12 +366,22 @@ public final class MessageJournal: @unchecked Sendable {
 
     private func applyOnce() async {
         let (batch, upTo) = condition.withLock { () -> ([(entry: JournalEntry, segment: Int)], UInt64) in
+            // At most `applyAbove` entries at a time: under overload, sessions held back by the
+            // backlog limit wait for one such batch, not for everything that piled up.
             var batch: [(entry: JournalEntry, segment: Int)] = []
-            swap(&batch, &state.unapplied)
+            let left: Int
+            if state.unapplied.count > options.applyAbove {
+                batch = Array(state.unapplied.prefix(options.applyAbove))
+                state.unapplied.removeFirst(options.applyAbove)
+                left = state.unapplied.count
+            } else {
+                swap(&batch, &state.unapplied)
+                left = 0
+            }
             state.applyingCount = batch.count
             // The segment being written is closed at the next write, so that it can go once applied.
             state.rotate = true
-            return (batch, state.unappliedUpTo)
+            return (batch, state.unappliedUpTo - UInt64(left))
         }
         do {
             guard let stores else { throw ConfigurationError("the journal is not open") }

@@ -114,6 +114,7 @@ import Testing
         let (stores, _) = try await ServerAssembly.openStores(configuration)
         var options = MessageJournal.Options()
         options.segmentBytes = 4096  // rotate often
+        options.applyAbove = 50  // several capped applies per `applied()`
         let journal = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: options)
         try await journal.open(stores: stores.stores)
         for round in 1...20 {
