@@ -20,10 +20,15 @@ public final class SQLiteDatabase: @unchecked Sendable {
     public init(path: String, background: Bool = false) throws {
         queue = DispatchQueue(label: "switchboard.sqlite")
         worker = background ? BackgroundWorker(name: "switchboard-archive-db", nice: 10) : nil
-        // Created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the
-        // database file's mode, so none of the three is ever readable by others.
-        let created = Foundation.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        if created >= 0 { Foundation.close(created) }
+        // A new database file is created 0600 before SQLite opens it: SQLite gives the -wal
+        // and -shm files the database file's mode, so none of the three is ever readable by
+        // others. Only when it does not exist yet: closing a descriptor of a file that a
+        // connection of this process has open drops that connection's POSIX locks, and other
+        // processes (the CLI) would then checkpoint and reset the WAL under it.
+        if access(path, F_OK) != 0 {
+            let created = Foundation.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            if created >= 0 { Foundation.close(created) }
+        }
         connection = try Connection(path: path)
         try connection.execute("PRAGMA journal_mode=WAL")
         try connection.execute("PRAGMA synchronous=FULL")
