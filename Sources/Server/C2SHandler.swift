@@ -472,7 +472,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     /// are earned (or ends the stream after too long). Returns whether to go on.
     private func takeToken() -> Bool {
         let wanted = (bucket?.rate ?? 10) / 10
-        guard let wait = bucket?.take(wanted: wanted, now: { NIODeadline.now().uptimeNanoseconds }), let context else {
+        guard let wait = bucket?.take(wanted: wanted, now: { NIODeadline.now().uptimeNanoseconds }), context != nil else {
             return true
         }
         let now = NIODeadline.now()

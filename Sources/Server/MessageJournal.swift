@@ -81,6 +81,8 @@ public final class MessageJournal: @unchecked Sendable {
         var applyRequested = false
         var lastApply = ContinuousClock.now
         var applyFailures = 0
+        /// After a failed apply, none before this.
+        var applyRetryAt: ContinuousClock.Instant?
         var durableWaiters: [(UInt64, CheckedContinuation<Void, Never>)] = []
         var appliedWaiters: [(UInt64, CheckedContinuation<Void, Never>)] = []
         var closing = false
@@ -124,7 +126,7 @@ public final class MessageJournal: @unchecked Sendable {
         var recovered = 0
         for number in leftovers {
             let path = segmentPath(number)
-            let entries = try readSegment(path, cipher: stores.cipher)
+            let entries = try readSegment(path, cipher: stores.cipher, last: number == leftovers.last)
             for chunk in stride(from: 0, to: entries.count, by: 4096) {
                 try await Self.store(Array(entries[chunk..<min(chunk + 4096, entries.count)]), in: stores)
             }
@@ -206,11 +208,21 @@ public final class MessageJournal: @unchecked Sendable {
     /// Adds entries to the next batch. Never blocks on disk.
     public func append(_ entries: [JournalEntry]) {
         guard !entries.isEmpty else { return }
-        condition.withLock {
+        let refused = condition.withLock { () -> Bool in
+            // After `close()` nothing writes any more (shutdown waited for the sessions' work).
+            guard state.threadRunning || !state.closing else { return true }
             state.pending.append(contentsOf: entries)
             state.appended += UInt64(entries.count)
-            if state.pending.count > options.backlogLimit / 2 { _ = updateBacklog() }
+            // Only ever raised here; it is lowered (and held sessions called back) by the thread.
+            if !state.backedUp, state.pending.count + state.unapplied.count + state.applyingCount > options.backlogLimit {
+                state.backedUp = true
+                backlog.withLockedValue { $0 = true }
+            }
             if state.pending.count == entries.count || state.pending.count >= options.lingerBelow { condition.signal() }
+            return false
+        }
+        if refused {
+            logger.error("message journal already closed: entries not stored", metadata: ["journal.entries": "\(entries.count)"])
         }
     }
 
@@ -236,6 +248,8 @@ public final class MessageJournal: @unchecked Sendable {
     private func wait(_ register: (inout State, CheckedContinuation<Void, Never>) -> Bool) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let done = condition.withLock { () -> Bool in
+                // A closed journal has nothing more to wait for.
+                if state.closing, !state.threadRunning { return true }
                 let done = register(&state, continuation)
                 if !done { condition.signal() }
                 return done
@@ -259,7 +273,8 @@ public final class MessageJournal: @unchecked Sendable {
                 if state.unapplied.isEmpty || state.applying {
                     condition.wait()
                 } else {
-                    condition.wait(until: state.lastApply + options.applyInterval)
+                    let due = state.lastApply + options.applyInterval
+                    condition.wait(until: max(due, state.applyRetryAt ?? due))
                 }
             }
             if finished { break }
@@ -291,8 +306,10 @@ public final class MessageJournal: @unchecked Sendable {
                 // Nothing is acknowledged: the batch goes back and is retried with back-off.
                 state.writeFailures += 1
                 state.pending.insert(contentsOf: batch, at: 0)
+                state.rotate = state.rotate || rotate
                 logger.error("journal write failed; retrying", metadata: ["error": "\(failure)", "journal.batch": "\(batch.count)"])
-                condition.wait(until: ContinuousClock.now + .milliseconds(min(5000, 50 * state.writeFailures)))
+                let retry = ContinuousClock.now + .milliseconds(min(5000, 50 * state.writeFailures))
+                while ContinuousClock.now < retry { condition.wait(until: retry) }
                 continue
             }
             state.writeFailures = 0
@@ -312,7 +329,7 @@ public final class MessageJournal: @unchecked Sendable {
                 ready = takeWaiters(&state.durableWaiters, upTo: state.durable)
                 caughtUp = updateBacklog()
             }
-            let startApply = !state.applying && !state.unapplied.isEmpty && (applyDue() || state.closing)
+            let startApply = applyDue() || (state.closing && !state.applying && !state.unapplied.isEmpty && !applyRetryPending())
             if startApply {
                 state.applying = true
                 state.applyRequested = false
@@ -336,9 +353,15 @@ public final class MessageJournal: @unchecked Sendable {
         done?.resume()
     }
 
+    /// Whether a failed apply's back-off is still running. Called with the lock held.
+    private func applyRetryPending() -> Bool {
+        state.applyRetryAt.map { ContinuousClock.now < $0 } ?? false
+    }
+
     /// Whether the stores should get the waiting entries now. Called with the lock held.
     private func applyDue() -> Bool {
         guard !state.applying, !state.unapplied.isEmpty else { return false }
+        if let retry = state.applyRetryAt, ContinuousClock.now < retry { return false }
         return state.applyRequested || !state.appliedWaiters.isEmpty || state.unapplied.count >= options.applyAbove
             || ContinuousClock.now >= state.lastApply + options.applyInterval
     }
@@ -393,6 +416,7 @@ public final class MessageJournal: @unchecked Sendable {
                 state.applying = false
                 state.applyingCount = 0
                 state.applyFailures = 0
+                state.applyRetryAt = nil
                 state.lastApply = .now
                 condition.signal()
                 return (takeWaiters(&state.appliedWaiters, upTo: state.applied), updateBacklog())
@@ -406,7 +430,8 @@ public final class MessageJournal: @unchecked Sendable {
                 state.applying = false
                 state.applyingCount = 0
                 // Retry after a back-off (the entries are durable in the journal meanwhile).
-                state.lastApply = .now + .milliseconds(min(5000, 50 * state.applyFailures)) - options.applyInterval
+                state.applyRetryAt = .now + .milliseconds(min(5000, 50 * state.applyFailures))
+                state.lastApply = .now
                 condition.signal()
                 return state.applyFailures
             }
@@ -482,73 +507,87 @@ public final class MessageJournal: @unchecked Sendable {
         // A sealed payload is authenticated by its GCM tag, which also tells a torn frame.
         frame.appendInteger(cipher == nil ? CRC32.checksum(payload) : 0)
         frame.append(contentsOf: payload)
-        try frame.withUnsafeBytes { bytes in
-            guard let base = bytes.baseAddress else { return }
-            var offset = 0
-            while offset < bytes.count {
-                let count = Foundation.write(fd, base + offset, bytes.count - offset)
-                if count < 0 {
-                    if errno == EINTR { continue }
-                    throw ConfigurationError("journal write failed: \(String(cString: strerror(errno)))")
+        do {
+            try frame.withUnsafeBytes { bytes in
+                guard let base = bytes.baseAddress else { return }
+                var offset = 0
+                while offset < bytes.count {
+                    let count = Foundation.write(fd, base + offset, bytes.count - offset)
+                    if count < 0 {
+                        if errno == EINTR { continue }
+                        throw ConfigurationError("journal write failed: \(String(cString: strerror(errno)))")
+                    }
+                    offset += count
                 }
-                offset += count
             }
+            guard fdatasync(fd) == 0 else { throw ConfigurationError("journal sync failed: \(String(cString: strerror(errno)))") }
+        } catch {
+            // A partial frame (disk full) must not stay in front of the retried one: cut the
+            // segment back to its last complete frame.
+            _ = ftruncate(fd, off_t(segmentSize))
+            throw error
         }
         segmentSize += frame.count
-        guard fdatasync(fd) == 0 else { throw ConfigurationError("journal sync failed: \(String(cString: strerror(errno)))") }
         return target
     }
 
     /// The entries on disk in a journal directory, oldest first (inspection and tests).
     public static func entries(inDirectory directory: String, cipher: (any FieldCipher)?, logger: Logger) throws -> [JournalEntry] {
         let journal = MessageJournal(directory: directory, logger: logger)
-        return try journal.segmentNumbers().flatMap { try journal.readSegment(journal.segmentPath($0), cipher: cipher) }
+        let numbers = try journal.segmentNumbers()
+        return try numbers.flatMap { try journal.readSegment(journal.segmentPath($0), cipher: cipher, last: $0 == numbers.last) }
     }
 
-    /// Reads a segment's entries, stopping at the first incomplete or damaged frame.
-    private func readSegment(_ path: String, cipher: (any FieldCipher)?) throws -> [JournalEntry] {
+    /// Reads a segment's entries. Only the end of the last segment may hold an incomplete frame
+    /// (the process died writing it, before acknowledging anything in it); it is dropped with a
+    /// warning. A bad frame anywhere else means acknowledged messages are damaged: refuse to go
+    /// on rather than drop them.
+    private func readSegment(_ path: String, cipher: (any FieldCipher)?, last: Bool = true) throws -> [JournalEntry] {
         guard let data = FileManager.default.contents(atPath: path) else { return [] }
         let bytes = [UInt8](data)
         var entries: [JournalEntry] = []
         var offset = 0
-        while offset + 12 <= bytes.count {
-            let magic = bytes.readInteger(at: offset)
-            let length = Int(bytes.readInteger(at: offset + 4))
-            let checksum = bytes.readInteger(at: offset + 8)
-            let start = offset + 12
-            guard magic == Self.plainFrame || magic == Self.sealedFrame, length <= bytes.count - start else { break }
-            // A frame that fails its check is torn only if it is the last thing in the file (the
-            // process died writing it, before acknowledging anything in it). Damage anywhere
-            // else means acknowledged messages: refuse to go on rather than drop them.
-            let damaged = ConfigurationError(
-                "the journal segment \(path) is damaged at byte \(offset) (\(bytes.count - start - length) bytes follow); "
-                    + "it holds acknowledged messages: restore it, or move it out of the journal directory to start without them")
-            let last = start + length == bytes.count
-            var payload = Array(bytes[start..<start + length])
-            if magic == Self.sealedFrame {
-                guard let cipher else {
-                    throw ConfigurationError(
-                        "the journal \(path) is encrypted but encryption is off; turn security.encryption back on to recover it")
-                }
-                guard let opened = try? cipher.open(payload, context: "journal") else {
-                    if last { break }
-                    throw damaged
-                }
-                payload = opened
-            } else if CRC32.checksum(payload) != checksum {
-                if last { break }
-                throw damaged
-            }
+        while offset < bytes.count, let (payload, end) = try frame(in: bytes, at: offset, cipher: cipher, path: path) {
             var buffer = ByteBuffer(bytes: payload)
             while buffer.readableBytes > 0 { entries.append(try JournalEntry.decode(from: &buffer)) }
-            offset = start + length
+            offset = end
         }
-        if offset < bytes.count {
-            logger.warning(
-                "journal segment ends in an incomplete frame (never acknowledged); ignored",
-                metadata: ["journal.segment": "\(path)", "journal.bytes": "\(bytes.count - offset)"])
+        guard offset < bytes.count else { return entries }
+        // Torn or damaged? A complete, valid frame further on proves damage.
+        let damagedFurtherOn = !last || (offset + 1..<bytes.count).contains { start in
+            (try? frame(in: bytes, at: start, cipher: cipher, path: path)) != nil
         }
+        if damagedFurtherOn {
+            throw ConfigurationError(
+                "the journal segment \(path) is damaged at byte \(offset) of \(bytes.count); it holds acknowledged "
+                    + "messages: restore it, or move it out of the journal directory to start without them")
+        }
+        logger.warning(
+            "journal segment ends in an incomplete frame (never acknowledged); ignored",
+            metadata: ["journal.segment": "\(path)", "journal.bytes": "\(bytes.count - offset)"])
         return entries
+    }
+
+    /// The payload of the complete, valid frame at `offset` and where it ends; nil when there is
+    /// none (bad magic, length past the end, failed check).
+    private func frame(in bytes: [UInt8], at offset: Int, cipher: (any FieldCipher)?, path: String) throws -> ([UInt8], Int)? {
+        guard offset + 12 <= bytes.count else { return nil }
+        let magic = bytes.readInteger(at: offset)
+        guard magic == Self.plainFrame || magic == Self.sealedFrame else { return nil }
+        let length = Int(bytes.readInteger(at: offset + 4))
+        let start = offset + 12
+        guard length <= bytes.count - start else { return nil }
+        let payload = Array(bytes[start..<start + length])
+        if magic == Self.sealedFrame {
+            guard let cipher else {
+                throw ConfigurationError(
+                    "the journal \(path) is encrypted but encryption is off; turn security.encryption back on to recover it")
+            }
+            guard let opened = try? cipher.open(payload, context: "journal") else { return nil }
+            return (opened, start + length)
+        }
+        guard CRC32.checksum(payload) == bytes.readInteger(at: offset + 8) else { return nil }
+        return (payload, start + length)
     }
 }
 
@@ -698,7 +737,8 @@ final class ConditionVariable: @unchecked Sendable {
     func signal() { pthread_cond_signal(&cond) }
     func wait() { pthread_cond_wait(&cond, &mutex) }
 
-    /// Waits until signalled or the deadline passes (`ContinuousClock` is CLOCK_MONOTONIC on Linux).
+    /// Waits until signalled or the deadline passes: the time left by `ContinuousClock`, added to
+    /// CLOCK_MONOTONIC (the condition's clock).
     func wait(until deadline: ContinuousClock.Instant) {
         let remaining = ContinuousClock.now.duration(to: deadline)
         guard remaining > .zero else { return }

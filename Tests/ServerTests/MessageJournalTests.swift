@@ -147,13 +147,16 @@ import Testing
 }
 
 extension MessageJournalTests {
-    @Test func damageBeforeTheEndStopsRecoveryInsteadOfDroppingMessages() async throws {
+    /// Byte 5: the first frame's length (a header that no longer fits); byte 40: inside its
+    /// sealed payload. Either way a good frame follows, so it is damage, not a torn tail.
+    @Test(arguments: [5, 40])
+    func damageBeforeTheEndStopsRecoveryInsteadOfDroppingMessages(at byte: Int) async throws {
         let (configuration, stores, crashed) = try await journalThatCrashed(
             after: [entries(4, owner: "alice@example.test"), entries(4, owner: "carol@example.test")])
         defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
         let path = try onlySegment(of: crashed)
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
-        bytes[40] ^= 0xFF  // inside the first frame's sealed payload
+        bytes[byte] ^= 0xFF
         try Data(bytes).write(to: URL(fileURLWithPath: path))
         let restarted = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger)
         await #expect(throws: ConfigurationError.self) { try await restarted.open(stores: stores.stores) }
