@@ -761,14 +761,14 @@ enum MUCPersistenceOperation: Sendable {
     case delete(String)
 }
 
-/// Room storage written behind, in order, by one task at a time (the archive's group-commit
-/// writer without lingering: rooms change rarely and callers may wait for it).
+/// Room storage written behind, in order, by one task at a time (`GroupCommitWriter`: rooms
+/// change rarely and callers may wait for it).
 typealias MUCPersistence = GroupCommitWriter<MUCPersistenceOperation>
 
 extension GroupCommitWriter where Record == MUCPersistenceOperation {
     convenience init() {
         // Saves and deletes are idempotent, so a batch that failed half-way is simply redone.
-        self.init(name: "room storage", linger: nil) { operations, server in
+        self.init(name: "room storage") { operations, server in
             for operation in operations {
                 switch operation {
                 case .save(let record): try await server.stores.muc.saveRoom(record)
