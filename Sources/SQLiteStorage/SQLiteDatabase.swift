@@ -64,12 +64,6 @@ public final class SQLiteDatabase: @unchecked Sendable {
     public func transaction<T: Sendable>(_ body: @escaping @Sendable (Connection) throws -> T) async throws -> T {
         try await run { connection in try connection.transaction { try body(connection) } }
     }
-
-    /// Synchronous access for command-line tools that own the process.
-    public func runSync<T>(_ body: (Connection) throws -> T) throws -> T {
-        if let worker { return try worker.sync { try body(connection) } }
-        return try queue.sync { try body(connection) }
-    }
 }
 
 /// A serial executor on a thread of its own with a lower CPU priority: the archive's bulk writes
@@ -103,21 +97,6 @@ final class BackgroundWorker: @unchecked Sendable {
         condition.unlock()
     }
 
-    func sync<T>(_ body: () throws -> T) throws -> T {
-        try withoutActuallyEscaping(body) { body in
-            let result = UnsafeResultBox<T>()
-            let done = DispatchSemaphore(value: 0)
-            nonisolated(unsafe) let work = body
-            submit {
-                result.value = Result { try work() }
-                done.signal()
-            }
-            done.wait()
-            guard let value = result.value else { throw StorageError.backend("background job did not run") }
-            return try value.get()
-        }
-    }
-
     /// Ends the thread once the jobs submitted so far have run.
     func stop() {
         condition.lock()
@@ -140,10 +119,6 @@ final class BackgroundWorker: @unchecked Sendable {
             for job in batch { job() }
         }
     }
-}
-
-private final class UnsafeResultBox<T>: @unchecked Sendable {
-    var value: Result<T, any Error>?
 }
 
 /// A raw SQLite connection with a prepared-statement cache.

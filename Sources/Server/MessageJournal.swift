@@ -59,7 +59,6 @@ public final class MessageJournal: @unchecked Sendable {
     }
 
     private struct Segment {
-        var number: Int
         var written = 0
         var applied = 0
         var closed = false
@@ -127,8 +126,8 @@ public final class MessageJournal: @unchecked Sendable {
         for number in leftovers {
             let path = segmentPath(number)
             let entries = try readSegment(path, cipher: stores.cipher, last: number == leftovers.last)
-            for chunk in stride(from: 0, to: entries.count, by: 4096) {
-                try await Self.store(Array(entries[chunk..<min(chunk + 4096, entries.count)]), in: stores)
+            for chunk in stride(from: 0, to: entries.count, by: options.applyAbove) {
+                try await Self.store(Array(entries[chunk..<min(chunk + options.applyAbove, entries.count)]), in: stores)
             }
             recovered += entries.count
             unlink(path)
@@ -141,7 +140,7 @@ public final class MessageJournal: @unchecked Sendable {
         try openSegment(first)
         condition.withLock {
             state.currentSegment = first
-            state.segments[first] = Segment(number: first)
+            state.segments[first] = Segment()
             state.threadRunning = true
         }
         let thread = Thread { [self] in self.run() }
@@ -266,14 +265,15 @@ public final class MessageJournal: @unchecked Sendable {
             // Sleep until there is something to write, an apply falls due, or we close.
             var finished = false
             while state.pending.isEmpty, !applyDue() {
-                if state.closing, !state.applying {
-                    finished = state.unapplied.isEmpty
+                if state.closing, !state.applying, state.unapplied.isEmpty {
+                    finished = true
                     break
                 }
                 if state.unapplied.isEmpty || state.applying {
                     condition.wait()
                 } else {
-                    let due = state.lastApply + options.applyInterval
+                    // Closing applies as soon as a failed apply's back-off allows.
+                    let due = state.closing ? ContinuousClock.now : state.lastApply + options.applyInterval
                     condition.wait(until: max(due, state.applyRetryAt ?? due))
                 }
             }
@@ -319,7 +319,7 @@ public final class MessageJournal: @unchecked Sendable {
                 if written != segment {
                     state.segments[segment]?.closed = true
                     deleteAppliedSegments()
-                    state.segments[written] = Segment(number: written)
+                    state.segments[written] = Segment()
                     state.currentSegment = written
                 }
                 state.segments[written]?.written += batch.count
@@ -329,7 +329,7 @@ public final class MessageJournal: @unchecked Sendable {
                 ready = takeWaiters(&state.durableWaiters, upTo: state.durable)
                 caughtUp = updateBacklog()
             }
-            let startApply = applyDue() || (state.closing && !state.applying && !state.unapplied.isEmpty && !applyRetryPending())
+            let startApply = applyDue()
             if startApply {
                 state.applying = true
                 state.applyRequested = false
@@ -353,17 +353,13 @@ public final class MessageJournal: @unchecked Sendable {
         done?.resume()
     }
 
-    /// Whether a failed apply's back-off is still running. Called with the lock held.
-    private func applyRetryPending() -> Bool {
-        state.applyRetryAt.map { ContinuousClock.now < $0 } ?? false
-    }
-
-    /// Whether the stores should get the waiting entries now. Called with the lock held.
+    /// Whether the stores should get the waiting entries now (never during a failed apply's
+    /// back-off). Called with the lock held.
     private func applyDue() -> Bool {
         guard !state.applying, !state.unapplied.isEmpty else { return false }
         if let retry = state.applyRetryAt, ContinuousClock.now < retry { return false }
-        return state.applyRequested || !state.appliedWaiters.isEmpty || state.unapplied.count >= options.applyAbove
-            || ContinuousClock.now >= state.lastApply + options.applyInterval
+        return state.closing || state.applyRequested || !state.appliedWaiters.isEmpty
+            || state.unapplied.count >= options.applyAbove || ContinuousClock.now >= state.lastApply + options.applyInterval
     }
 
     private func takeWaiters(_ waiters: inout [(UInt64, CheckedContinuation<Void, Never>)], upTo: UInt64) -> [CheckedContinuation<Void, Never>] {
