@@ -92,10 +92,15 @@ public final class TestServer: Sendable {
 }
 
 extension TestServer {
+    /// A new plain-TCP connection to the c2s listener (not logged in).
+    public func connect() async throws -> TestClient {
+        try await TestClient.connect(port: ports.c2s ?? 0, domain: domain)
+    }
+
     /// A client logged in as `user/resource` over plain TCP that has sent its initial presence
     /// and seen it echoed (so it receives messages to the bare JID from then on).
     public func online(_ user: String, _ resource: String, password: String = "pw") async throws -> TestClient {
-        let client = try await TestClient.connect(port: ports.c2s ?? 0, domain: domain)
+        let client = try await connect()
         try await client.login(user, password: password, resource: resource)
         try await client.send("<presence/>")
         _ = try await client.next { $0.name == "presence" && $0[attribute: "from"] == "\(user)@\(domain)/\(resource)" }
@@ -110,7 +115,7 @@ extension TestServer {
     public func failLogins(_ user: String, times: Int) async throws -> Int {
         var refused = 0
         for _ in 0..<times {
-            let client = try await TestClient.connect(port: ports.c2s ?? 0, domain: domain)
+            let client = try await connect()
             do {
                 try await client.login(user, password: "wrong-\(UUID().uuidString)")
             } catch is TestClientError {

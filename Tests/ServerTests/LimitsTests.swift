@@ -27,7 +27,7 @@ import XMPPCore
         }
         try await server.addUser("alice", password: "a")
         try await server.addUser("bob", password: "b")
-        let alice = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let alice = try await server.connect()
         try await alice.login("alice", password: "a")
         let bob = try await server.online("bob", "desk", password: "b")
 
@@ -54,7 +54,7 @@ import XMPPCore
         flood.cancel()
         #expect(metric(server, "stanza_rate_disconnect") == 1)
         // Bob, on the same server, still gets messages at once.
-        let carol = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let carol = try await server.connect()
         try await server.addUser("carol", password: "c")
         try await carol.login("carol", password: "c")
         try await carol.send("<message to='bob@example.test/desk' id='hello'><body>hi</body></message>")
@@ -71,11 +71,11 @@ import XMPPCore
             $0.limits.maxSessionsPerUser = 2
         }
         try await server.addUser("alice", password: "a")
-        let one = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let one = try await server.connect()
         try await one.login("alice", password: "a", resource: "one")
-        let two = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let two = try await server.connect()
         try await two.login("alice", password: "a", resource: "two")
-        let three = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let three = try await server.connect()
         try await three.authenticate("alice", password: "a")
         try await three.send("<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>three</resource></bind></iq>")
         let refused = try await three.next { $0.id == "bind" }
@@ -84,7 +84,7 @@ import XMPPCore
         #expect(refused.child("error")?.child("resource-constraint", namespace: NS.stanzaErrors) != nil, "\(XMLSerializer.string(refused))")
         #expect(metric(server, "sessions_per_user") == 1)
         // Replacing an existing resource is not a new session.
-        let twoAgain = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let twoAgain = try await server.connect()
         #expect(try await twoAgain.login("alice", password: "a", resource: "two") == "alice@example.test/two")
         // A freed slot can be used.
         await one.close()
@@ -104,7 +104,7 @@ import XMPPCore
     /// Opens a connection and reports whether the server answers a stream header (refused
     /// connections are closed at accept without a byte).
     private func answered(_ server: TestServer) async throws -> (TestClient, Bool) {
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let client = try await server.connect()
         do {
             _ = try await client.openStream()
             return (client, true)
@@ -184,7 +184,7 @@ import XMPPCore
             $0.limits.maxStanzaBytesBeforeAuth = 4096
         }
         try await server.addUser("alice", password: "a")
-        let stranger = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let stranger = try await server.connect()
         _ = try await stranger.openStream()
         try await stranger.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>\(String(repeating: "QUFB", count: 2000))</auth>")
         let error = try await stranger.next { $0.name == "error" }
@@ -192,7 +192,7 @@ import XMPPCore
         #expect(metric(server, "stanza_size") == 1)
         await stranger.close()
         // After authentication the full max_stanza_bytes applies.
-        let alice = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let alice = try await server.connect()
         try await alice.login("alice", password: "a")
         try await alice.send("<iq type='get' id='big'><ping xmlns='urn:xmpp:ping'><x>\(String(repeating: "y", count: 20_000))</x></ping></iq>")
         #expect(try await alice.next { $0.id == "big" }.stanzaType == "result")
@@ -202,7 +202,7 @@ import XMPPCore
 
     @Test func depthLimitIsCounted() async throws {
         let server = try await TestServer.start { $0.limits.maxDepth = 8 }
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let client = try await server.connect()
         _ = try await client.openStream()
         try await client.send(String(repeating: "<a>", count: 20))
         let error = try await client.next { $0.name == "error" }
@@ -220,7 +220,7 @@ import XMPPCore
         }
         try await server.addUser("alice", password: "right")
         #expect(try await server.failLogins("alice", times: 2) == 2)
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let client = try await server.connect()
         do {
             try await client.login("alice", password: "right")
             Issue.record("login allowed while locked out")

@@ -611,7 +611,7 @@ import XMPPCore
         try await Task.sleep(for: .milliseconds(200))
         try await bob.send("<message to='\(room)' type='groupchat' id='g2'><body>two</body></message>")
         _ = try await bob.next { $0.id == "g2" }
-        phone = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        phone = try await server.connect()
         try await phone.authenticate("alice", password: "pw")
         // Acknowledge everything up to and including g1: occupants' presence (3), own presence,
         // history (1), subject, g1.

@@ -66,7 +66,7 @@ import XMPPCore
         #expect(bookmarks.child("pubsub")?.child("items").map { Array($0.elements).count } == 2)
 
         // bob's new device gets alice's last items when it comes online.
-        let phone = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let phone = try await server.connect()
         try await phone.login("bob", password: "pw", resource: "phone")
         try await phone.send("<presence/>")
         var nodes: Set<String> = []

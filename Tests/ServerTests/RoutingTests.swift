@@ -9,7 +9,7 @@ import XMPPCore
         let server = try await TestServer.start { $0.c2s.requireTLS = false }
         for user in ["alice", "bob"] { try await server.addUser(user, password: "pw") }
         let desk = try await server.online("alice", "desk")
-        let bot = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let bot = try await server.connect()
         try await bot.login("alice", password: "pw", resource: "bot")
         try await bot.send("<presence><priority>-1</priority></presence>")
         _ = try await bot.next { $0.name == "presence" && $0[attribute: "from"] == "alice@example.test/bot" }

@@ -25,10 +25,10 @@ import XMPPCore
         let tlsPort = server.ports.c2sDirectTLS ?? 0
 
         // SCRAM right and wrong, PLAIN right and wrong (over TLS), an in-band password change.
-        let scram = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let scram = try await server.connect()
         try await scram.login("alice", password: password, resource: "scram")
         await scram.close()
-        let wrongScram = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let wrongScram = try await server.connect()
         await #expect(throws: TestClientError.self) { try await wrongScram.login("alice", password: password + "x") }
         await wrongScram.close()
         let plain = try await TestClient.connect(port: tlsPort, tls: true)

@@ -21,8 +21,8 @@ import XMPPCore
         try await withServer { server in
             try await server.addUser("alice", password: "a-pass")
             try await server.addUser("张伟", password: "z-pass")
-            let alice = try await TestClient.connect(port: server.ports.c2s ?? 0)
-            let zhang = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            let alice = try await server.connect()
+            let zhang = try await server.connect()
             #expect(try await alice.login("alice", password: "a-pass", resource: "desk") == "alice@example.test/desk")
             #expect(try await zhang.login("张伟", password: "z-pass", resource: "手机", hash: .sha1) == "张伟@example.test/手机")
             try await zhang.send("<presence/>")
@@ -40,14 +40,14 @@ import XMPPCore
         try await withServer { server in
             try await server.addUser("alice", password: "a")
             try await server.addUser("bob", password: "b")
-            let alice = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            let alice = try await server.connect()
             try await alice.login("alice", password: "a")
             try await alice.send("<message to='bob@example.test' type='chat' id='o1'><body>while you were out</body></message>")
             // Ping round-trip: the message was processed (stored) before the ping answer.
             try await alice.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
             _ = try await alice.next { $0.id == "p1" }
             #expect(try await server.stores.count(for: "bob@example.test") == 1)
-            let bob = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            let bob = try await server.connect()
             try await bob.login("bob", password: "b")
             try await bob.send("<presence/>")
             let message = try await bob.next { $0.name == "message" }
@@ -66,7 +66,7 @@ import XMPPCore
     @Test func burstOfAsyncRequestsIsAnsweredInOrder() async throws {
         try await withServer { server in
             try await server.addUser("alice", password: "a")
-            let alice = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            let alice = try await server.connect()
             try await alice.login("alice", password: "a")
             var burst = ""
             for index in 0..<300 {
@@ -85,7 +85,7 @@ import XMPPCore
     @Test func unknownRecipientGetsServiceUnavailable() async throws {
         try await withServer { server in
             try await server.addUser("alice", password: "a")
-            let alice = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            let alice = try await server.connect()
             try await alice.login("alice", password: "a")
             try await alice.send("<message to='nobody@example.test' id='x1'><body>hi</body></message>")
             let error = try await alice.next { $0.id == "x1" }
@@ -98,7 +98,7 @@ import XMPPCore
     @Test func wrongPasswordIsNotAuthorized() async throws {
         try await withServer { server in
             try await server.addUser("alice", password: "a")
-            let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            let client = try await server.connect()
             await #expect(throws: TestClientError.self) { try await client.login("alice", password: "wrong") }
             await client.close()
             #expect(String(decoding: server.server.context.metrics.exposition(), as: UTF8.self)
@@ -108,7 +108,7 @@ import XMPPCore
 
     @Test func stanzasBeforeAuthenticationEndTheStream() async throws {
         try await withServer { server in
-            let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+            let client = try await server.connect()
             _ = try await client.openStream()
             try await client.send("<message to='a@example.test'><body>x</body></message>")
             let error = try await client.next { $0.name == "error" }
@@ -136,7 +136,7 @@ import XMPPCore
             $0.limits.idleTimeoutSeconds = 1
         }
         try await server.addUser("alice", password: "a")
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let client = try await server.connect()
         try await client.login("alice", password: "a")
         let ping = try await client.next(timeout: .seconds(5))
         #expect(ping.name == "iq" && ping.child("ping", namespace: NS.ping) != nil)
@@ -153,7 +153,7 @@ import XMPPCore
             $0.limits.idleTimeoutSeconds = 1
         }
         try await server.addUser("alice", password: "a")
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let client = try await server.connect()
         try await client.login("alice", password: "a")
         for _ in 0..<3 {
             let ping = try await client.next(timeout: .seconds(5))
@@ -168,7 +168,7 @@ import XMPPCore
 
     @Test func loginTimeoutClosesUnauthenticatedConnections() async throws {
         let server = try await TestServer.start { $0.limits.loginTimeoutSeconds = 1 }
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let client = try await server.connect()
         _ = try await client.openStream()
         let error = try await client.next(timeout: .seconds(5))
         #expect(error.child("connection-timeout", namespace: NS.streamErrors) != nil)
@@ -181,7 +181,7 @@ import XMPPCore
             $0.c2s.requireTLS = false
             $0.registration.enabled = true
         }
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let client = try await server.connect()
         let features = try await client.openStream()
         #expect(features.child("register", namespace: NS.registerFeature) != nil)
         try await client.send(
@@ -193,7 +193,7 @@ import XMPPCore
         let conflict = try await client.next { $0.id == "r2" }
         #expect(conflict.child("error")?.child("conflict", namespace: NS.stanzaErrors) != nil)
         await client.close()
-        let login = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let login = try await server.connect()
         #expect(try await login.login("newbie", password: "pw-123").hasPrefix("newbie@example.test/"))
         await login.close()
         await server.stop()
@@ -201,7 +201,7 @@ import XMPPCore
 
     @Test func registrationIsOffByDefault() async throws {
         let server = try await TestServer.start { $0.c2s.requireTLS = false }
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let client = try await server.connect()
         let features = try await client.openStream()
         #expect(features.child("register", namespace: NS.registerFeature) == nil)
         try await client.send(
@@ -221,7 +221,7 @@ import XMPPCore
         }
         try await server.addUser("alice", password: "right")
         #expect(try await server.failLogins("alice", times: 2) == 2)
-        let client = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let client = try await server.connect()
         do {
             try await client.login("alice", password: "right")
             Issue.record("login allowed while throttled")
@@ -231,7 +231,7 @@ import XMPPCore
         await client.close()
         // Other accounts are not affected (the per-address limit is ten times higher).
         try await server.addUser("bob", password: "b")
-        let bob = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let bob = try await server.connect()
         try await bob.login("bob", password: "b")
         await bob.close()
         let metrics = String(decoding: server.server.context.metrics.exposition(), as: UTF8.self)

@@ -19,7 +19,7 @@ import XMPPCore
 
     @Test func acksCountHandledStanzas() async throws {
         let server = try await start()
-        let alice = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let alice = try await server.connect()
         let features = try await alice.authenticate("alice", password: "pw")
         #expect(features.child("sm", namespace: sm) != nil)
         _ = try await alice.bind("desk")
@@ -57,7 +57,7 @@ import XMPPCore
         try await bob.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>")
         _ = try await bob.next { $0.id == "sync" }
 
-        alice = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        alice = try await server.connect()
         try await alice.authenticate("alice", password: "pw")
         // h counts stanzas the server sent since enable: presence echo excluded (before enable);
         // the 'enabled' nonza is not a stanza, so m1 is number 1.
@@ -89,7 +89,7 @@ import XMPPCore
         await alice.disconnect()  // never acknowledged
         try await Task.sleep(for: .seconds(2))
         #expect(try await server.stores.count(for: "alice@example.test") == 1)
-        let again = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let again = try await server.connect()
         try await again.login("alice", password: "pw", resource: "desk")
         try await again.send("<presence/>")
         let message = try await again.next { $0.name == "message" }
@@ -104,7 +104,7 @@ import XMPPCore
         let alice = try await server.online("alice", "phone")
         try await alice.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
         let token = try #require(try await alice.next { $0.name == "enabled" }[attribute: "id"])
-        let bob = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let bob = try await server.connect()
         try await bob.authenticate("bob", password: "pw")
         try await bob.send("<resume xmlns='urn:xmpp:sm:3' previd='\(token)' h='0'/>")
         let failed = try await bob.next()
@@ -112,7 +112,7 @@ import XMPPCore
         // ... and alice can still resume her own session.
         await alice.disconnect()
         try await Task.sleep(for: .milliseconds(200))
-        let back = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let back = try await server.connect()
         try await back.authenticate("alice", password: "pw")
         try await back.send("<resume xmlns='urn:xmpp:sm:3' previd='\(token)' h='0'/>")
         #expect(try await back.next().name == "resumed")

@@ -22,7 +22,7 @@ import XMPPCore
             $0.upload.quotaBytesPerUser = 1500
         }
         try await server.addUser("alice", password: "pw")
-        let alice = try await TestClient.connect(port: server.ports.c2s ?? 0)
+        let alice = try await server.connect()
         try await alice.login("alice", password: "pw")
 
         try await alice.send("<iq type='get' id='d' to='example.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
