@@ -3,8 +3,8 @@
 public struct ArchiveRecord: Sendable, Hashable {
     /// Position: unique per server and increasing with time; orders the archive, never shown.
     public var id: Int64
-    /// The archive id clients see (MAM result id, XEP-0359 stanza-id): random, so nothing can
-    /// be inferred from it (XEP-0313 §5.1).
+    /// The archive id clients see (MAM result id, XEP-0359 stanza-id): the time it was made
+    /// and 64 random bits (`ArchiveIDGenerator.uid()`), so it cannot be guessed.
     public var uid: String
     /// Bare JID whose archive this is.
     public var owner: String
