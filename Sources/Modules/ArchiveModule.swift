@@ -75,15 +75,17 @@ public struct ArchiveModule: ServerModule {
             if server.isLocal(from), from.localpart != nil, from.bare != event.to.bare,
                 preferences.archives(owner: from.bare.description, peer: event.to.bare.description)
             {
-                // The sender's copy must not carry another archive's id (XEP-0313 §5.1).
-                var own = stanza
-                own.removeChildren { $0.name == "stanza-id" && $0.namespace == Self.stanzaID }
+                // The same text as the recipient's copy and the audit record, so that the store
+                // keeps it once; the recipient's stanza-id is removed when the copy is read
+                // (the sender's copy must not carry another archive's id, XEP-0313 §5.1).
+                let serialized = event.annotations[Self.routedText] ?? XMLSerializer.string(stanza)
+                event.annotations[Self.routedText] = serialized
                 let uid = ArchiveIDGenerator.uid()
                 let position = event.annotations[Self.outgoingPosition].flatMap(Int64.init) ?? ids.next()
                 records.append(
                     ArchiveRecord(
                         id: position, uid: uid, owner: from.bare.description, peer: event.to.bare.description, outgoing: true,
-                        time: now, stanza: XMLSerializer.string(own)))
+                        time: now, stanza: serialized))
                 event.annotations[Self.senderArchiveID] = uid
             }
             server.journal.append(records.map(JournalEntry.archive))
@@ -175,7 +177,9 @@ public struct ArchiveModule: ServerModule {
         }
         let queryID = payload[attribute: "queryid"]
         for record in page.records {
-            guard let original = try? XMLElement.parse(record.stanza) else { continue }
+            guard var original = try? XMLElement.parse(record.stanza) else { continue }
+            // A sent message is stored as routed, with the recipient's archive id (XEP-0313 §5.1).
+            if record.outgoing { original.removeChildren { $0.name == "stanza-id" && $0.namespace == Self.stanzaID } }
             var forwarded = XMLElement("forwarded", xmlns: "urn:xmpp:forward:0")
             forwarded.append(
                 XMLElement("delay", xmlns: NS.delay, ["stamp": Timestamp.string(Date(timeIntervalSince1970: record.time))]))

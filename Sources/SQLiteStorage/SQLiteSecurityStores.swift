@@ -66,34 +66,26 @@ extension SQLiteStores: AuditArchiveStore {
     /// Records with an id (the server's archive positions) are idempotent: one already stored is
     /// skipped (the message journal may apply an entry again after a crash); id 0 takes the next.
     public func appendAudit(_ records: [AuditRecord]) async throws {
-        guard !records.isEmpty else { return }
-        // Seal outside the database queue: the archive connection only writes.
-        let rows = try records.map { record -> ([SQLValue], [String]) in
-            let values: [SQLValue] = [
-                record.id == 0 ? .null : .int(record.id),
-                .double(record.time), .text(record.sender), .text(record.recipients.joined(separator: "\n")), .text(record.type),
-                .optional(record.room), try sealed(record.stanza, context: "audit"),
-                // Nothing to hide in an empty list: skip the cipher (it costs a key schedule per call).
-                record.attachments.isEmpty ? .blob([]) : try sealed(record.attachments.joined(separator: "\n"), context: "audit.attachments"),
-            ]
-            var participants = [record.sender] + record.recipients
-            if let room = record.room { participants.append(room) }
-            return (values, Array(Set(participants)))
-        }
-        try await archiveDatabase.transaction { db in
-            for (index, (values, participants)) in rows.enumerated() {
-                let inserted = try db.run(
-                    "INSERT OR IGNORE INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    values)
-                guard inserted > 0 else { continue }
-                let id = db.lastInsertRowID
-                for user in participants {
-                    try db.run(
-                        "INSERT INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)",
-                        [.text(user), .double(records[index].time), .int(id)])
-                }
-            }
-        }
+        try await append([], audit: records)
+    }
+
+    /// An audit record's column values (sealed) and its participants.
+    func auditRow(_ record: AuditRecord) throws -> (values: [SQLValue], participants: [String]) {
+        let values: [SQLValue] = [
+            record.id == 0 ? .null : .int(record.id),
+            .double(record.time), .text(record.sender), .text(record.recipients.joined(separator: "\n")), .text(record.type),
+            .optional(record.room), try sealed(record.stanza, context: "audit"),
+            // Nothing to hide in an empty list: skip the cipher (it costs a key schedule per call).
+            record.attachments.isEmpty ? .blob([]) : try sealed(record.attachments.joined(separator: "\n"), context: "audit.attachments"),
+        ]
+        return (values, Self.participants(sender: record.sender, recipients: record.recipients, room: record.room))
+    }
+
+    /// Everyone an audit record is indexed under: sender, recipients and room, once each.
+    static func participants(sender: String, recipients: [String], room: String?) -> [String] {
+        var participants = [sender] + recipients
+        if let room { participants.append(room) }
+        return Array(Set(participants))
     }
 
     public func auditRecords(in scope: AuditScope, afterID: Int64, limit: Int) async throws -> [AuditRecord] {
@@ -123,17 +115,44 @@ extension SQLiteStores: AuditArchiveStore {
         }
     }
 
+    /// Deletes in chunks of 2,000 records per transaction. An archive copy that shares a
+    /// deleted record's text gets its own sealed copy first: users' archives outlive the audit
+    /// record's retention.
     public func purgeAudit(before: Double, users: [String]?) async throws -> Int {
-        try await archiveDatabase.transaction { db in
-            var condition = "created_at < ?"
-            var values: [SQLValue] = [.double(before)]
-            if let users {
-                guard !users.isEmpty else { return 0 }
-                condition += " AND sender IN (\(Array(repeating: "?", count: users.count).joined(separator: ", ")))"
-                values += users.map { .text($0) }
+        var condition = "created_at < ?"
+        var values: [SQLValue] = [.double(before)]
+        if let users {
+            guard !users.isEmpty else { return 0 }
+            condition += " AND sender IN (\(Array(repeating: "?", count: users.count).joined(separator: ", ")))"
+            values += users.map { .text($0) }
+        }
+        var total = 0
+        let (chosen, bound) = (condition, values)
+        while true {
+            let removed = try await archiveDatabase.transaction { db -> Int in
+                let rows = try db.query(
+                    "SELECT id, created_at, sender, recipients, room, stanza FROM audit_messages WHERE \(chosen) ORDER BY id LIMIT 2000", bound
+                ) { ($0.int(0), $0.double(1), $0.text(2) ?? "", $0.text(3) ?? "", $0.text(4), $0.blob(5)) }
+                for (id, time, sender, recipients, room, stanza) in rows {
+                    let sharing = try db.query("SELECT id FROM archive WHERE content = ?", [.int(id)]) { $0.int(0) }
+                    if !sharing.isEmpty {
+                        let own = try self.sealed(try self.opened(stanza, context: "audit"), context: "archive")
+                        for copy in sharing {
+                            try db.run("UPDATE archive SET stanza = ?, content = NULL WHERE id = ?", [own, .int(copy)])
+                        }
+                    }
+                    let recipients = recipients.split(separator: "\n").map(String.init)
+                    for user in Self.participants(sender: sender, recipients: recipients, room: room) {
+                        try db.run(
+                            "DELETE FROM audit_participants WHERE user = ? AND created_at = ? AND message = ?",
+                            [.text(user), .double(time), .int(id)])
+                    }
+                    try db.run("DELETE FROM audit_messages WHERE id = ?", [.int(id)])
+                }
+                return rows.count
             }
-            try db.run("DELETE FROM audit_participants WHERE message IN (SELECT id FROM audit_messages WHERE \(condition))", values)
-            return try db.run("DELETE FROM audit_messages WHERE \(condition)", values)
+            total += removed
+            if removed < 2000 { return total }
         }
     }
 
@@ -204,7 +223,8 @@ extension SQLiteStores {
                         "SELECT \(key), \(column) FROM \(table) WHERE \(key) > ? ORDER BY \(key) LIMIT 500", [.int(from)]
                     ) { ($0.int(0), $0.blob(1)) }
                     var changed = 0
-                    for (id, value) in rows where cipher.needsResealing(value) {
+                    // Empty values hide nothing (an archive copy sharing its audit record's text).
+                    for (id, value) in rows where !value.isEmpty && cipher.needsResealing(value) {
                         let plain = cipher.isSealed(value) ? try cipher.open(value, context: context) : value
                         try db.run(
                             "UPDATE \(table) SET \(column) = ? WHERE \(key) = ?", [.blob(try cipher.seal(plain, context: context)), .int(id)])

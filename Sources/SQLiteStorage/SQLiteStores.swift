@@ -288,17 +288,56 @@ extension SQLiteStores: BlocklistStore {
 
 extension SQLiteStores: ArchiveStore {
     /// Idempotent: a record whose position is already stored is skipped (the message journal
-    /// may apply an entry again after a crash).
-    public func append(_ records: [ArchiveRecord]) async throws {
-        guard !records.isEmpty else { return }
+    /// may apply an entry again after a crash). An archive copy whose text is that of an audit
+    /// record this call inserts stores no text of its own: `content` names the audit record
+    /// (one seal and one copy of the bytes per message instead of three).
+    public func append(_ records: [ArchiveRecord], audit: [AuditRecord]) async throws {
+        guard !records.isEmpty || !audit.isEmpty else { return }
+        // Seal the audit records outside the database queue; archive copies are sealed on it
+        // (only those that turn out to need their own text).
+        let auditRows = try audit.map(auditRow)
+        var texts: [String: Int] = [:]
+        if !records.isEmpty {
+            for (index, record) in audit.enumerated() where record.id != 0 { texts[record.stanza] = index }
+        }
+        let sharable = texts
         try await archiveDatabase.transaction { db in
+            var inserted = Set<Int>()
+            for (index, row) in auditRows.enumerated() {
+                guard try db.run(
+                    "INSERT OR IGNORE INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    row.values) > 0
+                else { continue }
+                inserted.insert(index)
+                let id = db.lastInsertRowID
+                for user in row.participants {
+                    try db.run(
+                        "INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)",
+                        [.text(user), .double(audit[index].time), .int(id)])
+                }
+            }
             for record in records {
+                // Only a record this transaction inserted: a position already taken could be
+                // another message's (an entry applied again finds its own copy stored anyway).
+                let shared = sharable[record.stanza].flatMap { inserted.contains($0) ? audit[$0].id : nil }
                 try db.run(
-                    "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [.int(record.id), .text(record.uid), .text(record.owner), .text(record.peer), .int(record.outgoing ? 1 : 0),
-                     .double(record.time), try self.sealed(record.stanza, context: "archive")])
+                     .double(record.time), shared == nil ? try self.sealed(record.stanza, context: "archive") : .blob([]),
+                     shared.map { .int($0) } ?? .null])
             }
         }
+    }
+
+    /// The archive columns, and the shared text of an audit record when the copy has none.
+    private static let archiveColumns =
+        "a.id, a.uid, a.owner, a.peer, a.outgoing, a.created_at, a.stanza, a.content, m.stanza FROM archive a LEFT JOIN audit_messages m ON m.id = a.content"
+
+    private func archiveRecord(_ row: Statement) throws -> ArchiveRecord {
+        let stanza = row.isNull(7) ? try opened(row.blob(6), context: "archive") : try opened(row.blob(8), context: "audit")
+        return ArchiveRecord(
+            id: row.int(0), uid: row.text(1) ?? String(row.int(0)), owner: row.text(2) ?? "", peer: row.text(3) ?? "",
+            outgoing: row.int(4) != 0, time: row.double(5), stanza: stanza)
     }
 
     public func query(_ query: ArchiveQuery) async throws -> ArchivePage? {
@@ -306,40 +345,36 @@ extension SQLiteStores: ArchiveStore {
             func position(_ uid: String) throws -> Int64? {
                 try db.query("SELECT id FROM archive WHERE uid = ? AND owner = ?", [.text(uid), .text(query.owner)]) { $0.int(0) }.first
             }
-            var conditions = ["owner = ?"]
+            var conditions = ["a.owner = ?"]
             var values: [SQLValue] = [.text(query.owner)]
             if let with = query.with {
-                conditions.append("peer = ?")
+                conditions.append("a.peer = ?")
                 values.append(.text(with))
             }
             if let start = query.start {
-                conditions.append("created_at >= ?")
+                conditions.append("a.created_at >= ?")
                 values.append(.double(start))
             }
             if let end = query.end {
-                conditions.append("created_at <= ?")
+                conditions.append("a.created_at <= ?")
                 values.append(.double(end))
             }
             if let after = query.after {
                 guard let id = try position(after) else { return nil }
-                conditions.append("id > ?")
+                conditions.append("a.id > ?")
                 values.append(.int(id))
             }
             if let before = query.before {
                 guard let id = try position(before) else { return nil }
-                conditions.append("id < ?")
+                conditions.append("a.id < ?")
                 values.append(.int(id))
             }
             let backwards = query.before != nil || query.fromEnd
             let limit = max(0, query.limit)
             values.append(.int(Int64(limit + 1)))
-            let sql = "SELECT id, uid, owner, peer, outgoing, created_at, stanza FROM archive WHERE "
-                + conditions.joined(separator: " AND ") + " ORDER BY id " + (backwards ? "DESC" : "ASC") + " LIMIT ?"
-            var records = try db.query(sql, values) {
-                ArchiveRecord(
-                    id: $0.int(0), uid: $0.text(1) ?? String($0.int(0)), owner: $0.text(2) ?? "", peer: $0.text(3) ?? "",
-                    outgoing: $0.int(4) != 0, time: $0.double(5), stanza: try self.opened($0.blob(6), context: "archive"))
-            }
+            let sql = "SELECT \(Self.archiveColumns) WHERE "
+                + conditions.joined(separator: " AND ") + " ORDER BY a.id " + (backwards ? "DESC" : "ASC") + " LIMIT ?"
+            var records = try db.query(sql, values, self.archiveRecord)
             let complete = records.count <= limit
             if !complete { records.removeLast() }
             if backwards { records.reverse() }
@@ -349,21 +384,15 @@ extension SQLiteStores: ArchiveStore {
 
     public func record(owner: String, uid: String) async throws -> ArchiveRecord? {
         try await archiveDatabase.run { db in
-            try db.query(
-                "SELECT id, uid, owner, peer, outgoing, created_at, stanza FROM archive WHERE uid = ? AND owner = ?",
-                [.text(uid), .text(owner)]
-            ) {
-                ArchiveRecord(
-                    id: $0.int(0), uid: $0.text(1) ?? "", owner: $0.text(2) ?? "", peer: $0.text(3) ?? "",
-                    outgoing: $0.int(4) != 0, time: $0.double(5), stanza: try self.opened($0.blob(6), context: "archive"))
-            }.first
+            try db.query("SELECT \(Self.archiveColumns) WHERE a.uid = ? AND a.owner = ?", [.text(uid), .text(owner)], self.archiveRecord).first
         }
     }
 
+    /// The copy gets its own text (it no longer shares the audit record's, which stays as it was).
     public func replaceStanza(owner: String, uid: String, stanza: String) async throws -> Bool {
         try await archiveDatabase.run { db in
             try db.run(
-                "UPDATE archive SET stanza = ? WHERE uid = ? AND owner = ?",
+                "UPDATE archive SET stanza = ?, content = NULL WHERE uid = ? AND owner = ?",
                 [try self.sealed(stanza, context: "archive"), .text(uid), .text(owner)]) > 0
         }
     }

@@ -445,8 +445,8 @@ public final class MessageJournal: @unchecked Sendable {
             case .audit(let record): audit.append(record)
             }
         }
-        if !archive.isEmpty { try await stores.archive.append(archive) }
-        if !audit.isEmpty { try await stores.audit.appendAudit(audit) }
+        // One transaction: an archive copy then shares its audit record's stored text.
+        if !archive.isEmpty || !audit.isEmpty { try await stores.archive.append(archive, audit: audit) }
     }
 
     // MARK: - Segment files

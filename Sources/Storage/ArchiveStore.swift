@@ -68,10 +68,21 @@ public struct ArchivePage: Sendable, Hashable {
     }
 }
 
+extension ArchiveStore {
+    /// Durably appends the records in one transaction.
+    public func append(_ records: [ArchiveRecord]) async throws {
+        try await append(records, audit: [])
+    }
+}
+
 /// Message archives.
 public protocol ArchiveStore: Sendable {
-    /// Durably appends the records in one transaction.
-    func append(_ records: [ArchiveRecord]) async throws
+    /// Durably appends archive copies and audit records in one transaction, idempotently: a
+    /// record whose position is already stored is skipped (the message journal may apply an
+    /// entry again after a crash). An archive copy whose text is exactly that of an audit
+    /// record stored by the same call may share that record's stored text (the store keeps it
+    /// while either needs it).
+    func append(_ records: [ArchiveRecord], audit: [AuditRecord]) async throws
     /// - Returns: nil when `after` or `before` names no record of the owner's archive.
     func query(_ query: ArchiveQuery) async throws -> ArchivePage?
     func archiveCount(owner: String) async throws -> Int

@@ -9,19 +9,27 @@ import XMPPCore
 
 
     /// Sends a MAM query; returns the forwarded messages' bodies, result ids and the <fin/>.
-    private func query(_ client: TestClient, id: String, _ inner: String = "") async throws -> (bodies: [String], ids: [String], fin: XMLElement) {
+    /// Sends a MAM query; returns the forwarded messages' bodies, result ids, the stanza-ids
+    /// each forwarded message carries (by: id) and the <fin/>.
+    private func query(_ client: TestClient, id: String, _ inner: String = "") async throws -> (
+        bodies: [String], ids: [String], stanzaIDs: [[String: String]], fin: XMLElement
+    ) {
         try await client.send("<iq type='set' id='\(id)'><query xmlns='urn:xmpp:mam:2' queryid='\(id)'>\(inner)</query></iq>")
         var bodies: [String] = []
         var ids: [String] = []
+        var stanzaIDs: [[String: String]] = []
         while true {
             let element = try await client.next()
             if element.name == "iq", element.id == id {
                 let fin = try #require(element.child("fin", namespace: mam), "\(XMLSerializer.string(element))")
-                return (bodies, ids, fin)
+                return (bodies, ids, stanzaIDs, fin)
             }
             if let result = element.child("result", namespace: mam), result[attribute: "queryid"] == id {
                 ids.append(result[attribute: "id"] ?? "")
-                bodies.append(result.child("forwarded")?.child("message")?.child("body")?.text ?? "")
+                let message = result.child("forwarded")?.child("message")
+                bodies.append(message?.child("body")?.text ?? "")
+                let marks = (message.map { Array($0.elements) } ?? []).filter { $0.name == "stanza-id" && $0.namespace == "urn:xmpp:sid:0" }
+                stanzaIDs.append(Dictionary(marks.map { ($0[attribute: "by"] ?? "", $0[attribute: "id"] ?? "") }) { first, _ in first })
             }
         }
     }
@@ -103,6 +111,10 @@ import XMPPCore
         // Bob's archive holds the incoming side, under the ids he saw as stanza-id.
         let bobs = try await query(bob, id: "b1")
         #expect(bobs.bodies == (1...5).map { "msg \($0)" })
+        // Both copies and the audit record store one text; the sender's copy is read without
+        // the recipient's archive id (XEP-0313 §5.1), the recipient's with his own.
+        #expect(bobs.stanzaIDs == bobs.ids.map { ["bob@example.test": $0] })
+        #expect(page1.stanzaIDs == [[:], [:]] && page2.stanzaIDs.allSatisfy(\.isEmpty))
         #expect(try await server.stores.archiveCount(owner: "carol@example.test") == 1)
         await alice.close()
         await bob.close()

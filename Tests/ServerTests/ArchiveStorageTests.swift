@@ -1,0 +1,97 @@
+import Foundation
+@testable import SQLiteStorage
+import Storage
+import Testing
+import Vault
+
+/// How the archive and the audit record share a message's stored text (schema step 11).
+@Suite struct ArchiveStorageTests {
+    private func withStores(_ body: (SQLiteStores, String) async throws -> Void) async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sb-archive-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try await body(try SQLiteStores(directory: path), path)
+    }
+
+    private func count(_ stores: SQLiteStores, _ sql: String) async throws -> Int64 {
+        try await stores.archiveDatabase.run { db in try db.query(sql) { $0.int(0) }.first ?? -1 }
+    }
+
+    @Test func copiesShareTheAuditRecordsTextUntilRetractedOrPurged() async throws {
+        try await withStores { plain, path in
+            let master = try MasterKey.fromFile(path + "/keys/master.key", create: true)
+            let stores = plain.encrypted(with: try await KeyRing.open(master: master, store: plain))
+            let text = "<message from='a@x/r' to='b@x' type='chat'><body>shared secret</body><stanza-id xmlns='urn:xmpp:sid:0' by='b@x' id='B1'/></message>"
+            let audit = AuditRecord(id: 1_000, time: 5, sender: "a@x", recipients: ["b@x"], type: "chat", stanza: text)
+            let copies = [
+                ArchiveRecord(id: 998, uid: "A1", owner: "a@x", peer: "b@x", outgoing: true, time: 5, stanza: text),
+                ArchiveRecord(id: 999, uid: "B1", owner: "b@x", peer: "a@x", outgoing: false, time: 5, stanza: text),
+                ArchiveRecord(id: 997, uid: "C1", owner: "c@x", peer: "a@x", outgoing: false, time: 5, stanza: "<message><body>other</body></message>"),
+            ]
+            try await stores.append(copies, audit: [audit])
+            // Applied again after a crash: nothing doubles, the copies still share.
+            try await stores.append(copies, audit: [audit])
+            #expect(try await count(stores, "SELECT count(*) FROM archive") == 3)
+            #expect(try await count(stores, "SELECT count(*) FROM archive WHERE content = 1000 AND length(stanza) = 0") == 2)
+            #expect(try await count(stores, "SELECT count(*) FROM audit_participants") == 2)
+            #expect(try await stores.record(owner: "a@x", uid: "A1")?.stanza == text)
+            #expect(try await stores.record(owner: "b@x", uid: "B1")?.stanza == text)
+            #expect(try await stores.record(owner: "c@x", uid: "C1")?.stanza == "<message><body>other</body></message>")
+            #expect(try await stores.query(ArchiveQuery(owner: "b@x"))?.records.map(\.stanza) == [text])
+
+            // An id already taken is never shared: the copy keeps its own text.
+            let clash = AuditRecord(id: 1_000, time: 6, sender: "d@x", recipients: ["e@x"], type: "chat", stanza: "<message><body>late</body></message>")
+            try await stores.append(
+                [ArchiveRecord(id: 2_000, uid: "D1", owner: "d@x", peer: "e@x", outgoing: true, time: 6, stanza: clash.stanza)], audit: [clash])
+            #expect(try await count(stores, "SELECT count(*) FROM archive WHERE id = 2000 AND content IS NULL") == 1)
+            #expect(try await stores.record(owner: "d@x", uid: "D1")?.stanza == clash.stanza)
+
+            // A retraction changes the user's copy only; the audit record keeps the message.
+            #expect(try await stores.replaceStanza(owner: "a@x", uid: "A1", stanza: "<message><retracted/></message>"))
+            #expect(try await stores.record(owner: "a@x", uid: "A1")?.stanza == "<message><retracted/></message>")
+            let scope = AuditScope(users: ["a@x"], rooms: [], start: 0, end: 10)
+            #expect(try await stores.auditRecords(in: scope, afterID: 0, limit: 10).map(\.stanza) == [text])
+
+            // Re-encryption leaves the empty shared values alone.
+            #expect(try await stores.resealAll() == 0)
+
+            // The audit record's retention ends; the users' archives keep the message.
+            #expect(try await stores.purgeAudit(before: 100, users: nil) == 1)
+            #expect(try await stores.auditCount() == 0)
+            #expect(try await count(stores, "SELECT count(*) FROM audit_participants") == 0)
+            #expect(try await count(stores, "SELECT count(*) FROM archive WHERE content IS NOT NULL") == 0)
+            #expect(try await stores.record(owner: "b@x", uid: "B1")?.stanza == text)
+            #expect(try await stores.record(owner: "a@x", uid: "A1")?.stanza == "<message><retracted/></message>")
+            // Sealed again, under the archive's context: nothing readable on disk.
+            let sealed = try await stores.archiveDatabase.run { db in
+                try db.query("SELECT stanza FROM archive WHERE id = 999") { $0.blob(0) }.first ?? []
+            }
+            #expect(!sealed.isEmpty && !String(decoding: sealed, as: UTF8.self).contains("shared secret"))
+        }
+    }
+
+    @Test func upgradeKeepsAuditParticipants() async throws {
+        try await withStores { _, path in
+            // A database as version 10 left it, with an audit record and its participants.
+            let older = path + "/older"
+            try FileManager.default.createDirectory(atPath: older, withIntermediateDirectories: true)
+            do {
+                let connection = try Connection(path: older + "/switchboard.sqlite")
+                try Migrations.migrate(connection, to: 10)
+                try connection.execute(
+                    """
+                    INSERT INTO audit_messages (id, created_at, sender, recipients, type, stanza, attachments)
+                        VALUES (7, 3, 'a@x', 'b@x', 'chat', CAST('<m>kept</m>' AS BLOB), x'');
+                    INSERT INTO audit_participants (user, created_at, message) VALUES ('a@x', 3, 7), ('b@x', 3, 7);
+                    INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES (1, 'u', 'a@x', 'b@x', 1, 3, '<m>kept</m>');
+                    """)
+            }
+            let upgraded = try SQLiteStores(directory: older)
+            let scope = AuditScope(users: ["b@x"], rooms: [], start: 0, end: 10)
+            #expect(try await upgraded.auditRecords(in: scope, afterID: 0, limit: 10).map(\.stanza) == ["<m>kept</m>"])
+            #expect(try await upgraded.record(owner: "a@x", uid: "u")?.stanza == "<m>kept</m>")
+            #expect(try await count(upgraded, "SELECT count(*) FROM audit_participants") == 2)
+            #expect(try await upgraded.purgeAudit(before: 10, users: nil) == 1)
+            #expect(try await count(upgraded, "SELECT count(*) FROM audit_participants") == 0)
+        }
+    }
+}
