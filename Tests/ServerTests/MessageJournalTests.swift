@@ -65,8 +65,14 @@ import Testing
     }
 
     @Test func durableEntriesSurviveACrashExactlyOnce() async throws {
-        let (configuration, stores, crashed) = try await journalThatCrashed(after: [entries(300, owner: "alice@example.test", body: "secret-journal-text")])
+        let batch = entries(300, owner: "alice@example.test", body: "secret-journal-text")
+        let (configuration, stores, crashed) = try await journalThatCrashed(after: [batch])
         defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
+        // Read back as written; a message's text is on disk once, not once per entry.
+        #expect(try MessageJournal.entries(inDirectory: crashed.directory, cipher: stores.cipher, logger: logger) == batch)
+        let text = batch.first.map { entry -> Int in if case .archive(let record) = entry { return record.stanza.utf8.count } else { return 0 } } ?? 0
+        let size = try FileManager.default.attributesOfItem(atPath: try onlySegment(of: crashed))[.size] as? Int ?? .max
+        #expect(text > 90 && size < 300 * (text + 200), "\(size) bytes for 300 messages of \(text) bytes")
         #expect(try await stores.archiveCount(owner: "alice@example.test") == 0)
         #expect(try await stores.auditCount() == 0)
 
