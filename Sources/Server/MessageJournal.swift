@@ -39,12 +39,18 @@ public final class MessageJournal: @unchecked Sendable {
     // @unchecked: mutable state is guarded by `condition`'s mutex; the segment file descriptor
     // and frame buffer are touched only by the journal thread (and by `open` before it starts).
     public struct Options: Sendable {
-        /// How long the journal thread waits for more entries before writing a small batch.
-        public var linger: Duration = .milliseconds(10)
+        /// How long the journal thread waits for more entries before writing a small batch
+        /// (one write and fdatasync per batch). Not while anyone waits in `durable()` or
+        /// `applied()`: an XEP-0198 ack or a reader has the batch written at once.
+        /// (10 → 50 ms: at 1,000 messages/s a third less CPU; the price is that a message nobody
+        /// waits for may sit in memory for 50 ms, delivered but not yet durable.)
+        public var linger: Duration = .milliseconds(50)
         /// No lingering once this many entries wait.
         public var lingerBelow = 256
-        /// Applies at least this often while entries wait.
-        public var applyInterval: Duration = .seconds(1)
+        /// Applies at least this often while entries wait. Readers never wait for it (they ask
+        /// for an apply); a longer interval makes low-rate applies bigger and cheaper per entry
+        /// (1 → 5 s: 36 → 13 µs of apply per message at 1,000 messages/s).
+        public var applyInterval: Duration = .seconds(5)
         /// Applies at once when this many entries wait. Larger batches cost less per entry: the
         /// archive's per-owner index pages are written once per transaction however many rows
         /// they take (measured at saturation: 16,384 → 32,768 carried 13% more messages,
