@@ -52,7 +52,8 @@ public struct ArchiveModule: ServerModule {
 
         registry.onMessageRouted(.high) { event in
             let stanza = event.stanza
-            guard Self.archivable(stanza), let from = stanza[attribute: "from"].flatMap({ try? JID($0) }) else { return }
+            // A local sender's JID is the `from` its session stamped: no need to parse it again.
+            guard Self.archivable(stanza), let from = event.sender?.jid ?? stanza[attribute: "from"].flatMap({ try? JID($0) }) else { return }
             let server = event.server
             let now = Date().timeIntervalSince1970
             var records: [ArchiveRecord] = []

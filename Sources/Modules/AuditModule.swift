@@ -68,7 +68,8 @@ public struct AuditModule: ServerModule {
         }
         guard configuration.security.audit else { return }
         registry.onMessageRouted(.low) { event in
-            guard let record = Self.record(event.stanza, to: event.to, text: event.annotations[ArchiveModule.routedText]) else { return }
+            guard let record = Self.record(event.stanza, to: event.to, from: event.sender?.jid, text: event.annotations[ArchiveModule.routedText])
+            else { return }
             event.server.journal.append([.audit(record)])
         }
         registry.onGroupMessage { event in
@@ -112,9 +113,10 @@ public struct AuditModule: ServerModule {
         stanza.elements.filter { $0.namespace == "jabber:x:oob" }.compactMap { $0.child("url")?.text }
     }
 
-    static func record(_ stanza: XMLElement, to: JID, text: String? = nil) -> AuditRecord? {
+    /// - Parameter from: the sender when known (a local session's JID), else `from` is parsed.
+    static func record(_ stanza: XMLElement, to: JID, from: JID? = nil, text: String? = nil) -> AuditRecord? {
         guard stanza.stanzaType != "error", stanza.stanzaType != "groupchat", hasContent(stanza),
-            let from = stanza[attribute: "from"].flatMap({ try? JID($0) })
+            let from = from ?? stanza[attribute: "from"].flatMap({ try? JID($0) })
         else { return nil }
         return AuditRecord(
             id: ArchiveIDGenerator.shared.next(), time: Date().timeIntervalSince1970, sender: from.bare.description, recipients: [to.bare.description],

@@ -26,14 +26,15 @@ public struct CarbonsModule: ServerModule {
             let router = event.server.router
             // Sent carbons: the sender's other devices see what it sent.
             if let sender = event.sender {
-                // The sender's devices see the sender's own archive id, never the recipient's.
-                var sent = event.stanza
-                sent.removeChildren { $0.name == "stanza-id" && $0.namespace == "urn:xmpp:sid:0" }
-                if let own = event.annotations[ArchiveModule.senderArchiveID] {
-                    sent.append(XMLElement("stanza-id", xmlns: "urn:xmpp:sid:0", ["id": own, "by": sender.bareKey]))
-                }
-                for session in router.sessions(of: sender.bareKey) where session != sender && session.presence.carbons {
-                    session.deliver(Self.wrap(sent, "sent", for: session))
+                let devices = router.sessions(of: sender.bareKey).filter { $0 != sender && $0.presence.carbons }
+                if !devices.isEmpty {
+                    // The sender's devices see the sender's own archive id, never the recipient's.
+                    var sent = event.stanza
+                    sent.removeChildren { $0.name == "stanza-id" && $0.namespace == "urn:xmpp:sid:0" }
+                    if let own = event.annotations[ArchiveModule.senderArchiveID] {
+                        sent.append(XMLElement("stanza-id", xmlns: "urn:xmpp:sid:0", ["id": own, "by": sender.bareKey]))
+                    }
+                    for session in devices { session.deliver(Self.wrap(sent, "sent", for: session)) }
                 }
             }
             // Received carbons: the recipient's devices that did not get the message.

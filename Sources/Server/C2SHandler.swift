@@ -1004,7 +1004,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
                 return nil
             }
         }
-        if let to, !server.modules.deliveryFilters.isEmpty {
+        if let to, !server.deliveryFilters.isEmpty {
             switch server.filter(stanza, from: session.jid, to: to) {
             case .allow: break
             case .drop: return nil
@@ -1013,7 +1013,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
                 return nil
             }
         }
-        if let to, let component = server.modules.component(for: to.domainpart) {
+        if let to, let component = server.component(for: to.domainpart) {
             return toComponent(component, stanza, to: to, session: session)
         }
         switch element.name {

@@ -14,6 +14,12 @@ public final class ServerContext: Sendable {
     public let stores: Stores
     public let router: Router
     public let modules: ModuleRegistry
+    // The registry's per-stanza fields, stored apart: read through `modules`, each access
+    // copied the whole registry (some thirty arrays and dictionaries retained and released).
+    private let preparationHooks: [MessagePreparationHook]
+    private let routedHooks: [(HookPriority, MessageHook)]
+    let deliveryFilters: [DeliveryFilter]
+    private let components: [String: ServiceComponent]
     public let logger: Logger
     public let metrics: ServerMetrics
     let throttle: LoginThrottle
@@ -39,6 +45,10 @@ public final class ServerContext: Sendable {
         var registry = ModuleRegistry()
         for module in modules { registry.register(module) }
         self.modules = registry
+        self.preparationHooks = registry.messagePreparationHooks
+        self.routedHooks = registry.messageRoutedHooks
+        self.deliveryFilters = registry.deliveryFilters
+        self.components = registry.components
         self.logger = logger
         self.metrics = ServerMetrics()
         self.throttle = LoginThrottle(
@@ -113,7 +123,7 @@ public final class ServerContext: Sendable {
     /// Runs the message-preparation hooks (archive ids …).
     func prepareMessage(_ stanza: XMLElement, to: JID) -> PreparedMessage {
         var prepared = PreparedMessage(stanza: stanza)
-        for hook in modules.messagePreparationHooks { hook(&prepared, to, self) }
+        for hook in preparationHooks { hook(&prepared, to, self) }
         return prepared
     }
 
@@ -154,7 +164,7 @@ public final class ServerContext: Sendable {
     /// - Parameter replay: the message was routed before (e.g. re-routed when a session ended
     ///   with it unacknowledged): skip preparation and the routed hooks (no second archive entry).
     public func routeMessage(_ message: XMLElement, to: JID, from session: SessionHandle?, replay: Bool = false) async -> StanzaError? {
-        if let component = modules.component(for: to.domainpart) {
+        if let component = component(for: to.domainpart) {
             guard let from = message[attribute: "from"].flatMap({ try? JID($0) }) else { return .badRequest }
             switch component.handler(ComponentStanza(stanza: message, from: from, to: to, session: session, server: self)) {
             case .done: return nil
@@ -187,7 +197,7 @@ public final class ServerContext: Sendable {
 
     /// Runs the synchronous message hooks (carbons, later the archive) for a routed message.
     func messageRouted(_ message: PreparedMessage, to: JID, sender: SessionHandle?, recipients: [SessionHandle]) {
-        let hooks = modules.messageRoutedHooks
+        let hooks = routedHooks
         guard !hooks.isEmpty else { return }
         var event = MessageEvent(
             stanza: message.stanza, to: to, sender: sender, recipients: recipients, server: self, annotations: message.annotations)
@@ -210,7 +220,7 @@ public final class ServerContext: Sendable {
 
     /// The delivery filters' verdict for a stanza; the first non-`allow` wins.
     public func filter(_ stanza: XMLElement, from: JID, to: JID) -> FilterVerdict {
-        for filter in modules.deliveryFilters {
+        for filter in deliveryFilters {
             let verdict = filter(stanza, from, to)
             if case .allow = verdict { continue }
             return verdict
@@ -223,7 +233,7 @@ public final class ServerContext: Sendable {
     public func deliverPresence(_ stanza: XMLElement, to: JID) {
         if toComponent(stanza, to: to) { return }
         guard isLocal(to) else { return }
-        if !modules.deliveryFilters.isEmpty, let from = stanza[attribute: "from"].flatMap({ try? JID($0) }) {
+        if !deliveryFilters.isEmpty, let from = stanza[attribute: "from"].flatMap({ try? JID($0) }) {
             guard case .allow = filter(stanza, from: from, to: to) else { return }
         }
         if to.resourcepart != nil {
@@ -235,10 +245,15 @@ public final class ServerContext: Sendable {
 
     // MARK: - Service components
 
+    /// The component owning a domain, if any.
+    func component(for domain: String) -> ServiceComponent? {
+        components.isEmpty ? nil : components[domain]
+    }
+
     /// Hands a stanza the server sends on a user's behalf (e.g. unavailable presence at logout)
     /// to the component owning `to`'s domain; false if no component owns it. Errors are dropped.
     func toComponent(_ stanza: XMLElement, to: JID) -> Bool {
-        guard let component = modules.component(for: to.domainpart) else { return false }
+        guard let component = component(for: to.domainpart) else { return false }
         guard let from = stanza[attribute: "from"].flatMap({ try? JID($0) }) else { return true }
         switch component.handler(ComponentStanza(stanza: stanza, from: from, to: to, session: nil, server: self)) {
         case .done, .error: break
@@ -315,15 +330,15 @@ public final class ServerContext: Sendable {
     private func deliverNow(_ delivery: ServiceDelivery, to session: SessionHandle, from: JID) {
         switch delivery {
         case .shared(let shared, _, _):
-            if !modules.deliveryFilters.isEmpty {
+            if !deliveryFilters.isEmpty {
                 guard case .allow = filter(shared.element, from: from, to: session.jid) else { return }
             }
             session.deliver(shared)
-            if !shared.isPresence, !modules.messageRoutedHooks.isEmpty {
+            if !shared.isPresence, !routedHooks.isEmpty {
                 messageRouted(PreparedMessage(stanza: shared.element), to: session.jid, sender: nil, recipients: [session])
             }
         case .stanza(let stanza, _, _):
-            if !modules.deliveryFilters.isEmpty {
+            if !deliveryFilters.isEmpty {
                 guard case .allow = filter(stanza, from: from, to: session.jid) else { return }
             }
             guard stanza.name == "message" else {
