@@ -23,11 +23,19 @@ public struct DirectoryService: Sendable {
     public var didChange: (@Sendable (Int64) async -> Void)?
     /// Called with every applied batch (the audit trail records administrative changes).
     public var recorder: (@Sendable ([DirectoryChange]) async -> Void)?
+    /// Called before a batch is applied (the server stores the messages it still holds for
+    /// users about to be deleted, so that they are deleted with the rest).
+    public var beforeApply: (@Sendable ([DirectoryChange]) async -> Void)?
 
     public init(store: any DirectoryStore, accounts: any AccountStore, separator: String = "/") {
         self.store = store
         self.accounts = accounts
         self.separator = separator
+    }
+
+    /// Whether a batch deletes a user.
+    public static func deletesUsers(_ changes: [DirectoryChange]) -> Bool {
+        changes.contains { if case .deleteUser = $0 { true } else { false } }
     }
 
     public func currentSnapshot(searchable: Bool = true) async throws -> DirectorySnapshot {
@@ -38,6 +46,7 @@ public struct DirectoryService: Sendable {
     @discardableResult
     public func apply(_ changes: [DirectoryChange]) async throws -> Int64 {
         let version: Int64
+        if !changes.isEmpty { await beforeApply?(changes) }
         do {
             version = try await store.applyDirectoryChanges(changes)
         } catch let error as StorageError where error.isConflict {

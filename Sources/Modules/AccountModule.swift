@@ -29,6 +29,8 @@ public struct AccountModule: ServerModule {
             let accounts = request.server.stores.accounts
             if request.payload.child("remove", namespace: NS.register) != nil {
                 guard allowRemoval else { throw StanzaError(.notAllowed, text: "accounts are managed by the administrator") }
+                // Messages still in the journal would be stored after the deletion: store them first.
+                await request.server.journal.applied()
                 _ = try await accounts.deleteAccount(username)
                 for session in request.server.router.sessions(of: request.from.bare.description) {
                     session.close(StreamError(.notAuthorized, text: "account removed"))

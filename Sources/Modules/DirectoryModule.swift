@@ -30,6 +30,15 @@ public final class DirectoryRuntime: Sendable {
     /// The service for in-process changes; each change is applied to the running server at once.
     public var service: DirectoryService? { serviceBox.withLockedValue { $0 } }
 
+    /// A deleted user's messages still in the message journal would be stored after the
+    /// deletion (and outlive it): store them first, then delete.
+    static func storeJournalBeforeDeletions(_ server: ServerContext) -> @Sendable ([DirectoryChange]) async -> Void {
+        { [weak server] changes in
+            guard let server, DirectoryService.deletesUsers(changes) else { return }
+            await server.journal.applied()
+        }
+    }
+
     func start(_ server: ServerContext) async throws {
         var service = DirectoryService(store: server.stores.directory, accounts: server.stores.accounts, separator: configuration.groupSeparator)
         service.didChange = { [weak self, weak server] _ in
@@ -41,6 +50,7 @@ public final class DirectoryRuntime: Sendable {
             guard let trail = server?.modules.service(TrailService.self)?.trail else { return }
             await trail.directoryRecorder(actor: "server")(changes)
         }
+        service.beforeApply = Self.storeJournalBeforeDeletions(server)
         serviceBox.withLockedValue { $0 = service }
         let snapshot = try await service.currentSnapshot()
         current.withLockedValue { $0 = snapshot }

@@ -40,8 +40,12 @@ public final class SQLiteDatabase: @unchecked Sendable {
         // copied into the database once per checkpoint rather than once per transaction
         // (measured at saturation: 6.9 → 5.1 KB written per message with 32 MiB, +10% messages
         // per second). After a checkpoint the WAL file is cut back to 64 MiB.
+        // The connection whose commit finds the WAL past its threshold runs the checkpoint: the
+        // background (archive) connection's is the lower, so a login's or a roster's commit on
+        // the main connection never copies the archive's pages (its 1 GiB is a backstop for a
+        // server that stores no messages).
         try connection.execute("PRAGMA cache_size=-65536")
-        try connection.execute("PRAGMA wal_autocheckpoint=65536")
+        try connection.execute("PRAGMA wal_autocheckpoint=\(background ? 65536 : 262_144)")
         try connection.execute("PRAGMA journal_size_limit=67108864")
         try Migrations.migrate(connection)
         // Files made by older versions.
@@ -246,6 +250,9 @@ public final class Statement {
             case .int(let v): rc = sqlite3_bind_int64(raw, index, v)
             case .double(let v): rc = sqlite3_bind_double(raw, index, v)
             case .text(let v): rc = sqlite3_bind_text(raw, index, v, -1, Self.transient)
+            case .blob(let v) where v.isEmpty:
+                // Not through a pointer: a nil one would bind NULL instead of an empty value.
+                rc = sqlite3_bind_zeroblob(raw, index, 0)
             case .blob(let v):
                 rc = v.withUnsafeBytes { sqlite3_bind_blob(raw, index, $0.baseAddress, Int32($0.count), Self.transient) }
             case .null: rc = sqlite3_bind_null(raw, index)

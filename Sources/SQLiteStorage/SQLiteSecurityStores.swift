@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Storage
 
 extension SQLiteStores: DataKeyStore {
@@ -62,6 +63,9 @@ extension SQLiteStores: TrailStore {
     }
 }
 
+/// Warnings of the stores themselves (the server's logging configuration applies).
+let storageLogger = Logger(label: "switchboard.storage")
+
 extension SQLiteStores: AuditArchiveStore {
     /// Records with an id (the server's archive positions) are idempotent: one already stored is
     /// skipped (the message journal may apply an entry again after a crash); id 0 takes the next.
@@ -117,7 +121,9 @@ extension SQLiteStores: AuditArchiveStore {
 
     /// Deletes in chunks of 2,000 records per transaction. An archive copy that shares a
     /// deleted record's text gets its own sealed copy first: users' archives outlive the audit
-    /// record's retention.
+    /// record's retention. A record whose text cannot be opened (a data key no longer in the
+    /// key ring, encryption switched off over sealed data) stays, with a warning: deleting it
+    /// would leave its copies empty, and retention goes on with the other records.
     public func purgeAudit(before: Double, users: [String]?) async throws -> Int {
         var condition = "created_at < ?"
         var values: [SQLValue] = [.double(before)]
@@ -127,16 +133,26 @@ extension SQLiteStores: AuditArchiveStore {
             values += users.map { .text($0) }
         }
         var total = 0
+        var kept = 0
+        var after = Int64.min
         let (chosen, bound) = (condition, values)
         while true {
-            let removed = try await archiveDatabase.transaction { db -> Int in
+            let from = after
+            let (removed, skipped, seen, last) = try await archiveDatabase.transaction { db -> (Int, Int, Int, Int64?) in
                 let rows = try db.query(
-                    "SELECT id, created_at, sender, recipients, room, stanza FROM audit_messages WHERE \(chosen) ORDER BY id LIMIT 2000", bound
+                    "SELECT id, created_at, sender, recipients, room, stanza FROM audit_messages WHERE \(chosen) AND id > ? ORDER BY id LIMIT 2000",
+                    bound + [.int(from)]
                 ) { ($0.int(0), $0.double(1), $0.text(2) ?? "", $0.text(3) ?? "", $0.text(4), $0.blob(5)) }
+                var removed = 0
+                var skipped = 0
                 for (id, time, sender, recipients, room, stanza) in rows {
                     let sharing = try db.query("SELECT id FROM archive WHERE content = ?", [.int(id)]) { $0.int(0) }
                     if !sharing.isEmpty {
-                        let own = try self.sealed(try self.opened(stanza, context: "audit"), context: "archive")
+                        guard let text = self.openedIfReadable(stanza, context: "audit") else {
+                            skipped += 1
+                            continue
+                        }
+                        let own = try self.sealed(text, context: "archive")
                         for copy in sharing {
                             try db.run("UPDATE archive SET stanza = ?, content = NULL WHERE id = ?", [own, .int(copy)])
                         }
@@ -148,12 +164,29 @@ extension SQLiteStores: AuditArchiveStore {
                             [.text(user), .double(time), .int(id)])
                     }
                     try db.run("DELETE FROM audit_messages WHERE id = ?", [.int(id)])
+                    removed += 1
                 }
-                return rows.count
+                return (removed, skipped, rows.count, rows.last?.0)
             }
             total += removed
-            if removed < 2000 { return total }
+            kept += skipped
+            guard seen == 2000, let last else { break }
+            after = last
         }
+        if kept > 0 {
+            storageLogger.warning(
+                "audit retention kept records whose text cannot be opened (shared with users' archives)",
+                metadata: ["kept": "\(kept)"])
+        }
+        return total
+    }
+
+    /// The text of a sealed value, or nil when it cannot be read: sealed with a key the ring
+    /// does not hold, or sealed while no cipher is configured (a sealed value starts with a NUL
+    /// byte, which no stored XML text does).
+    func openedIfReadable(_ bytes: [UInt8], context: String) -> String? {
+        guard cipher != nil else { return bytes.first == 0 ? nil : String(decoding: bytes, as: UTF8.self) }
+        return try? opened(bytes, context: context)
     }
 
     public func auditCount() async throws -> Int {

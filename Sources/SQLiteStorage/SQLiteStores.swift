@@ -121,7 +121,9 @@ extension SQLiteStores: AccountStore {
         for table in ["roster_items", "roster_versions", "offline_messages", "private_xml", "blocklist"] {
             try db.run("DELETE FROM \(table) WHERE substr(user, 1, length(?1)) = ?1", [prefix])
         }
-        try db.run("DELETE FROM archive WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
+        // Rooms keep their archives in the same table under the room's JID: a room named like
+        // the user ("sales@conference…") is not the user's.
+        try db.run("DELETE FROM archive WHERE substr(owner, 1, length(?1)) = ?1 AND owner NOT IN (SELECT jid FROM muc_rooms)", [prefix])
         try db.run("DELETE FROM pep_items WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
         try db.run("DELETE FROM pep_nodes WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
         return removed
@@ -319,7 +321,10 @@ extension SQLiteStores: ArchiveStore {
             for record in records {
                 // Only a record this transaction inserted: a position already taken could be
                 // another message's (an entry applied again finds its own copy stored anyway).
-                let shared = sharable[record.stanza].flatMap { inserted.contains($0) ? audit[$0].id : nil }
+                // Byte for byte (String's == also matches canonically equivalent texts).
+                let shared = sharable[record.stanza].flatMap {
+                    inserted.contains($0) && audit[$0].stanza.utf8.elementsEqual(record.stanza.utf8) ? audit[$0].id : nil
+                }
                 try db.run(
                     "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [.int(record.id), .text(record.uid), .text(record.owner), .text(record.peer), .int(record.outgoing ? 1 : 0),

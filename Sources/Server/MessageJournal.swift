@@ -672,10 +672,10 @@ extension ByteBuffer {
         setInteger(UInt32(written), at: start - count)
     }
 
-    /// A stanza's text, or a reference to the previous one when it is the same (usually the
-    /// same storage: `==` then answers without comparing bytes).
+    /// A stanza's text, or a reference to the previous one when it is the same, byte for byte
+    /// (String's `==` would also match a canonically equivalent text).
     fileprivate mutating func writeJournalText(_ text: String, previous: inout String?) {
-        if text == previous {
+        if let previous, text.utf8.elementsEqual(previous.utf8) {
             writeInteger(JournalEntry.sameText)
         } else {
             writeJournalString(text)

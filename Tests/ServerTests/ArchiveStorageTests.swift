@@ -54,8 +54,15 @@ import Vault
             // Re-encryption leaves the empty shared values alone.
             #expect(try await stores.resealAll() == 0)
 
+            // Without the key (encryption switched off over sealed data) the shared text cannot
+            // be given to the copies: the record stays rather than leave them empty.
+            #expect(try await plain.purgeAudit(before: 100, users: nil) == 0)
+            #expect(try await stores.auditCount() == 1)
+            #expect(try await stores.record(owner: "b@x", uid: "B1")?.stanza == text)
+
             // The audit record's retention ends; the users' archives keep the message.
-            #expect(try await stores.purgeAudit(before: 100, users: nil) == 1)
+            #expect(try await stores.purgeAudit(before: 100, users: ["someone-else@x"]) == 0)
+            #expect(try await stores.purgeAudit(before: 100, users: ["a@x"]) == 1)
             #expect(try await stores.auditCount() == 0)
             #expect(try await count(stores, "SELECT count(*) FROM audit_participants") == 0)
             #expect(try await count(stores, "SELECT count(*) FROM archive WHERE content IS NOT NULL") == 0)

@@ -1,4 +1,7 @@
+import Directory
+import Modules
 import Server
+import Storage
 import SwitchboardTestSupport
 import Testing
 import XMLStream
@@ -117,6 +120,27 @@ import XMPPCore
         #expect(page1.stanzaIDs == [[:], [:]] && page2.stanzaIDs.allSatisfy(\.isEmpty))
         #expect(try await server.stores.archiveCount(owner: "carol@example.test") == 1)
         await alice.close()
+        await bob.close()
+        await server.stop()
+    }
+
+    @Test func aDeletedUsersMessagesStillInTheJournalAreDeletedToo() async throws {
+        let server = try await TestServer.start { $0.c2s.requireTLS = false }
+        let directory = try #require(server.server.context.modules.service(DirectoryRuntime.self)?.service)
+        try await directory.createUser(DirectoryUser(username: "alice", displayName: "Alice"), credentials: try StoredCredentials.derive(password: "pw"))
+        try await server.addUser("bob", password: "pw")
+        let alice = try await server.online("alice", "desk")
+        let bob = try await server.online("bob", "pc")
+        for index in 1...5 {
+            try await alice.send("<message to='bob@example.test' type='chat'><body>\(index)</body></message>")
+            _ = try await bob.next { $0.name == "message" }
+        }
+        // The five are in the journal, not yet in the store (applies run every few seconds).
+        await alice.close()
+        try await directory.deleteUser("alice")
+        await server.applied()
+        #expect(try await server.stores.archiveCount(owner: "alice@example.test") == 0)
+        #expect(try await server.stores.archiveCount(owner: "bob@example.test") == 5)
         await bob.close()
         await server.stop()
     }

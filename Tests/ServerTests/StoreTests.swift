@@ -95,7 +95,15 @@ import Testing
             try await stores.store("<m/>", for: "johnxdoe@x", at: 0)
             try await stores.store("<m/>", for: "john_doe@x", at: 0)
             _ = try await stores.put(RosterItem(jid: "a@x"), of: "johnxdoe@x")
+            // A room named like the user keeps its archive.
+            try await stores.saveRoom(MUCRoomRecord(jid: "john_doe@conference.x", config: "{}", createdAt: 1))
+            try await stores.append([
+                ArchiveRecord(id: 1, uid: "r", owner: "john_doe@conference.x", peer: "a@x", outgoing: false, time: 1, stanza: "<m/>"),
+                ArchiveRecord(id: 2, uid: "u", owner: "john_doe@x", peer: "a@x", outgoing: false, time: 1, stanza: "<m/>"),
+            ])
             #expect(try await stores.deleteAccount("john_doe"))
+            #expect(try await stores.archiveCount(owner: "john_doe@conference.x") == 1)
+            #expect(try await stores.archiveCount(owner: "john_doe@x") == 0)
             #expect(try await stores.count(for: "johnxdoe@x") == 1)
             #expect(try await stores.count(for: "john_doe@x") == 0)
             #expect(try await stores.roster(of: "johnxdoe@x").items.count == 1)

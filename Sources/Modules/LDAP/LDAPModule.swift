@@ -33,6 +33,7 @@ public struct LDAPModule: ServerModule {
                 configuration: configuration, directory: server.stores.directory, accounts: server.stores.accounts,
                 separator: directory.configuration.groupSeparator, logger: server.logger)
             ldapSync.recorder = server.modules.service(TrailService.self)?.trail?.directoryRecorder(actor: "ldap-sync")
+            ldapSync.beforeApply = DirectoryRuntime.storeJournalBeforeDeletions(server)
             let sync = ldapSync
             var lastFull = ContinuousClock.now
             var first = true

@@ -37,6 +37,8 @@ public struct LDAPSync: Sendable {
     let group: any EventLoopGroup
     /// Records applied runs in the audit trail.
     public var recorder: (@Sendable ([DirectoryChange]) async -> Void)?
+    /// Passed to the directory service (see `DirectoryService.beforeApply`).
+    public var beforeApply: (@Sendable ([DirectoryChange]) async -> Void)?
 
     public init(
         configuration: ServerConfiguration.LDAP, directory: any DirectoryStore, accounts: any AccountStore, separator: String = "/",
@@ -78,6 +80,7 @@ public struct LDAPSync: Sendable {
         let started = Date()
         var service = DirectoryService(store: directory, accounts: accounts, separator: separator)
         service.recorder = recorder
+        service.beforeApply = beforeApply
         var phases: [(String, Double)] = []
         var mark = Date()
         func phase(_ name: String) {
