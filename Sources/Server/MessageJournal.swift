@@ -61,6 +61,9 @@ public final class MessageJournal: @unchecked Sendable {
         /// memory stays bounded and the stores are never left behind by more than a moment.
         /// A message's entries share its text, some 400 bytes an entry: about 80 MB at most.
         public var backlogLimit = 196_608
+        /// The same, in bytes of text (each entry counted whole, shared or not): large stanzas
+        /// (up to the stanza size limit) reach this long before the count.
+        public var backlogBytes = 256 << 20
         /// A new segment starts after this many bytes (old segments are deleted when applied).
         public var segmentBytes = 64 << 20
         public init() {}
@@ -97,6 +100,8 @@ public final class MessageJournal: @unchecked Sendable {
         var writeFailures = 0
         /// Entries in the apply under way.
         var applyingCount = 0
+        /// Text bytes of the entries not yet applied (pending, unapplied, applying).
+        var waitingBytes = 0
         var backedUp = false
         var backlogEpisodes = 0
         var caughtUpWaiters: [@Sendable () -> Void] = []
@@ -193,7 +198,7 @@ public final class MessageJournal: @unchecked Sendable {
     /// Updates `backedUp`. Called with the lock held; returns the callbacks to run (unlocked).
     private func updateBacklog() -> [@Sendable () -> Void] {
         let waiting = state.unapplied.count + state.pending.count + state.applyingCount
-        let backedUp = waiting > options.backlogLimit
+        let backedUp = waiting > options.backlogLimit || state.waitingBytes > options.backlogBytes
         guard backedUp != state.backedUp else { return [] }
         state.backedUp = backedUp
         backlog.withLockedValue { $0 = backedUp }
@@ -220,8 +225,12 @@ public final class MessageJournal: @unchecked Sendable {
             guard state.threadRunning || !state.closing else { return true }
             state.pending.append(contentsOf: entries)
             state.appended += UInt64(entries.count)
+            state.waitingBytes += entries.reduce(0) { $0 + $1.byteCount }
             // Only ever raised here; it is lowered (and held sessions called back) by the thread.
-            if !state.backedUp, state.pending.count + state.unapplied.count + state.applyingCount > options.backlogLimit {
+            if !state.backedUp,
+                state.pending.count + state.unapplied.count + state.applyingCount > options.backlogLimit
+                    || state.waitingBytes > options.backlogBytes
+            {
                 state.backedUp = true
                 backlog.withLockedValue { $0 = true }
             }
@@ -414,7 +423,10 @@ public final class MessageJournal: @unchecked Sendable {
             guard let stores else { throw ConfigurationError("the journal is not open") }
             try await Self.store(batch.map(\.entry), in: stores)
             let ready = condition.withLock { () -> ([CheckedContinuation<Void, Never>], [@Sendable () -> Void]) in
-                for item in batch { state.segments[item.segment]?.applied += 1 }
+                for item in batch {
+                    state.segments[item.segment]?.applied += 1
+                    state.waitingBytes -= item.entry.byteCount
+                }
                 deleteAppliedSegments()
                 state.applied = max(state.applied, upTo)
                 state.applying = false
@@ -600,6 +612,14 @@ public final class MessageJournal: @unchecked Sendable {
 // MARK: - Encoding
 
 extension JournalEntry {
+    /// What an entry holds in memory, roughly: its text and a fixed part (for the backlog limit).
+    var byteCount: Int {
+        switch self {
+        case .archive(let record): return 128 + record.stanza.utf8.count
+        case .audit(let record): return 128 + record.stanza.utf8.count + record.attachments.reduce(0) { $0 + $1.utf8.count }
+        }
+    }
+
     static let archiveTag: UInt8 = 1
     static let auditTag: UInt8 = 2
 

@@ -114,6 +114,27 @@ import Testing
         await restarted.close()
     }
 
+    @Test(arguments: [false, true])
+    func aBacklogHoldsInputUntilTheStoresCatchUp(bigMessages: Bool) async throws {
+        let configuration = configuration()
+        defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
+        let (stores, _) = try await ServerAssembly.openStores(configuration)
+        var options = neverApplies
+        // Bounded by the number of entries, and by their bytes (a few large stanzas).
+        if bigMessages { options.backlogBytes = 100_000 } else { options.backlogLimit = 50 }
+        let journal = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: options)
+        try await journal.open(stores: stores.stores)
+        let body = bigMessages ? String(repeating: "x", count: 20_000) : "hi"
+        journal.append(entries(2, owner: "alice@example.test", body: body))
+        #expect(!journal.backedUp)
+        journal.append(entries(bigMessages ? 2 : 30, owner: "alice@example.test", body: body))
+        #expect(journal.backedUp)
+        await journal.applied()
+        #expect(!journal.backedUp)
+        #expect(try await stores.archiveCount(owner: "alice@example.test") == (bigMessages ? 4 : 32))
+        await journal.close()
+    }
+
     @Test func appliedMeansReadableAndSegmentsGoOnceApplied() async throws {
         let configuration = configuration()
         defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
