@@ -323,7 +323,7 @@ extension SQLiteStores: ArchiveStore {
                 // another message's (an entry applied again finds its own copy stored anyway).
                 // Byte for byte (String's == also matches canonically equivalent texts).
                 let shared = sharable[record.stanza].flatMap {
-                    inserted.contains($0) && audit[$0].stanza.utf8.elementsEqual(record.stanza.utf8) ? audit[$0].id : nil
+                    inserted.contains($0) && audit[$0].stanza.hasSameBytes(as: record.stanza) ? audit[$0].id : nil
                 }
                 try db.run(
                     "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

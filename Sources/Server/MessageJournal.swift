@@ -421,7 +421,7 @@ public final class MessageJournal: @unchecked Sendable {
         }
         do {
             guard let stores else { throw ConfigurationError("the journal is not open") }
-            try await Self.store(batch.map(\.entry), in: stores)
+            try await Self.store(batch.lazy.map(\.entry), in: stores)
             let ready = condition.withLock { () -> ([CheckedContinuation<Void, Never>], [@Sendable () -> Void]) in
                 for item in batch {
                     state.segments[item.segment]?.applied += 1
@@ -456,9 +456,11 @@ public final class MessageJournal: @unchecked Sendable {
     }
 
     /// Inserts entries into their stores (idempotently: recovery may repeat an applied entry).
-    static func store(_ entries: [JournalEntry], in stores: Stores) async throws {
+    /// (A sequence: the apply passes its batch without copying every entry into a new array first.)
+    static func store(_ entries: some Sequence<JournalEntry>, in stores: Stores) async throws {
         var archive: [ArchiveRecord] = []
         var audit: [AuditRecord] = []
+        archive.reserveCapacity(entries.underestimatedCount)
         for entry in entries {
             switch entry {
             case .archive(let record): archive.append(record)
@@ -695,7 +697,7 @@ extension ByteBuffer {
     /// A stanza's text, or a reference to the previous one when it is the same, byte for byte
     /// (String's `==` would also match a canonically equivalent text).
     fileprivate mutating func writeJournalText(_ text: String, previous: inout String?) {
-        if let previous, text.utf8.elementsEqual(previous.utf8) {
+        if let previous, text.hasSameBytes(as: previous) {
             writeInteger(JournalEntry.sameText)
         } else {
             writeJournalString(text)

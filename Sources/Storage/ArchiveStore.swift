@@ -1,3 +1,5 @@
+import Foundation
+
 /// One archived message in one user's archive (XEP-0313). A 1:1 message is archived twice:
 /// outgoing in the sender's archive, incoming in the recipient's.
 public struct ArchiveRecord: Sendable, Hashable {
@@ -90,4 +92,21 @@ public protocol ArchiveStore: Sendable {
     func record(owner: String, uid: String) async throws -> ArchiveRecord?
     /// Replaces the stored stanza of a record (e.g. by a XEP-0424/0425 tombstone); false if none.
     func replaceStanza(owner: String, uid: String, stanza: String) async throws -> Bool
+}
+
+extension String {
+    /// Whether two texts are the same bytes (`==` also matches canonically equivalent texts, and
+    /// `utf8.elementsEqual` walks them a byte at a time): counts, then one `memcmp`; texts that
+    /// share storage compare without reading it.
+    public func hasSameBytes(as other: String) -> Bool {
+        guard utf8.count == other.utf8.count else { return false }
+        var left = self
+        var right = other
+        return left.withUTF8 { a in
+            right.withUTF8 { b in
+                guard let first = a.baseAddress, let second = b.baseAddress else { return a.count == b.count }
+                return first == second || memcmp(first, second, a.count) == 0
+            }
+        }
+    }
 }
