@@ -65,7 +65,7 @@ public struct ArchiveModule: ServerModule {
                 let uid = stanza.elements.first { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
                     .flatMap { $0[attribute: "id"] } ?? ArchiveIDGenerator.uid()
                 let position = event.annotations[Self.incomingPosition].flatMap(Int64.init) ?? ids.next()
-                let serialized = XMLSerializer.string(stanza)
+                let serialized = event.text ?? XMLSerializer.string(stanza)
                 // The audit record stores the message as routed: the same text.
                 event.annotations[Self.routedText] = serialized
                 records.append(
@@ -79,7 +79,7 @@ public struct ArchiveModule: ServerModule {
                 // The same text as the recipient's copy and the audit record, so that the store
                 // keeps it once; the recipient's stanza-id is removed when the copy is read
                 // (the sender's copy must not carry another archive's id, XEP-0313 §5.1).
-                let serialized = event.annotations[Self.routedText] ?? XMLSerializer.string(stanza)
+                let serialized = event.annotations[Self.routedText] ?? event.text ?? XMLSerializer.string(stanza)
                 event.annotations[Self.routedText] = serialized
                 let uid = ArchiveIDGenerator.uid()
                 let position = event.annotations[Self.outgoingPosition].flatMap(Int64.init) ?? ids.next()

@@ -245,8 +245,15 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
 
     /// Sends a stanza, holding back unimportant presence while the client is inactive.
     func send(_ element: XMLElement) {
+        send(element, text: nil)
+    }
+
+    /// `text`: the stanza serialised standalone (a routed message's text, shared with the
+    /// archive): its bytes are written as they are. A redundant `xmlns='jabber:client'` on a
+    /// TCP stream is the same element (the stream's default namespace).
+    func send(_ element: XMLElement, text: String?) {
         if let successor {
-            successor.deliver(element)
+            successor.deliver(element, text: text)
             return
         }
         if !clientActive {
@@ -259,7 +266,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             }
             flushHeldPresence()
         }
-        write(element)
+        write(element, text: text)
     }
 
     /// Like `send`, for a stanza serialised once for many recipients: on a plain TCP stream the
@@ -282,7 +289,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     }
 
     /// Serialises and writes one element; flushes once per event-loop tick.
-    private func write(_ element: XMLElement) {
+    private func write(_ element: XMLElement, text: String? = nil) {
         var requestAck = false
         if sm.enabled, element.isStanza {
             // Kept until acknowledged, also while detached or closing: re-sent on resumption,
@@ -291,8 +298,10 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         }
         guard let context, !closing else { return }
         defer { if requestAck { sendRaw("<r xmlns='urn:xmpp:sm:3'/>") } }
-        var buffer = context.channel.allocator.buffer(capacity: 512)
-        if transport == .websocket {
+        var buffer = context.channel.allocator.buffer(capacity: text.map { $0.utf8.count } ?? 512)
+        if let text {
+            buffer.writeString(text)
+        } else if transport == .websocket {
             XMLSerializer.write(element, into: &buffer, defaultNamespace: "", streamPrefixDeclared: false)
         } else {
             XMLSerializer.write(element, into: &buffer, defaultNamespace: NS.client)
@@ -1069,7 +1078,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     private func routeMessage(_ message: XMLElement, to: JID, session: SessionHandle) -> EventLoopFuture<Void>? {
         let prepared = server.prepareMessage(message, to: to)
         let stanza = prepared.stanza
-        switch server.deliverMessage(stanza, to: to) {
+        switch server.deliverMessage(stanza, to: to, text: prepared.text) {
         case .delivered(let recipients):
             server.messageRouted(prepared, to: to, sender: session, recipients: recipients)
             return nil

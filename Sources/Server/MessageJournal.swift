@@ -302,6 +302,8 @@ public final class MessageJournal: @unchecked Sendable {
             }
             var batch: [JournalEntry] = []
             swap(&batch, &state.pending)
+            // The next batch is likely as big: grow once, not by doubling under the appenders' lock.
+            state.pending.reserveCapacity(batch.count)
             let upTo = state.appended
             let rotate = state.rotate
             state.rotate = false

@@ -124,6 +124,8 @@ public final class ServerContext: Sendable {
     func prepareMessage(_ stanza: XMLElement, to: JID) -> PreparedMessage {
         var prepared = PreparedMessage(stanza: stanza)
         for hook in preparationHooks { hook(&prepared, to, self) }
+        // Serialised once: the same bytes go to the recipient and into the archive.
+        prepared.text = XMLSerializer.string(prepared.stanza)
         return prepared
     }
 
@@ -134,12 +136,12 @@ public final class ServerContext: Sendable {
     }
 
     /// Delivers a message to local sessions per RFC 6121 §8.5, without touching storage.
-    func deliverMessage(_ stanza: XMLElement, to: JID) -> MessageDelivery {
+    func deliverMessage(_ stanza: XMLElement, to: JID, text: String? = nil) -> MessageDelivery {
         guard isLocal(to) else { return .error(StanzaError(.remoteServerNotFound)) }
         guard to.localpart != nil else { return .dropped }
         let type = stanza.stanzaType ?? "normal"
         if to.resourcepart != nil, let session = router.session(to) {
-            session.deliver(stanza)
+            session.deliver(stanza, text: text)
             return .delivered([session])
         }
         switch type {
@@ -149,12 +151,12 @@ public final class ServerContext: Sendable {
             return .dropped
         case "headline":
             let targets = router.bareMessageTargets(to.bare.description)
-            for session in targets { session.deliver(stanza) }
+            for session in targets { session.deliver(stanza, text: text) }
             return .delivered(targets)
         default:
             let targets = router.bareMessageTargets(to.bare.description)
             if targets.isEmpty { return .undeliverable(to.bare) }
-            for session in targets { session.deliver(stanza) }
+            for session in targets { session.deliver(stanza, text: text) }
             return .delivered(targets)
         }
     }
@@ -174,7 +176,7 @@ public final class ServerContext: Sendable {
         }
         let prepared = replay ? PreparedMessage(stanza: message) : prepareMessage(message, to: to)
         let stanza = prepared.stanza
-        switch deliverMessage(stanza, to: to) {
+        switch deliverMessage(stanza, to: to, text: prepared.text) {
         case .delivered(let recipients):
             if !replay { messageRouted(prepared, to: to, sender: session, recipients: recipients) }
             return nil
@@ -200,7 +202,8 @@ public final class ServerContext: Sendable {
         let hooks = routedHooks
         guard !hooks.isEmpty else { return }
         var event = MessageEvent(
-            stanza: message.stanza, to: to, sender: sender, recipients: recipients, server: self, annotations: message.annotations)
+            stanza: message.stanza, to: to, sender: sender, recipients: recipients, server: self, annotations: message.annotations,
+            text: message.text)
         for (_, hook) in hooks { hook(&event) }
     }
 

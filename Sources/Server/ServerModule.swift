@@ -79,12 +79,18 @@ public struct MessageEvent: Sendable {
     /// Notes hooks leave for later hooks, keyed by "module.name" (e.g. the archive's positions,
     /// fixed before delivery, and the sender's archive id for sent carbons).
     public var annotations: [String: String]
+    /// The message as routed, serialised standalone (`XMLSerializer.string`): the bytes that
+    /// went to the recipient, for the archive and the audit record to store as they are.
+    public var text: String?
 }
 
 /// A message about to be delivered, with notes for the routed hooks.
 public struct PreparedMessage: Sendable {
     public var stanza: XMLElement
     public var annotations: [String: String] = [:]
+    /// Set by the router once preparation is over: the stanza serialised once for delivery
+    /// and storage.
+    public var text: String?
 }
 
 /// Synchronous, on the hot path: must not block. Runs on the sender's event loop, in

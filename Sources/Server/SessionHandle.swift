@@ -53,12 +53,14 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "\(jid)#\(id)" }
 
     /// Sends a stanza to the client (from any thread).
-    public func deliver(_ stanza: XMLElement) {
+    /// - Parameter text: the stanza already serialised standalone (`XMLSerializer.string`, with
+    ///   `xmlns='jabber:client'`), written as it is instead of serialising it again.
+    public func deliver(_ stanza: XMLElement, text: String? = nil) {
         if eventLoop.inEventLoop {
-            sink.value.send(stanza)
+            sink.value.send(stanza, text: text)
         } else {
             let sink = self.sink
-            eventLoop.execute { sink.value.send(stanza) }
+            eventLoop.execute { sink.value.send(stanza, text: text) }
         }
     }
 
@@ -120,7 +122,8 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
 
 /// What a session handler offers the router: write a stanza, or end the stream. Called on its event loop.
 protocol StanzaSink: AnyObject {
-    func send(_ stanza: XMLElement)
+    /// `text`: the stanza serialised standalone, when the caller has it.
+    func send(_ stanza: XMLElement, text: String?)
     /// Sends a pre-serialised stanza with `to` set to `to`.
     func sendShared(_ stanza: SharedStanza, to: String)
     func terminate(_ error: StreamError)
