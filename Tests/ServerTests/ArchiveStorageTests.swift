@@ -7,9 +7,7 @@ import Vault
 /// How the archive and the audit record share a message's stored text (schema step 11).
 @Suite struct ArchiveStorageTests {
     private func withStores(_ body: (SQLiteStores, String) async throws -> Void) async throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sb-archive-\(UUID().uuidString)").path
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        try await body(try SQLiteStores(directory: path), path)
+        try await withTemporaryStores("sb-archive", body)
     }
 
     private func count(_ stores: SQLiteStores, _ sql: String) async throws -> Int64 {

@@ -13,9 +13,7 @@ import XMPPCore
 
 @Suite struct KeyRingTests {
     private func withStores(_ body: (SQLiteStores, String) async throws -> Void) async throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sb-keys-\(UUID().uuidString)").path
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        try await body(try SQLiteStores(directory: path), path)
+        try await withTemporaryStores("sb-keys", body)
     }
 
     @Test func sealOpenRotateRewrap() async throws {

@@ -5,9 +5,7 @@ import Testing
 
 @Suite struct StoreTests {
     private func withStores(_ body: (SQLiteStores, String) async throws -> Void) async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sb-store-\(UUID().uuidString)").path
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        try await body(try SQLiteStores(directory: directory), directory)
+        try await withTemporaryStores("sb-store", body)
     }
 
     private func account(_ name: String) throws -> Account {
