@@ -57,11 +57,14 @@ public struct ArchiveModule: ServerModule {
             let server = event.server
             let now = Date().timeIntervalSince1970
             var records: [ArchiveRecord] = []
+            // Each bare JID as text once (a local session has its own already).
+            let sender = event.sender?.bareKey ?? from.bare.description
+            let recipient = event.to.bare.description
             if server.isLocal(event.to), event.to.localpart != nil,
-                preferences.archives(owner: event.to.bare.description, peer: from.bare.description)
+                preferences.archives(owner: recipient, peer: sender)
             {
                 // The recipient's copy keeps the recipient's own stanza-id (it is the MAM id).
-                let owner = event.to.bare.description
+                let owner = recipient
                 let uid = stanza.elements.first { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
                     .flatMap { $0[attribute: "id"] } ?? ArchiveIDGenerator.uid()
                 let position = event.annotations[Self.incomingPosition].flatMap(Int64.init) ?? ids.next()
@@ -70,11 +73,11 @@ public struct ArchiveModule: ServerModule {
                 event.annotations[Self.routedText] = serialized
                 records.append(
                     ArchiveRecord(
-                        id: position, uid: uid, owner: owner, peer: from.bare.description, outgoing: false, time: now,
+                        id: position, uid: uid, owner: owner, peer: sender, outgoing: false, time: now,
                         stanza: serialized))
             }
             if server.isLocal(from), from.localpart != nil, from.bare != event.to.bare,
-                preferences.archives(owner: from.bare.description, peer: event.to.bare.description)
+                preferences.archives(owner: sender, peer: recipient)
             {
                 // The same text as the recipient's copy and the audit record, so that the store
                 // keeps it once; the recipient's stanza-id is removed when the copy is read
@@ -85,7 +88,7 @@ public struct ArchiveModule: ServerModule {
                 let position = event.annotations[Self.outgoingPosition].flatMap(Int64.init) ?? ids.next()
                 records.append(
                     ArchiveRecord(
-                        id: position, uid: uid, owner: from.bare.description, peer: event.to.bare.description, outgoing: true,
+                        id: position, uid: uid, owner: sender, peer: recipient, outgoing: true,
                         time: now, stanza: serialized))
                 event.annotations[Self.senderArchiveID] = uid
             }

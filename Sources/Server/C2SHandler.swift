@@ -1003,7 +1003,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         server.metrics.stanzasIn.increment()
         if sm.enabled { sm.handledInbound &+= 1 }
         var stanza = element
-        stanza[attribute: "from"] = session.jid.description
+        stanza[attribute: "from"] = session.fullKey
         var to: JID?
         if let toString = element[attribute: "to"] {
             do {
