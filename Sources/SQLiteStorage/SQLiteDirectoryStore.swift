@@ -273,7 +273,7 @@ extension SQLiteStores: DirectoryStore {
             if holders > 0 { throw StorageError.conflict("role \(name) is still granted to \(holders) user(s)") }
             try db.run("DELETE FROM roles WHERE name = ?", [.text(name)])
         case .grantRole(let grant):
-            guard try !db.query("SELECT 1 FROM roles WHERE name = ?", [.text(grant.role)]) { _ in true }.isEmpty else {
+            guard try !db.query("SELECT 1 FROM roles WHERE name = ?", [.text(grant.role)], { _ in true }).isEmpty else {
                 throw StorageError.conflict("no role \(grant.role)")
             }
             guard try userExists(db, grant.username) else { throw StorageError.conflict("no directory user \(grant.username)") }

@@ -364,7 +364,7 @@ public struct CertificateAuthority: Sendable {
                 guard value.count == 2 else { throw ConfigurationError("--subject: C must be a two-letter country code") }
                 attributes.append(try RelativeDistinguishedName.Attribute(type: oid, printableString: value))
             } else {
-                attributes.append(try RelativeDistinguishedName.Attribute(type: oid, utf8String: value))
+                attributes.append(RelativeDistinguishedName.Attribute(type: oid, utf8String: value))
             }
         }
         guard attributes.contains(where: { $0.type == .RDNAttributeType.commonName }) else {

@@ -240,12 +240,14 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let slot = upload.slot
         let finalPath = server.fileShare.path(slot.token)
         let promise = context.eventLoop.makePromise(of: Void.self)
+        // The task gets constants, not the mutable `upload`.
+        let (descriptor, temporaryPath) = (upload.descriptor, upload.temporaryPath)
         promise.completeWithTask {
             // Durable before we say 201: fsync, rename, then the metadata row.
-            let ok = fsync(upload.descriptor) == 0
-            close(upload.descriptor)
-            guard ok, rename(upload.temporaryPath, finalPath) == 0 else {
-                unlink(upload.temporaryPath)
+            let ok = fsync(descriptor) == 0
+            close(descriptor)
+            guard ok, rename(temporaryPath, finalPath) == 0 else {
+                unlink(temporaryPath)
                 throw StorageError.backend("cannot store upload \(slot.token)")
             }
             try await server.stores.uploads.recordUpload(
