@@ -339,6 +339,10 @@ extension SQLiteStores: ArchiveStore {
         "a.id, a.uid, a.owner, a.peer, a.outgoing, a.created_at, a.stanza, a.content, m.stanza FROM archive a LEFT JOIN audit_messages m ON m.id = a.content"
 
     private func archiveRecord(_ row: Statement) throws -> ArchiveRecord {
+        if !row.isNull(7), row.isNull(8) {
+            // Not expected: a purge gives sharing copies their own text before the record goes.
+            storageLogger.error("archive copy names an audit record that is gone", metadata: ["archive.id": "\(row.int(0))", "audit.id": "\(row.int(7))"])
+        }
         let stanza = row.isNull(7) ? try opened(row.blob(6), context: "archive") : try opened(row.blob(8), context: "audit")
         return ArchiveRecord(
             id: row.int(0), uid: row.text(1) ?? String(row.int(0)), owner: row.text(2) ?? "", peer: row.text(3) ?? "",
