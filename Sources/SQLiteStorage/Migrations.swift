@@ -256,6 +256,14 @@ enum Migrations {
         DROP TABLE audit_participants;
         ALTER TABLE audit_participants_v11 RENAME TO audit_participants;
         """,
+        // 12: when each account was deleted, so that archive copies still on their way (the
+        // running server's message journal) are not stored for an account deleted before.
+        """
+        CREATE TABLE deleted_accounts (
+            username TEXT PRIMARY KEY,
+            deleted_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
     ]
 
     /// Brings the schema to version `target` (all steps unless a test wants an older one).

@@ -115,6 +115,11 @@ extension SQLiteStores: AccountStore {
     static func deleteAccount(_ username: String, _ db: Connection) throws -> Bool {
         try removeFromDirectory(username, db)
         let removed = try db.run("DELETE FROM accounts WHERE username = ?", [.text(username)]) > 0
+        // Copies of this user's messages the running server has not stored yet are dropped when
+        // they arrive (`append`); a later account of the same name starts afresh.
+        try db.run(
+            "INSERT INTO deleted_accounts (username, deleted_at) VALUES (?, ?) ON CONFLICT (username) DO UPDATE SET deleted_at = excluded.deleted_at",
+            [.text(username), .double(Date().timeIntervalSince1970)])
         // Everything else is keyed by bare JID "username@domain": match that exact prefix
         // (not LIKE, whose `_` and `%` wildcards could hit other users).
         let prefix = SQLValue.text(username + "@")
@@ -304,6 +309,12 @@ extension SQLiteStores: ArchiveStore {
         }
         let sharable = texts
         try await archiveDatabase.transaction { db in
+            // Accounts deleted (a CLI may delete while the server's journal still holds copies):
+            // a copy owned by one, older than the deletion, is not stored. Rooms are not accounts.
+            let deleted = records.isEmpty ? [:] : Dictionary(
+                try db.query("SELECT username, deleted_at FROM deleted_accounts") { ($0.text(0) ?? "", $0.double(1)) },
+                uniquingKeysWith: max)
+            let rooms = deleted.isEmpty ? [] : Set(try db.query("SELECT jid FROM muc_rooms") { $0.text(0) ?? "" })
             var inserted = Set<Int>()
             for (index, row) in auditRows.enumerated() {
                 guard try db.run(
@@ -319,6 +330,11 @@ extension SQLiteStores: ArchiveStore {
                 }
             }
             for record in records {
+                if !deleted.isEmpty, let at = record.owner.firstIndex(of: "@"), let gone = deleted[String(record.owner[..<at])],
+                    record.time <= gone, !rooms.contains(record.owner)
+                {
+                    continue
+                }
                 // Only a record this transaction inserted: a position already taken could be
                 // another message's (an entry applied again finds its own copy stored anyway).
                 // Byte for byte (String's == also matches canonically equivalent texts).

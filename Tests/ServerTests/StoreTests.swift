@@ -109,6 +109,29 @@ import Testing
         }
     }
 
+    @Test func copiesForADeletedAccountArrivingLateAreNotStored() async throws {
+        try await withStores { stores, _ in
+            try await stores.createAccount(try account("carol"))
+            try await stores.saveRoom(MUCRoomRecord(jid: "carol@conference.x", config: "{}", createdAt: 1))
+            #expect(try await stores.deleteAccount("carol"))
+            let now = Date().timeIntervalSince1970
+            func copy(_ id: Int64, _ owner: String, at time: Double) -> ArchiveRecord {
+                ArchiveRecord(id: id, uid: "u\(id)", owner: owner, peer: "dave@x", outgoing: false, time: time, stanza: "<m>\(id)</m>")
+            }
+            // As the running server's journal would apply them after a CLI deleted the account.
+            try await stores.append(
+                [copy(1, "carol@x", at: now - 1), copy(2, "carol@conference.x", at: now - 1), copy(3, "dave@x", at: now - 1)],
+                audit: [AuditRecord(id: 10, time: now - 1, sender: "dave@x", recipients: ["carol@x"], type: "chat", stanza: "<m>1</m>")])
+            #expect(try await stores.archiveCount(owner: "carol@x") == 0)
+            #expect(try await stores.archiveCount(owner: "carol@conference.x") == 1)
+            #expect(try await stores.archiveCount(owner: "dave@x") == 1)
+            #expect(try await stores.auditCount() == 1)
+            // A new account of the same name keeps what it receives.
+            try await stores.append([copy(4, "carol@x", at: now + 60)])
+            #expect(try await stores.archiveCount(owner: "carol@x") == 1)
+        }
+    }
+
     @Test func reopeningKeepsDataAndSchema() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sb-store-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: directory) }
