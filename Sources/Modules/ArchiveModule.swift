@@ -19,8 +19,6 @@ public struct ArchiveModule: ServerModule {
     static let rsm = "http://jabber.org/protocol/rsm"
     /// Annotation keys (see `MessageEvent.annotations`).
     static let incomingPosition = "archive.position.in"
-    /// Annotation: the routed message serialised (for the audit record).
-    public static let routedText = "archive.routedText"
     static let outgoingPosition = "archive.position.out"
     public static let senderArchiveID = "archive.sender-id"
     private let ids = ArchiveIDGenerator.shared
@@ -68,13 +66,10 @@ public struct ArchiveModule: ServerModule {
                 let uid = stanza.elements.first { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
                     .flatMap { $0[attribute: "id"] } ?? ArchiveIDGenerator.uid()
                 let position = event.annotations[Self.incomingPosition].flatMap(Int64.init) ?? ids.next()
-                let serialized = event.text ?? XMLSerializer.string(stanza)
-                // The audit record stores the message as routed: the same text.
-                event.annotations[Self.routedText] = serialized
                 records.append(
                     ArchiveRecord(
                         id: position, uid: uid, owner: owner, peer: sender, outgoing: false, time: now,
-                        stanza: serialized))
+                        stanza: event.text))
             }
             if server.isLocal(from), from.localpart != nil, from.bare != event.to.bare,
                 preferences.archives(owner: sender, peer: recipient)
@@ -82,14 +77,12 @@ public struct ArchiveModule: ServerModule {
                 // The same text as the recipient's copy and the audit record, so that the store
                 // keeps it once; the recipient's stanza-id is removed when the copy is read
                 // (the sender's copy must not carry another archive's id, XEP-0313 §5.1).
-                let serialized = event.annotations[Self.routedText] ?? event.text ?? XMLSerializer.string(stanza)
-                event.annotations[Self.routedText] = serialized
                 let uid = ArchiveIDGenerator.uid()
                 let position = event.annotations[Self.outgoingPosition].flatMap(Int64.init) ?? ids.next()
                 records.append(
                     ArchiveRecord(
                         id: position, uid: uid, owner: sender, peer: recipient, outgoing: true,
-                        time: now, stanza: serialized))
+                        time: now, stanza: event.text))
                 event.annotations[Self.senderArchiveID] = uid
             }
             server.journal.append(records.map(JournalEntry.archive))

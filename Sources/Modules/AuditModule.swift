@@ -68,7 +68,7 @@ public struct AuditModule: ServerModule {
         }
         guard configuration.security.audit else { return }
         registry.onMessageRouted(.low) { event in
-            guard let record = Self.record(event.stanza, to: event.to, from: event.sender?.jid, text: event.annotations[ArchiveModule.routedText] ?? event.text)
+            guard let record = Self.record(event.stanza, to: event.to, from: event.sender?.jid, text: event.text)
             else { return }
             event.server.journal.append([.audit(record)])
         }

@@ -203,7 +203,8 @@ public final class ServerContext: Sendable {
         guard !hooks.isEmpty else { return }
         var event = MessageEvent(
             stanza: message.stanza, to: to, sender: sender, recipients: recipients, server: self, annotations: message.annotations,
-            text: message.text)
+            // Made by the router for what it routes; serialised here for what a service delivered.
+            text: message.text ?? XMLSerializer.string(message.stanza))
         for (_, hook) in hooks { hook(&event) }
     }
 

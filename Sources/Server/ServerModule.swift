@@ -81,7 +81,7 @@ public struct MessageEvent: Sendable {
     public var annotations: [String: String]
     /// The message as routed, serialised standalone (`XMLSerializer.string`): the bytes that
     /// went to the recipient, for the archive and the audit record to store as they are.
-    public var text: String?
+    public let text: String
 }
 
 /// A message about to be delivered, with notes for the routed hooks.
