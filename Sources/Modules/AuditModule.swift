@@ -73,7 +73,7 @@ public struct AuditModule: ServerModule {
             event.server.journal.append([.audit(record)])
         }
         registry.onGroupMessage { event in
-            guard let record = Self.record(event.stanza, room: event.room, sender: event.sender) else { return }
+            guard let record = Self.record(event.stanza, room: event.room, sender: event.sender, text: event.text) else { return }
             event.server.journal.append([.audit(record)])
         }
         registry.addBackgroundTask { server in
@@ -123,11 +123,11 @@ public struct AuditModule: ServerModule {
             type: stanza.stanzaType ?? "normal", stanza: text ?? XMLSerializer.string(stanza), attachments: attachments(stanza))
     }
 
-    static func record(_ stanza: XMLElement, room: String, sender: String) -> AuditRecord? {
+    static func record(_ stanza: XMLElement, room: String, sender: String, text: String? = nil) -> AuditRecord? {
         guard hasContent(stanza) else { return nil }
         return AuditRecord(
             id: ArchiveIDGenerator.shared.next(), time: Date().timeIntervalSince1970, sender: sender, recipients: [room], type: "groupchat", room: room,
-            stanza: XMLSerializer.string(stanza), attachments: attachments(stanza))
+            stanza: text ?? XMLSerializer.string(stanza), attachments: attachments(stanza))
     }
 
     /// Deletes what the retention policy no longer keeps, and says so in the log and the trail.

@@ -223,13 +223,17 @@ final class MUCService: Sendable {
             }
         }
         let gone = ordered.isEmpty ? [] : server.deliverInOrder(ordered, from: room.jid).filter { room.occupant(session: $0) != nil }
+        // The room's copy and the audit record of one message are one text value: the store
+        // finds the record a copy shares by that value and keeps the text once.
+        let archived = effects.archive.map { ($0, XMLSerializer.string($0.stanza)) }
         if let (stanza, sender) = effects.audit {
-            server.groupMessageSent(stanza, room: room.bareKey, sender: sender)
+            let text = archived.flatMap { $0.0.stanza == stanza ? $0.1 : nil }
+            server.groupMessageSent(stanza, room: room.bareKey, sender: sender, text: text)
         }
-        if let (stanza, stanzaID, sender) = effects.archive {
+        if let ((_, stanzaID, sender), text) = archived {
             let record = ArchiveRecord(
                 id: ids.next(), uid: stanzaID, owner: room.bareKey, peer: sender, outgoing: false,
-                time: Date().timeIntervalSince1970, stanza: XMLSerializer.string(stanza))
+                time: Date().timeIntervalSince1970, stanza: text)
             server.journal.append([.archive(record)])
         }
         if effects.deleteStored {

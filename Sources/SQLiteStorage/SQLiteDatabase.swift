@@ -133,7 +133,11 @@ public final class Connection {
     private var handle: OpaquePointer?
     private var cache: [String: Statement] = [:]
 
+    /// Library settings made once, before the first connection opens (and initialises SQLite).
+    private static let configured: Bool = switchboard_sqlite3_disable_memstatus() == SQLITE_OK
+
     init(path: String) throws {
+        _ = Self.configured
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
         var db: OpaquePointer?
         let rc = sqlite3_open_v2(path, &db, flags, nil)
@@ -243,22 +247,55 @@ public final class Statement {
     }
 
     func bind(_ values: [SQLValue]) throws {
-        for (offset, value) in values.enumerated() {
-            let index = Int32(offset + 1)
-            let rc: Int32
-            switch value {
-            case .int(let v): rc = sqlite3_bind_int64(raw, index, v)
-            case .double(let v): rc = sqlite3_bind_double(raw, index, v)
-            case .text(let v): rc = sqlite3_bind_text(raw, index, v, -1, Self.transient)
-            case .blob(let v) where v.isEmpty:
-                // Not through a pointer: a nil one would bind NULL instead of an empty value.
-                rc = sqlite3_bind_zeroblob(raw, index, 0)
-            case .blob(let v):
-                rc = v.withUnsafeBytes { sqlite3_bind_blob(raw, index, $0.baseAddress, Int32($0.count), Self.transient) }
-            case .null: rc = sqlite3_bind_null(raw, index)
-            }
-            guard rc == SQLITE_OK else { throw StorageError.backend(connection.errorMessage) }
+        for (offset, value) in values.enumerated() { try bind(Int32(offset + 1), value) }
+    }
+
+    // Parameters one at a time (1-based), for statements run many times in one transaction:
+    // no array of values per row, and texts bound by length rather than by `strlen`.
+
+    public func bind(_ index: Int32, _ value: SQLValue) throws {
+        switch value {
+        case .int(let v): try bind(index, v)
+        case .double(let v): try bind(index, v)
+        case .text(let v): try bind(index, v)
+        case .blob(let v): try bind(index, v)
+        case .null: try check(sqlite3_bind_null(raw, index))
         }
+    }
+
+    public func bind(_ index: Int32, _ value: Int64) throws { try check(sqlite3_bind_int64(raw, index, value)) }
+    public func bind(_ index: Int32, _ value: Double) throws { try check(sqlite3_bind_double(raw, index, value)) }
+
+    public func bind(_ index: Int32, _ value: String) throws {
+        var text = value
+        let rc = text.withUTF8 { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { chars in
+                // An empty text's buffer may have no address, which would bind NULL.
+                chars.isEmpty ? sqlite3_bind_text(raw, index, "", 0, Self.transient)
+                    : sqlite3_bind_text(raw, index, chars.baseAddress, Int32(chars.count), Self.transient)
+            }
+        }
+        try check(rc)
+    }
+
+    public func bind(_ index: Int32, _ value: [UInt8]) throws {
+        // Not through a pointer when empty: a nil one would bind NULL instead of an empty value.
+        try check(
+            value.isEmpty ? sqlite3_bind_zeroblob(raw, index, 0)
+                : value.withUnsafeBytes { sqlite3_bind_blob(raw, index, $0.baseAddress, Int32($0.count), Self.transient) })
+    }
+
+    /// Steps to the end with the parameters bound since the last run; returns the rows changed.
+    /// The statement is then reset for the next run (its parameters stay bound until replaced).
+    @discardableResult
+    public func execute() throws -> Int {
+        defer { sqlite3_reset(raw) }
+        while try step() {}
+        return Int(sqlite3_changes(sqlite3_db_handle(raw)))
+    }
+
+    private func check(_ rc: Int32) throws {
+        guard rc == SQLITE_OK else { throw StorageError.backend(connection.errorMessage) }
     }
 
     /// Advances; true while a row is available.

@@ -303,11 +303,19 @@ extension SQLiteStores: ArchiveStore {
         // Seal the audit records outside the database queue; archive copies are sealed on it
         // (only those that turn out to need their own text).
         let auditRows = try audit.map(auditRow)
-        var texts: [String: Int] = [:]
+        // A message's copies and its audit record are made from one text value (the router's
+        // serialisation, a room's message serialised once, a journal frame's text read once):
+        // found by that value's storage, then confirmed byte for byte. (A table keyed by the
+        // texts themselves hashed every text: more than binding the rows cost.) Equal texts
+        // made apart are simply stored apart.
+        var byStorage: [UInt: Int] = [:]
         if !records.isEmpty {
-            for (index, record) in audit.enumerated() where record.id != 0 { texts[record.stanza] = index }
+            byStorage.reserveCapacity(audit.count)
+            for (index, record) in audit.enumerated() where record.id != 0 {
+                if let identity = record.stanza.storageIdentity { byStorage[identity] = index }
+            }
         }
-        let sharable = texts
+        let sharable = byStorage
         try await archiveDatabase.transaction { db in
             // Accounts deleted (a CLI may delete while the server's journal still holds copies):
             // a copy owned by one, older than the deletion, is not stored. Rooms are not accounts.
@@ -315,37 +323,54 @@ extension SQLiteStores: ArchiveStore {
                 try db.query("SELECT username, deleted_at FROM deleted_accounts") { ($0.text(0) ?? "", $0.double(1)) },
                 uniquingKeysWith: max)
             let rooms = deleted.isEmpty ? [] : Set(try db.query("SELECT jid FROM muc_rooms") { $0.text(0) ?? "" })
-            var inserted = Set<Int>()
+            var inserted = [Bool](repeating: false, count: audit.count)
+            // Statements prepared once per batch, parameters bound one by one.
+            let insertRecord = try db.prepare(
+                "INSERT OR IGNORE INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            let insertParticipant = try db.prepare("INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)")
             for (index, row) in auditRows.enumerated() {
-                guard try db.run(
-                    "INSERT OR IGNORE INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    row.values) > 0
-                else { continue }
-                inserted.insert(index)
+                try insertRecord.bind(row.values)
+                guard try insertRecord.execute() > 0 else { continue }
+                inserted[index] = true
                 let id = db.lastInsertRowID
                 for user in row.participants {
-                    try db.run(
-                        "INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)",
-                        [.text(user), .double(audit[index].time), .int(id)])
+                    try insertParticipant.bind(1, user)
+                    try insertParticipant.bind(2, audit[index].time)
+                    try insertParticipant.bind(3, id)
+                    try insertParticipant.execute()
                 }
             }
+            // Only a record this transaction inserted: a position already taken could be
+            // another message's (an entry applied again finds its own copy stored anyway).
+            // Byte for byte (String's == also matches canonically equivalent texts).
+            func sharedRecord(_ text: String) -> Int64? {
+                guard let identity = text.storageIdentity, let index = sharable[identity], inserted[index],
+                    audit[index].stanza.hasSameBytes(as: text)
+                else { return nil }
+                return audit[index].id
+            }
+            let insertCopy = try db.prepare(
+                "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
             for record in records {
                 if !deleted.isEmpty, let at = record.owner.firstIndex(of: "@"), let gone = deleted[String(record.owner[..<at])],
                     record.time <= gone, !rooms.contains(record.owner)
                 {
                     continue
                 }
-                // Only a record this transaction inserted: a position already taken could be
-                // another message's (an entry applied again finds its own copy stored anyway).
-                // Byte for byte (String's == also matches canonically equivalent texts).
-                let shared = sharable[record.stanza].flatMap {
-                    inserted.contains($0) && audit[$0].stanza.hasSameBytes(as: record.stanza) ? audit[$0].id : nil
+                try insertCopy.bind(1, record.id)
+                try insertCopy.bind(2, record.uid)
+                try insertCopy.bind(3, record.owner)
+                try insertCopy.bind(4, record.peer)
+                try insertCopy.bind(5, Int64(record.outgoing ? 1 : 0))
+                try insertCopy.bind(6, record.time)
+                if let shared = sharedRecord(record.stanza) {
+                    try insertCopy.bind(7, [UInt8]())
+                    try insertCopy.bind(8, shared)
+                } else {
+                    try insertCopy.bind(7, try self.sealed(record.stanza, context: "archive"))
+                    try insertCopy.bind(8, .null)
                 }
-                try db.run(
-                    "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [.int(record.id), .text(record.uid), .text(record.owner), .text(record.peer), .int(record.outgoing ? 1 : 0),
-                     .double(record.time), shared == nil ? try self.sealed(record.stanza, context: "archive") : .blob([]),
-                     shared.map { .int($0) } ?? .null])
+                try insertCopy.execute()
             }
         }
     }

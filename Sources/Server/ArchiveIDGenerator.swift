@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import XMPPCore
 
 /// Archive positions (microseconds since 1970, bumped to stay strictly increasing: they order
 /// the archive and the audit record, and make the journal's inserts idempotent) and the ids
@@ -17,41 +18,12 @@ public final class ArchiveIDGenerator: Sendable {
             characters[index] = alphabet[Int(time % 62)]
             time /= 62
         }
-        var random = randomBits.withLockedValue { $0.next() }
+        var random = RandomBytes.next()
         for index in 11..<22 {
             characters[index] = alphabet[Int(random % 62)]
             random /= 62
         }
         return String(decoding: characters, as: UTF8.self)
-    }
-
-    /// Random bits from the kernel, 4 KiB per system call rather than one call per id (two ids
-    /// per message were two `getrandom` calls on the event loop).
-    private static let randomBits = NIOLockedValueBox(RandomBits())
-
-    private struct RandomBits {
-        /// Kept open for the life of the process (reading it never blocks once the kernel's
-        /// pool is seeded, long before a server starts).
-        private static let urandom = open("/dev/urandom", O_RDONLY | O_CLOEXEC)
-
-        private var buffer = [UInt64](repeating: 0, count: 512)
-        private var used = 512
-
-        mutating func next() -> UInt64 {
-            if used == buffer.count {
-                let filled = buffer.withUnsafeMutableBytes { bytes in
-                    Self.urandom >= 0 && read(Self.urandom, bytes.baseAddress, bytes.count) == bytes.count
-                }
-                if !filled {
-                    // Not expected (no /dev/urandom in a sandbox): one system call per value then.
-                    var generator = SystemRandomNumberGenerator()
-                    for index in buffer.indices { buffer[index] = generator.next() }
-                }
-                used = 0
-            }
-            defer { used += 1 }
-            return buffer[used]
-        }
     }
 
     private static let alphabet = Array("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)

@@ -75,14 +75,24 @@ public final class MessageJournal: @unchecked Sendable {
         var closed = false
     }
 
+    /// Entries written in one frame (or what is left of them after a capped apply).
+    private struct Chunk {
+        var entries: [JournalEntry]
+        var segment: Int
+        /// Their `byteCount`s, summed once when written.
+        var bytes: Int
+    }
+
     private struct State {
         var pending: [JournalEntry] = []
         /// Entries appended so far (sequence numbers are 1-based counts).
         var appended: UInt64 = 0
         var durable: UInt64 = 0
         var applied: UInt64 = 0
-        /// Durable entries not yet in the stores, with their segment number and sequence.
-        var unapplied: [(entry: JournalEntry, segment: Int)] = []
+        /// Durable entries not yet in the stores, as the journal thread wrote them (a chunk per
+        /// frame: moved, never copied entry by entry under the appenders' lock).
+        var unapplied: [Chunk] = []
+        var unappliedCount = 0
         var unappliedUpTo: UInt64 = 0
         var segments: [Int: Segment] = [:]
         var currentSegment = 0
@@ -197,7 +207,7 @@ public final class MessageJournal: @unchecked Sendable {
 
     /// Updates `backedUp`. Called with the lock held; returns the callbacks to run (unlocked).
     private func updateBacklog() -> [@Sendable () -> Void] {
-        let waiting = state.unapplied.count + state.pending.count + state.applyingCount
+        let waiting = state.unappliedCount + state.pending.count + state.applyingCount
         let backedUp = waiting > options.backlogLimit || state.waitingBytes > options.backlogBytes
         guard backedUp != state.backedUp else { return [] }
         state.backedUp = backedUp
@@ -220,15 +230,16 @@ public final class MessageJournal: @unchecked Sendable {
     /// Adds entries to the next batch. Never blocks on disk.
     public func append(_ entries: [JournalEntry]) {
         guard !entries.isEmpty else { return }
+        let bytes = entries.reduce(0) { $0 + $1.byteCount }
         let refused = condition.withLock { () -> Bool in
             // After `close()` nothing writes any more (shutdown waited for the sessions' work).
             guard state.threadRunning || !state.closing else { return true }
             state.pending.append(contentsOf: entries)
             state.appended += UInt64(entries.count)
-            state.waitingBytes += entries.reduce(0) { $0 + $1.byteCount }
+            state.waitingBytes += bytes
             // Only ever raised here; it is lowered (and held sessions called back) by the thread.
             if !state.backedUp,
-                state.pending.count + state.unapplied.count + state.applyingCount > options.backlogLimit
+                state.pending.count + state.unappliedCount + state.applyingCount > options.backlogLimit
                     || state.waitingBytes > options.backlogBytes
             {
                 state.backedUp = true
@@ -312,6 +323,7 @@ public final class MessageJournal: @unchecked Sendable {
 
             var written = segment
             var failure: (any Error)?
+            let bytes = batch.reduce(0) { $0 + $1.byteCount }
             if !batch.isEmpty {
                 do {
                     written = try writeBatch(batch, segment: segment, rotate: rotate || segmentSize >= options.segmentBytes)
@@ -342,7 +354,8 @@ public final class MessageJournal: @unchecked Sendable {
                     state.currentSegment = written
                 }
                 state.segments[written]?.written += batch.count
-                state.unapplied.append(contentsOf: batch.map { ($0, written) })
+                state.unapplied.append(Chunk(entries: batch, segment: written, bytes: bytes))
+                state.unappliedCount += batch.count
                 state.durable = upTo
                 state.unappliedUpTo = state.durable
                 ready = takeWaiters(&state.durableWaiters, upTo: state.durable)
@@ -378,7 +391,7 @@ public final class MessageJournal: @unchecked Sendable {
         guard !state.applying, !state.unapplied.isEmpty else { return false }
         if let retry = state.applyRetryAt, ContinuousClock.now < retry { return false }
         return state.closing || state.applyRequested || !state.appliedWaiters.isEmpty
-            || state.unapplied.count >= options.applyAbove || ContinuousClock.now >= state.lastApply + options.applyInterval
+            || state.unappliedCount >= options.applyAbove || ContinuousClock.now >= state.lastApply + options.applyInterval
     }
 
     private func takeWaiters(_ waiters: inout [(UInt64, CheckedContinuation<Void, Never>)], upTo: UInt64) -> [CheckedContinuation<Void, Never>] {
@@ -403,31 +416,43 @@ public final class MessageJournal: @unchecked Sendable {
     // MARK: - Applying
 
     private func applyOnce() async {
-        let (batch, upTo) = condition.withLock { () -> ([(entry: JournalEntry, segment: Int)], UInt64) in
+        let (batch, upTo) = condition.withLock { () -> ([Chunk], UInt64) in
             // At most `applyAbove` entries at a time: under overload, sessions held back by the
             // backlog limit wait for one such batch, not for everything that piled up.
-            var batch: [(entry: JournalEntry, segment: Int)] = []
-            let left: Int
-            if state.unapplied.count > options.applyAbove {
-                batch = Array(state.unapplied.prefix(options.applyAbove))
-                state.unapplied.removeFirst(options.applyAbove)
-                left = state.unapplied.count
-            } else {
-                swap(&batch, &state.unapplied)
-                left = 0
+            var batch: [Chunk] = []
+            var taken = 0
+            var chunks = 0
+            while chunks < state.unapplied.count, taken < options.applyAbove {
+                let count = state.unapplied[chunks].entries.count
+                guard taken + count > options.applyAbove else {
+                    taken += count
+                    chunks += 1
+                    continue
+                }
+                // Split the chunk that crosses the cap (the only entries ever copied).
+                let cut = options.applyAbove - taken
+                let head = Array(state.unapplied[chunks].entries[..<cut])
+                let headBytes = head.reduce(0) { $0 + $1.byteCount }
+                state.unapplied[chunks].entries.removeFirst(cut)
+                state.unapplied[chunks].bytes -= headBytes
+                batch.append(Chunk(entries: head, segment: state.unapplied[chunks].segment, bytes: headBytes))
+                taken += cut
             }
-            state.applyingCount = batch.count
+            batch.insert(contentsOf: state.unapplied[..<chunks], at: 0)
+            state.unapplied.removeFirst(chunks)
+            state.unappliedCount -= taken
+            state.applyingCount = taken
             // The segment being written is closed at the next write, so that it can go once applied.
             state.rotate = true
-            return (batch, state.unappliedUpTo - UInt64(left))
+            return (batch, state.unappliedUpTo - UInt64(state.unappliedCount))
         }
         do {
             guard let stores else { throw ConfigurationError("the journal is not open") }
-            try await Self.store(batch.lazy.map(\.entry), in: stores)
+            try await Self.store(batch.lazy.flatMap(\.entries), in: stores)
             let ready = condition.withLock { () -> ([CheckedContinuation<Void, Never>], [@Sendable () -> Void]) in
-                for item in batch {
-                    state.segments[item.segment]?.applied += 1
-                    state.waitingBytes -= item.entry.byteCount
+                for chunk in batch {
+                    state.segments[chunk.segment]?.applied += chunk.entries.count
+                    state.waitingBytes -= chunk.bytes
                 }
                 deleteAppliedSegments()
                 state.applied = max(state.applied, upTo)
@@ -444,6 +469,7 @@ public final class MessageJournal: @unchecked Sendable {
         } catch {
             let failures = condition.withLock { () -> Int in
                 state.unapplied.insert(contentsOf: batch, at: 0)
+                state.unappliedCount += batch.reduce(0) { $0 + $1.entries.count }
                 state.applyFailures += 1
                 state.applying = false
                 state.applyingCount = 0

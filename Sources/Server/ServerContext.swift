@@ -190,10 +190,11 @@ public final class ServerContext: Sendable {
     }
 
     /// Runs the group-message hooks (the audit record) for a message a service broadcast to a room.
-    public func groupMessageSent(_ stanza: XMLElement, room: String, sender: String) {
+    /// - Parameter text: the stanza serialised, when the caller has it already.
+    public func groupMessageSent(_ stanza: XMLElement, room: String, sender: String, text: String? = nil) {
         let hooks = modules.groupMessageHooks
         guard !hooks.isEmpty else { return }
-        let event = GroupMessageEvent(stanza: stanza, room: room, sender: sender, server: self)
+        let event = GroupMessageEvent(stanza: stanza, room: room, sender: sender, server: self, text: text ?? XMLSerializer.string(stanza))
         for hook in hooks { hook(event) }
     }
 

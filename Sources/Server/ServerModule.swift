@@ -126,6 +126,8 @@ public struct GroupMessageEvent: Sendable {
     /// Bare JID of the real sender.
     public let sender: String
     public let server: ServerContext
+    /// The stanza serialised (the room's archive copy is the same text, stored once).
+    public let text: String
 }
 
 /// Synchronous, on the hot path (e.g. the audit record's enqueue).

@@ -81,9 +81,9 @@ extension ArchiveStore {
 public protocol ArchiveStore: Sendable {
     /// Durably appends archive copies and audit records in one transaction, idempotently: a
     /// record whose position is already stored is skipped (the message journal may apply an
-    /// entry again after a crash). An archive copy whose text is exactly that of an audit
-    /// record stored by the same call may share that record's stored text (the store keeps it
-    /// while either needs it).
+    /// entry again after a crash). An archive copy whose text is the very value (the same
+    /// storage, byte for byte) of an audit record stored by the same call may share that
+    /// record's stored text (the store keeps it while either needs it).
     func append(_ records: [ArchiveRecord], audit: [AuditRecord]) async throws
     /// - Returns: nil when `after` or `before` names no record of the owner's archive.
     func query(_ query: ArchiveQuery) async throws -> ArchivePage?
@@ -95,6 +95,14 @@ public protocol ArchiveStore: Sendable {
 }
 
 extension String {
+    /// Where this text's bytes are stored, for texts that have storage of their own (longer than
+    /// a small string's 15 bytes, native): values copied from one another share it. A lookup key
+    /// only (confirm a match with `hasSameBytes`); nil when the text has none to compare.
+    public var storageIdentity: UInt? {
+        guard utf8.count > 15 else { return nil }
+        return utf8.withContiguousStorageIfAvailable { UInt(bitPattern: $0.baseAddress) } ?? nil
+    }
+
     /// Whether two texts are the same bytes (`==` also matches canonically equivalent texts, and
     /// `utf8.elementsEqual` walks them a byte at a time): counts, then one `memcmp`; texts that
     /// share storage compare without reading it.

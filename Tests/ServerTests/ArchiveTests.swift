@@ -1,5 +1,6 @@
 import Directory
 import Modules
+@testable import SQLiteStorage
 import Server
 import Storage
 import SwitchboardTestSupport
@@ -119,6 +120,11 @@ import XMPPCore
         #expect(bobs.stanzaIDs == bobs.ids.map { ["bob@example.test": $0] })
         #expect(page1.stanzaIDs == [[:], [:]] && page2.stanzaIDs.allSatisfy(\.isEmpty))
         #expect(try await server.stores.archiveCount(owner: "carol@example.test") == 1)
+        // The router's one text is stored once: every copy names its message's audit record.
+        let ownText = try await server.stores.archiveDatabase.run { db in
+            try db.query("SELECT count(*), count(content) FROM archive") { [$0.int(0), $0.int(1)] }.first
+        }
+        #expect(ownText == [12, 12])
         await alice.close()
         await bob.close()
         await server.stop()

@@ -1,4 +1,5 @@
 import Foundation
+@testable import SQLiteStorage
 import Server
 import SwitchboardTestSupport
 import Testing
@@ -665,6 +666,11 @@ import XMPPCore
         #expect(last == ids[2])
         let rest = try await Self.roomArchive(alice, room, id: "q2", "<set xmlns='http://jabber.org/protocol/rsm'><after>\(last)</after></set>")
         #expect(rest.messages.map { $0.child("body")?.text ?? "" } == ["note 4"] && rest.fin[attribute: "complete"] == "true")
+        // Each copy shares its audit record's stored text (the room serialises a message once).
+        let shared = try await server.stores.archiveDatabase.run { db in
+            try db.query("SELECT count(*) FROM archive WHERE owner = ? AND content IS NOT NULL", [.text(room)]) { $0.int(0) }.first
+        }
+        #expect(shared == 4)
 
         // XEP-0424: bob retracts his own note 1; alice cannot retract bob's message.
         try await alice.send("<message to='\(room)' type='groupchat' id='r0'><retract xmlns='urn:xmpp:message-retract:1' id='\(ids[1])'/></message>")

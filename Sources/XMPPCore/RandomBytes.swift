@@ -1,0 +1,53 @@
+import Foundation
+
+/// Random bits from the kernel, 4 KiB per system call.
+///
+/// For values drawn per message (archive ids, AES-GCM nonces) a `getrandom` call each would be
+/// a system call per value on a hot thread. These come from `/dev/urandom` (the same source,
+/// never blocking once the kernel's pool is seeded, long before a server starts), read ahead
+/// into a buffer that is used once and then refilled.
+public enum RandomBytes {
+    private final class Pool: @unchecked Sendable {
+        // @unchecked: `buffer` and `used` are guarded by `lock`.
+        let lock = NSLock()
+        var buffer = [UInt64](repeating: 0, count: 512)
+        var used = 512
+        /// Kept open for the life of the process.
+        let urandom = open("/dev/urandom", O_RDONLY | O_CLOEXEC)
+
+        /// Called with the lock held.
+        func refill() {
+            let filled = buffer.withUnsafeMutableBytes { bytes in
+                urandom >= 0 && read(urandom, bytes.baseAddress, bytes.count) == bytes.count
+            }
+            if !filled {
+                // Not expected (no /dev/urandom in a sandbox): the system generator instead.
+                var generator = SystemRandomNumberGenerator()
+                for index in buffer.indices { buffer[index] = generator.next() }
+            }
+            used = 0
+        }
+    }
+
+    private static let pool = Pool()
+
+    /// 64 random bits.
+    public static func next() -> UInt64 {
+        pool.lock.lock()
+        defer { pool.lock.unlock() }
+        if pool.used == pool.buffer.count { pool.refill() }
+        defer { pool.used += 1 }
+        return pool.buffer[pool.used]
+    }
+
+    /// `count` random bytes.
+    public static func bytes(_ count: Int) -> [UInt8] {
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(count + 7)
+        while bytes.count < count {
+            withUnsafeBytes(of: next()) { bytes.append(contentsOf: $0) }
+        }
+        bytes.removeLast(bytes.count - count)
+        return bytes
+    }
+}
