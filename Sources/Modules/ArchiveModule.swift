@@ -17,10 +17,6 @@ public struct ArchiveModule: ServerModule {
     static let ns = "urn:xmpp:mam:2"
     static let stanzaID = "urn:xmpp:sid:0"
     static let rsm = "http://jabber.org/protocol/rsm"
-    /// Annotation keys (see `MessageEvent.annotations`).
-    static let incomingPosition = "archive.position.in"
-    static let outgoingPosition = "archive.position.out"
-    public static let senderArchiveID = "archive.sender-id"
     private let ids = ArchiveIDGenerator.shared
     private let preferences = ArchivePreferenceTable()
 
@@ -39,10 +35,10 @@ public struct ArchiveModule: ServerModule {
             guard Self.archivable(message.stanza) else { return }
             // Positions are taken before delivery, so the archive order is the order in which
             // the server accepted the messages, whichever event loop finishes first.
-            message.annotations[Self.incomingPosition] = String(ids.next())
-            message.annotations[Self.outgoingPosition] = String(ids.next())
+            message.marks.incomingPosition = ids.next()
+            message.marks.outgoingPosition = ids.next()
             guard server.isLocal(to), to.localpart != nil else { return }
-            let by = to.bare.description
+            let by = message.toBareKey ?? to.bare.description
             // A stanza-id claiming to be ours but set by the sender is a forgery (XEP-0359 §3.3).
             message.stanza.removeChildren { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == by }
             message.stanza.append(XMLElement("stanza-id", xmlns: Self.stanzaID, ["id": ArchiveIDGenerator.uid(), "by": by]))
@@ -54,10 +50,11 @@ public struct ArchiveModule: ServerModule {
             guard Self.archivable(stanza), let from = event.sender?.jid ?? stanza[attribute: "from"].flatMap({ try? JID($0) }) else { return }
             let server = event.server
             let now = Date().timeIntervalSince1970
-            var records: [ArchiveRecord] = []
+            var entries: [JournalEntry] = []
+            entries.reserveCapacity(2)
             // Each bare JID as text once (a local session has its own already).
             let sender = event.sender?.bareKey ?? from.bare.description
-            let recipient = event.to.bare.description
+            let recipient = event.toBareKey
             if server.isLocal(event.to), event.to.localpart != nil,
                 preferences.archives(owner: recipient, peer: sender)
             {
@@ -65,11 +62,12 @@ public struct ArchiveModule: ServerModule {
                 let owner = recipient
                 let uid = stanza.elements.first { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
                     .flatMap { $0[attribute: "id"] } ?? ArchiveIDGenerator.uid()
-                let position = event.annotations[Self.incomingPosition].flatMap(Int64.init) ?? ids.next()
-                records.append(
-                    ArchiveRecord(
-                        id: position, uid: uid, owner: owner, peer: sender, outgoing: false, time: now,
-                        stanza: event.text))
+                let position = event.marks.incomingPosition ?? ids.next()
+                entries.append(
+                    .archive(
+                        ArchiveRecord(
+                            id: position, uid: uid, owner: owner, peer: sender, outgoing: false, time: now,
+                            stanza: event.text)))
             }
             if server.isLocal(from), from.localpart != nil, from.bare != event.to.bare,
                 preferences.archives(owner: sender, peer: recipient)
@@ -78,14 +76,15 @@ public struct ArchiveModule: ServerModule {
                 // keeps it once; the recipient's stanza-id is removed when the copy is read
                 // (the sender's copy must not carry another archive's id, XEP-0313 §5.1).
                 let uid = ArchiveIDGenerator.uid()
-                let position = event.annotations[Self.outgoingPosition].flatMap(Int64.init) ?? ids.next()
-                records.append(
-                    ArchiveRecord(
-                        id: position, uid: uid, owner: sender, peer: recipient, outgoing: true,
-                        time: now, stanza: event.text))
-                event.annotations[Self.senderArchiveID] = uid
+                let position = event.marks.outgoingPosition ?? ids.next()
+                entries.append(
+                    .archive(
+                        ArchiveRecord(
+                            id: position, uid: uid, owner: sender, peer: recipient, outgoing: true,
+                            time: now, stanza: event.text)))
+                event.marks.senderArchiveID = uid
             }
-            server.journal.append(records.map(JournalEntry.archive))
+            server.journal.append(entries)
         }
 
         registry.handleIQ(Self.ns, target: .account) { request in

@@ -68,7 +68,7 @@ public struct AuditModule: ServerModule {
         }
         guard configuration.security.audit else { return }
         registry.onMessageRouted(.low) { event in
-            guard let record = Self.record(event.stanza, to: event.to, from: event.sender?.jid, text: event.text)
+            guard let record = Self.record(event.stanza, to: event.toBareKey, from: event.sender, text: event.text)
             else { return }
             event.server.journal.append([.audit(record)])
         }
@@ -113,13 +113,15 @@ public struct AuditModule: ServerModule {
         stanza.elements.filter { $0.namespace == "jabber:x:oob" }.compactMap { $0.child("url")?.text }
     }
 
-    /// - Parameter from: the sender when known (a local session's JID), else `from` is parsed.
-    static func record(_ stanza: XMLElement, to: JID, from: JID? = nil, text: String? = nil) -> AuditRecord? {
+    /// - Parameters:
+    ///   - to: the addressee's bare JID.
+    ///   - from: the local session that sent it, if any (else `from` is parsed).
+    static func record(_ stanza: XMLElement, to: String, from session: SessionHandle? = nil, text: String? = nil) -> AuditRecord? {
         guard stanza.stanzaType != "error", stanza.stanzaType != "groupchat", hasContent(stanza),
-            let from = from ?? stanza[attribute: "from"].flatMap({ try? JID($0) })
+            let sender = session?.bareKey ?? stanza[attribute: "from"].flatMap({ try? JID($0) })?.bare.description
         else { return nil }
         return AuditRecord(
-            id: ArchiveIDGenerator.shared.next(), time: Date().timeIntervalSince1970, sender: from.bare.description, recipients: [to.bare.description],
+            id: ArchiveIDGenerator.shared.next(), time: Date().timeIntervalSince1970, sender: sender, recipients: [to],
             type: stanza.stanzaType ?? "normal", stanza: text ?? XMLSerializer.string(stanza), attachments: attachments(stanza))
     }
 

@@ -31,7 +31,7 @@ public struct CarbonsModule: ServerModule {
                     // The sender's devices see the sender's own archive id, never the recipient's.
                     var sent = event.stanza
                     sent.removeChildren { $0.name == "stanza-id" && $0.namespace == "urn:xmpp:sid:0" }
-                    if let own = event.annotations[ArchiveModule.senderArchiveID] {
+                    if let own = event.marks.senderArchiveID {
                         sent.append(XMLElement("stanza-id", xmlns: "urn:xmpp:sid:0", ["id": own, "by": sender.bareKey]))
                     }
                     for session in devices { session.deliver(Self.wrap(sent, "sent", for: session)) }
@@ -39,7 +39,7 @@ public struct CarbonsModule: ServerModule {
             }
             // Received carbons: the recipient's devices that did not get the message.
             guard event.server.isLocal(event.to), event.to.localpart != nil, !event.recipients.isEmpty else { return }
-            for session in router.sessions(of: event.to.bare.description)
+            for session in router.sessions(of: event.toBareKey)
             where session.presence.carbons && !event.recipients.contains(session) && session != event.sender {
                 session.deliver(Self.wrap(event.stanza, "received", for: session))
             }

@@ -1078,7 +1078,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     private func routeMessage(_ message: XMLElement, to: JID, session: SessionHandle) -> EventLoopFuture<Void>? {
         let prepared = server.prepareMessage(message, to: to)
         let stanza = prepared.stanza
-        switch server.deliverMessage(stanza, to: to, text: prepared.text) {
+        switch server.deliverMessage(stanza, to: to, text: prepared.text, bareKey: prepared.toBareKey) {
         case .delivered(let recipients):
             server.messageRouted(prepared, to: to, sender: session, recipients: recipients)
             return nil

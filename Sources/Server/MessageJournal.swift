@@ -313,8 +313,9 @@ public final class MessageJournal: @unchecked Sendable {
             }
             var batch: [JournalEntry] = []
             swap(&batch, &state.pending)
-            // The next batch is likely as big: grow once, not by doubling under the appenders' lock.
-            state.pending.reserveCapacity(batch.count)
+            // The next batch is likely as big, or bigger: grow once, not by doubling under the
+            // appenders' lock.
+            state.pending.reserveCapacity(max(batch.count * 2, options.lingerBelow))
             let upTo = state.appended
             let rotate = state.rotate
             state.rotate = false

@@ -123,6 +123,7 @@ public final class ServerContext: Sendable {
     /// Runs the message-preparation hooks (archive ids …).
     func prepareMessage(_ stanza: XMLElement, to: JID) -> PreparedMessage {
         var prepared = PreparedMessage(stanza: stanza)
+        prepared.toBareKey = to.bare.description
         for hook in preparationHooks { hook(&prepared, to, self) }
         // Serialised once: the same bytes go to the recipient and into the archive.
         prepared.text = XMLSerializer.string(prepared.stanza)
@@ -136,7 +137,7 @@ public final class ServerContext: Sendable {
     }
 
     /// Delivers a message to local sessions per RFC 6121 §8.5, without touching storage.
-    func deliverMessage(_ stanza: XMLElement, to: JID, text: String? = nil) -> MessageDelivery {
+    func deliverMessage(_ stanza: XMLElement, to: JID, text: String? = nil, bareKey: String? = nil) -> MessageDelivery {
         guard isLocal(to) else { return .error(StanzaError(.remoteServerNotFound)) }
         guard to.localpart != nil else { return .dropped }
         let type = stanza.stanzaType ?? "normal"
@@ -150,11 +151,11 @@ public final class ServerContext: Sendable {
         case "error":
             return .dropped
         case "headline":
-            let targets = router.bareMessageTargets(to.bare.description)
+            let targets = router.bareMessageTargets(bareKey ?? to.bare.description)
             for session in targets { session.deliver(stanza, text: text) }
             return .delivered(targets)
         default:
-            let targets = router.bareMessageTargets(to.bare.description)
+            let targets = router.bareMessageTargets(bareKey ?? to.bare.description)
             if targets.isEmpty { return .undeliverable(to.bare) }
             for session in targets { session.deliver(stanza, text: text) }
             return .delivered(targets)
@@ -176,7 +177,7 @@ public final class ServerContext: Sendable {
         }
         let prepared = replay ? PreparedMessage(stanza: message) : prepareMessage(message, to: to)
         let stanza = prepared.stanza
-        switch deliverMessage(stanza, to: to, text: prepared.text) {
+        switch deliverMessage(stanza, to: to, text: prepared.text, bareKey: prepared.toBareKey) {
         case .delivered(let recipients):
             if !replay { messageRouted(prepared, to: to, sender: session, recipients: recipients) }
             return nil
@@ -203,7 +204,8 @@ public final class ServerContext: Sendable {
         let hooks = routedHooks
         guard !hooks.isEmpty else { return }
         var event = MessageEvent(
-            stanza: message.stanza, to: to, sender: sender, recipients: recipients, server: self, annotations: message.annotations,
+            stanza: message.stanza, to: to, sender: sender, toBareKey: message.toBareKey ?? to.bare.description, recipients: recipients,
+            server: self, marks: message.marks,
             // Made by the router for what it routes; serialised here for what a service delivered.
             text: message.text ?? XMLSerializer.string(message.stanza))
         for (_, hook) in hooks { hook(&event) }

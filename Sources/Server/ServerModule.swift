@@ -73,21 +73,40 @@ public struct MessageEvent: Sendable {
     public let to: JID
     /// The local session that sent it, if any.
     public let sender: SessionHandle?
+    /// `to.bare` as text (made once per message).
+    public let toBareKey: String
     /// Sessions that received it; empty when it was stored for an offline user.
     public let recipients: [SessionHandle]
     public let server: ServerContext
-    /// Notes hooks leave for later hooks, keyed by "module.name" (e.g. the archive's positions,
-    /// fixed before delivery, and the sender's archive id for sent carbons).
-    public var annotations: [String: String]
+    /// Notes hooks leave for later hooks (the archive's positions, fixed before delivery, and
+    /// the sender's archive id for sent carbons).
+    public var marks: MessageMarks
     /// The message as routed, serialised standalone (`XMLSerializer.string`): the bytes that
     /// went to the recipient, for the archive and the audit record to store as they are.
     public let text: String
 }
 
+/// What hooks note about a message on its way, for the hooks after them. Typed fields, not a
+/// dictionary of strings: every routed message carries them (two positions as text, parsed
+/// back, and a dictionary per message were measurable on the event loop).
+public struct MessageMarks: Sendable {
+    /// Archive positions taken before delivery, so the archive's order is the order in which
+    /// the server accepted the messages (recipient's copy, sender's copy).
+    public var incomingPosition: Int64?
+    public var outgoingPosition: Int64?
+    /// The id of the sender's archive copy (the stanza-id a sent carbon carries).
+    public var senderArchiveID: String?
+
+    public init() {}
+}
+
 /// A message about to be delivered, with notes for the routed hooks.
 public struct PreparedMessage: Sendable {
     public var stanza: XMLElement
-    public var annotations: [String: String] = [:]
+    public var marks = MessageMarks()
+    /// The addressee's bare JID as text, made once for the router and the hooks (nil when the
+    /// message did not go through preparation).
+    public var toBareKey: String?
     /// Set by the router once preparation is over: the stanza serialised once for delivery
     /// and storage.
     public var text: String?
