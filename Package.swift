@@ -57,7 +57,7 @@ let package = Package(
         .target(
             name: "Vault",
             dependencies: [
-                "Storage", "XMPPCore",
+                "Storage",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]

@@ -313,9 +313,9 @@ public final class MessageJournal: @unchecked Sendable {
             }
             var batch: [JournalEntry] = []
             swap(&batch, &state.pending)
-            // The next batch is likely as big, or bigger: grow once, not by doubling under the
-            // appenders' lock.
-            state.pending.reserveCapacity(max(batch.count * 2, options.lingerBelow))
+            // The next batch is likely about as big: grow once, not by doubling under the
+            // appenders' lock (not much more: the array is kept, spare room too, until applied).
+            state.pending.reserveCapacity(max(batch.count + batch.count / 4, options.lingerBelow))
             let upTo = state.appended
             let rotate = state.rotate
             state.rotate = false
@@ -417,7 +417,7 @@ public final class MessageJournal: @unchecked Sendable {
     // MARK: - Applying
 
     private func applyOnce() async {
-        let (batch, upTo) = condition.withLock { () -> ([Chunk], UInt64) in
+        let (batch, upTo, taken) = condition.withLock { () -> ([Chunk], UInt64, Int) in
             // At most `applyAbove` entries at a time: under overload, sessions held back by the
             // backlog limit wait for one such batch, not for everything that piled up.
             var batch: [Chunk] = []
@@ -445,11 +445,11 @@ public final class MessageJournal: @unchecked Sendable {
             state.applyingCount = taken
             // The segment being written is closed at the next write, so that it can go once applied.
             state.rotate = true
-            return (batch, state.unappliedUpTo - UInt64(state.unappliedCount))
+            return (batch, state.unappliedUpTo - UInt64(state.unappliedCount), taken)
         }
         do {
             guard let stores else { throw ConfigurationError("the journal is not open") }
-            try await Self.store(batch.lazy.flatMap(\.entries), in: stores)
+            try await Self.store(batch.lazy.flatMap(\.entries), count: taken, in: stores)
             let ready = condition.withLock { () -> ([CheckedContinuation<Void, Never>], [@Sendable () -> Void]) in
                 for chunk in batch {
                     state.segments[chunk.segment]?.applied += chunk.entries.count
@@ -486,10 +486,10 @@ public final class MessageJournal: @unchecked Sendable {
 
     /// Inserts entries into their stores (idempotently: recovery may repeat an applied entry).
     /// (A sequence: the apply passes its batch without copying every entry into a new array first.)
-    static func store(_ entries: some Sequence<JournalEntry>, in stores: Stores) async throws {
+    static func store(_ entries: some Sequence<JournalEntry>, count: Int? = nil, in stores: Stores) async throws {
         var archive: [ArchiveRecord] = []
         var audit: [AuditRecord] = []
-        archive.reserveCapacity(entries.underestimatedCount)
+        archive.reserveCapacity(count ?? entries.underestimatedCount)
         for entry in entries {
             switch entry {
             case .archive(let record): archive.append(record)

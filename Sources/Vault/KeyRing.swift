@@ -1,7 +1,6 @@
 import Crypto
 import Foundation
 import Storage
-import XMPPCore
 import _CryptoExtras
 
 /// A problem with keys, worded for the operator.
@@ -164,10 +163,9 @@ public final class KeyRing: FieldCipher, Sendable {
 
     public func seal(_ plaintext: [UInt8], context: String) throws -> [UInt8] {
         guard let key = activeKey else { throw VaultError("no active data key") }
-        // A random 96-bit nonce as AES.GCM.seal would draw, from the read-ahead pool: a
-        // `getrandom` call per sealed value was a tenth of the audit record's sealing cost.
-        let nonce = try AES.GCM.Nonce(data: RandomBytes.bytes(12))
-        let box = try AES.GCM.seal(plaintext, using: key, nonce: nonce, authenticating: Self.authenticated(context, activeKeyID))
+        // A fresh random nonce from the kernel for every value (`getrandom`; not from a buffer
+        // in process memory, which a cloned or restored VM would hand out twice).
+        let box = try AES.GCM.seal(plaintext, using: key, authenticating: Self.authenticated(context, activeKeyID))
         guard let combined = box.combined else { throw VaultError("cannot seal") }  // nonce ‖ ciphertext ‖ tag
         var out = [UInt8]()
         out.reserveCapacity(8 + combined.count)

@@ -2,10 +2,11 @@ import Foundation
 
 /// Random bits from the kernel, 4 KiB per system call.
 ///
-/// For values drawn per message (archive ids, AES-GCM nonces) a `getrandom` call each would be
-/// a system call per value on a hot thread. These come from `/dev/urandom` (the same source,
-/// never blocking once the kernel's pool is seeded, long before a server starts), read ahead
-/// into a buffer that is used once and then refilled.
+/// For values drawn per message (archive ids) a `getrandom` call each would be a system call
+/// per value on a hot thread. These come from `/dev/urandom` (the same source, never blocking
+/// once the kernel's pool is seeded, long before a server starts), read ahead into a buffer
+/// that is used once and then refilled. Not for keys or nonces: a VM cloned or restored from a
+/// snapshot would hand out the buffered bits twice (those come from the kernel at each use).
 public enum RandomBytes {
     private final class Pool: @unchecked Sendable {
         // @unchecked: `buffer` and `used` are guarded by `lock`.
@@ -38,16 +39,5 @@ public enum RandomBytes {
         if pool.used == pool.buffer.count { pool.refill() }
         defer { pool.used += 1 }
         return pool.buffer[pool.used]
-    }
-
-    /// `count` random bytes.
-    public static func bytes(_ count: Int) -> [UInt8] {
-        var bytes = [UInt8]()
-        bytes.reserveCapacity(count + 7)
-        while bytes.count < count {
-            withUnsafeBytes(of: next()) { bytes.append(contentsOf: $0) }
-        }
-        bytes.removeLast(bytes.count - count)
-        return bytes
     }
 }
