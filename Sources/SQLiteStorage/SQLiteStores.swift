@@ -316,6 +316,11 @@ extension SQLiteStores: ArchiveStore {
             }
         }
         let sharable = byStorage
+        // Rows go in owner by owner (user by user for the audit participants): in arrival order a
+        // batch's rows hop between a thousand owners' index pages, each out of the CPU's caches
+        // again by the time its owner's next row comes; grouped, the page searched for one row is
+        // the page the next row goes to. (Grouped, not sorted: no string comparisons.)
+        let copies = Self.groupedOrder(records.count, by: { records[$0].owner })
         try await archiveDatabase.transaction { db in
             // Accounts deleted (a CLI may delete while the server's journal still holds copies):
             // a copy owned by one, older than the deletion, is not stored. Rooms are not accounts.
@@ -328,17 +333,20 @@ extension SQLiteStores: ArchiveStore {
             let insertRecord = try db.prepare(
                 "INSERT OR IGNORE INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
             let insertParticipant = try db.prepare("INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)")
+            var participants: [(user: String, time: Double, id: Int64)] = []
+            participants.reserveCapacity(auditRows.count * 2)
             for (index, row) in auditRows.enumerated() {
                 try insertRecord.bind(row.values)
                 guard try insertRecord.execute() > 0 else { continue }
                 inserted[index] = true
                 let id = db.lastInsertRowID
-                for user in row.participants {
-                    try insertParticipant.bind(1, user)
-                    try insertParticipant.bind(2, audit[index].time)
-                    try insertParticipant.bind(3, id)
-                    try insertParticipant.execute()
-                }
+                for user in row.participants { participants.append((user, audit[index].time, id)) }
+            }
+            for index in Self.groupedOrder(participants.count, by: { participants[$0].user }) {
+                try insertParticipant.bind(1, participants[index].user)
+                try insertParticipant.bind(2, participants[index].time)
+                try insertParticipant.bind(3, participants[index].id)
+                try insertParticipant.execute()
             }
             // Only a record this transaction inserted: a position already taken could be
             // another message's (an entry applied again finds its own copy stored anyway).
@@ -351,7 +359,8 @@ extension SQLiteStores: ArchiveStore {
             }
             let insertCopy = try db.prepare(
                 "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-            for record in records {
+            for index in copies {
+                let record = records[index]
                 if !deleted.isEmpty, let at = record.owner.firstIndex(of: "@"), let gone = deleted[String(record.owner[..<at])],
                     record.time <= gone, !rooms.contains(record.owner)
                 {
@@ -373,6 +382,38 @@ extension SQLiteStores: ArchiveStore {
                 try insertCopy.execute()
             }
         }
+    }
+
+    /// Positions 0..<count ordered so that equal keys are together, in first-seen order of the
+    /// keys and in position order within a key (a counting sort over the keys' first sightings).
+    static func groupedOrder<Key: Hashable>(_ count: Int, by key: (Int) -> Key) -> [Int] {
+        var groups: [Key: Int] = [:]
+        var groupOf = [Int](repeating: 0, count: count)
+        var sizes: [Int] = []
+        for position in 0..<count {
+            let group: Int
+            if let known = groups[key(position)] {
+                group = known
+            } else {
+                group = sizes.count
+                groups[key(position)] = group
+                sizes.append(0)
+            }
+            groupOf[position] = group
+            sizes[group] += 1
+        }
+        var start = 0
+        for group in sizes.indices {
+            let size = sizes[group]
+            sizes[group] = start
+            start += size
+        }
+        var order = [Int](repeating: 0, count: count)
+        for position in 0..<count {
+            order[sizes[groupOf[position]]] = position
+            sizes[groupOf[position]] += 1
+        }
+        return order
     }
 
     /// The archive columns, and the shared text of an audit record when the copy has none.

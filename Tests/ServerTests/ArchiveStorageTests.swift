@@ -14,6 +14,12 @@ import Vault
         try await stores.archiveDatabase.run { db in try db.query(sql) { $0.int(0) }.first ?? -1 }
     }
 
+    @Test func rowsAreInsertedOwnerByOwnerInArrivalOrder() {
+        let owners = ["a", "b", "a", "c", "b", "a"]
+        #expect(SQLiteStores.groupedOrder(owners.count, by: { owners[$0] }) == [0, 2, 5, 1, 4, 3])
+        #expect(SQLiteStores.groupedOrder(0, by: { owners[$0] }).isEmpty)
+    }
+
     @Test func copiesShareTheAuditRecordsTextUntilRetractedOrPurged() async throws {
         try await withStores { plain, path in
             let master = try MasterKey.fromFile(path + "/keys/master.key", create: true)
