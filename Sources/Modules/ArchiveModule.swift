@@ -50,8 +50,6 @@ public struct ArchiveModule: ServerModule {
             guard Self.archivable(stanza), let from = event.sender?.jid ?? stanza[attribute: "from"].flatMap({ try? JID($0) }) else { return }
             let server = event.server
             let now = Date().timeIntervalSince1970
-            var entries: [JournalEntry] = []
-            entries.reserveCapacity(2)
             // Each bare JID as text once (a local session has its own already).
             let sender = event.sender?.bareKey ?? from.bare.description
             let recipient = event.toBareKey
@@ -63,13 +61,13 @@ public struct ArchiveModule: ServerModule {
                 let uid = stanza.elements.first { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
                     .flatMap { $0[attribute: "id"] } ?? ArchiveIDGenerator.uid()
                 let position = event.marks.incomingPosition ?? ids.next()
-                entries.append(
+                event.journalEntries.append(
                     .archive(
                         ArchiveRecord(
                             id: position, uid: uid, owner: owner, peer: sender, outgoing: false, time: now,
                             stanza: event.text)))
             }
-            if server.isLocal(from), from.localpart != nil, from.bare != event.to.bare,
+            if server.isLocal(from), from.localpart != nil, sender != recipient,
                 preferences.archives(owner: sender, peer: recipient)
             {
                 // The same text as the recipient's copy and the audit record, so that the store
@@ -77,14 +75,13 @@ public struct ArchiveModule: ServerModule {
                 // (the sender's copy must not carry another archive's id, XEP-0313 §5.1).
                 let uid = ArchiveIDGenerator.uid()
                 let position = event.marks.outgoingPosition ?? ids.next()
-                entries.append(
+                event.journalEntries.append(
                     .archive(
                         ArchiveRecord(
                             id: position, uid: uid, owner: sender, peer: recipient, outgoing: true,
                             time: now, stanza: event.text)))
                 event.marks.senderArchiveID = uid
             }
-            server.journal.append(entries)
         }
 
         registry.handleIQ(Self.ns, target: .account) { request in

@@ -70,7 +70,7 @@ public struct AuditModule: ServerModule {
         registry.onMessageRouted(.low) { event in
             guard let record = Self.record(event.stanza, to: event.toBareKey, from: event.sender, text: event.text)
             else { return }
-            event.server.journal.append([.audit(record)])
+            event.journalEntries.append(.audit(record))
         }
         registry.onGroupMessage { event in
             guard let record = Self.record(event.stanza, room: event.room, sender: event.sender, text: event.text) else { return }

@@ -12,18 +12,20 @@ public final class ArchiveIDGenerator: Sendable {
     /// the archive's id index (one page written per batch, not one per message); the random
     /// half keeps them unguessable. Older, fully random ids remain valid.
     public static func uid() -> String {
-        var characters = [UInt8](repeating: 0, count: 22)
         var time = UInt64(max(0, Date().timeIntervalSince1970 * 1_000_000))
-        for index in stride(from: 10, through: 0, by: -1) {
-            characters[index] = alphabet[Int(time % 62)]
-            time /= 62
-        }
         var random = RandomBytes.next()
-        for index in 11..<22 {
-            characters[index] = alphabet[Int(random % 62)]
-            random /= 62
+        // Written in place: one allocation (the string's), not an array then a string.
+        return String(unsafeUninitializedCapacity: 22) { characters in
+            for index in stride(from: 10, through: 0, by: -1) {
+                characters[index] = alphabet[Int(time % 62)]
+                time /= 62
+            }
+            for index in 11..<22 {
+                characters[index] = alphabet[Int(random % 62)]
+                random /= 62
+            }
+            return 22
         }
-        return String(decoding: characters, as: UTF8.self)
     }
 
     private static let alphabet = Array("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)

@@ -208,7 +208,9 @@ public final class ServerContext: Sendable {
             server: self, marks: message.marks,
             // Made by the router for what it routes; serialised here for what a service delivered.
             text: message.text ?? XMLSerializer.string(message.stanza))
+        event.journalEntries.reserveCapacity(3)
         for (_, hook) in hooks { hook(&event) }
+        journal.append(event.journalEntries)
     }
 
     func handleUndeliverable(_ stanza: XMLElement, to bare: JID, session: SessionHandle?) async -> StanzaError? {

@@ -84,6 +84,9 @@ public struct MessageEvent: Sendable {
     /// The message as routed, serialised standalone (`XMLSerializer.string`): the bytes that
     /// went to the recipient, for the archive and the audit record to store as they are.
     public let text: String
+    /// What the hooks have the message journal store (archive copies, the audit record):
+    /// appended in one call once every hook has run, so a message's entries travel together.
+    public var journalEntries: [JournalEntry] = []
 }
 
 /// What hooks note about a message on its way, for the hooks after them. Typed fields, not a

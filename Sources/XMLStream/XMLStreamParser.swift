@@ -345,6 +345,8 @@ public final class XMLStreamParser {
         var i = start
         let qname = try name(p, &i, end)
         var attributes: [(qname: String, value: String)] = []
+        // A stanza's top element usually has several (to, from, type, id, xmlns): one allocation.
+        attributes.reserveCapacity(6)
         var selfClosing = false
         while true {
             let hadSpace = skipWhitespace(p, &i, end)
@@ -386,6 +388,7 @@ public final class XMLStreamParser {
         }
         var scope = Scope(defaultNamespace: scopes.last?.defaultNamespace ?? "", prefixes: [])
         var plain: [(prefix: Substring?, local: Substring, value: String)] = []
+        plain.reserveCapacity(attributes.count)
         for (attributeName, value) in attributes {
             if attributeName == "xmlns" {
                 scope.defaultNamespace = value
