@@ -77,7 +77,7 @@ extension SQLiteStores: AuditArchiveStore {
     func auditRow(_ record: AuditRecord) throws -> (values: [SQLValue], participants: [String]) {
         let values: [SQLValue] = [
             record.id == 0 ? .null : .int(record.id),
-            .double(record.time), .text(record.sender), .text(record.recipients.joined(separator: "\n")), .text(record.type),
+            .double(record.time), .text(record.sender), .text(record.recipients.count == 1 ? record.recipients[0] : record.recipients.joined(separator: "\n")), .text(record.type),
             .optional(record.room), try sealed(record.stanza, context: "audit"),
             // Nothing to hide in an empty list: skip the cipher (it costs a key schedule per call).
             record.attachments.isEmpty ? .blob([]) : try sealed(record.attachments.joined(separator: "\n"), context: "audit.attachments"),

@@ -320,7 +320,7 @@ extension SQLiteStores: ArchiveStore {
         // batch's rows hop between a thousand owners' index pages, each out of the CPU's caches
         // again by the time its owner's next row comes; grouped, the page searched for one row is
         // the page the next row goes to. (Grouped, not sorted: no string comparisons.)
-        let copies = Self.groupedOrder(records.count, by: { records[$0].owner })
+        let copies = records.withUnsafeBufferPointer { records in Self.groupedOrder(records.count, by: { records[$0].owner }) }
         try await archiveDatabase.transaction { db in
             // Accounts deleted (a CLI may delete while the server's journal still holds copies):
             // a copy owned by one, older than the deletion, is not stored. Rooms are not accounts.
