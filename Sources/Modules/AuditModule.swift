@@ -74,7 +74,7 @@ public struct AuditModule: ServerModule {
         }
         registry.onGroupMessage { event in
             guard let record = Self.record(event.stanza, room: event.room, sender: event.sender, text: event.text) else { return }
-            event.server.journal.append([.audit(record)])
+            event.journalEntries.append(.audit(record))
         }
         registry.addBackgroundTask { server in
             while !Task.isCancelled {

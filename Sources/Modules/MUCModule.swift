@@ -223,18 +223,19 @@ final class MUCService: Sendable {
             }
         }
         let gone = ordered.isEmpty ? [] : server.deliverInOrder(ordered, from: room.jid).filter { room.occupant(session: $0) != nil }
-        // The room's copy and the audit record of one message are one text value: the store
-        // finds the record a copy shares by that value and keeps the text once.
-        let archived = effects.archive.map { ($0, XMLSerializer.string($0.stanza)) }
-        if let (stanza, sender) = effects.audit {
-            let text = archived.flatMap { $0.0.stanza == stanza ? $0.1 : nil }
-            server.groupMessageSent(stanza, room: room.bareKey, sender: sender, text: text)
+        // The room's copy and the audit record of one message are one text value (the store
+        // finds the record a copy shares by that value and keeps the text once), journaled in
+        // one append so that an apply never takes one without the other.
+        let copy = effects.archive.map { archive in
+            ArchiveRecord(
+                id: ids.next(), uid: archive.stanzaID, owner: room.bareKey, peer: archive.sender, outgoing: false,
+                time: Date().timeIntervalSince1970, stanza: XMLSerializer.string(archive.stanza))
         }
-        if let ((_, stanzaID, sender), text) = archived {
-            let record = ArchiveRecord(
-                id: ids.next(), uid: stanzaID, owner: room.bareKey, peer: sender, outgoing: false,
-                time: Date().timeIntervalSince1970, stanza: text)
-            server.journal.append([.archive(record)])
+        if let (stanza, sender) = effects.audit {
+            let text = effects.archive?.stanza == stanza ? copy?.stanza : nil
+            server.groupMessageSent(stanza, room: room.bareKey, sender: sender, text: text, archived: copy)
+        } else if let copy {
+            server.journal.append([.archive(copy)])
         }
         if effects.deleteStored {
             persistence.enqueue(.delete(room.bareKey), server: server)

@@ -191,12 +191,19 @@ public final class ServerContext: Sendable {
     }
 
     /// Runs the group-message hooks (the audit record) for a message a service broadcast to a room.
-    /// - Parameter text: the stanza serialised, when the caller has it already.
-    public func groupMessageSent(_ stanza: XMLElement, room: String, sender: String, text: String? = nil) {
+    /// - Parameters:
+    ///   - text: the stanza serialised, when the caller has it already.
+    ///   - archived: the room's archive copy of the message, if it keeps one: journaled in the
+    ///     same append as the hooks' entries.
+    public func groupMessageSent(_ stanza: XMLElement, room: String, sender: String, text: String? = nil, archived: ArchiveRecord? = nil) {
+        var entries: [JournalEntry] = archived.map { [.archive($0)] } ?? []
         let hooks = modules.groupMessageHooks
-        guard !hooks.isEmpty else { return }
-        let event = GroupMessageEvent(stanza: stanza, room: room, sender: sender, server: self, text: text ?? XMLSerializer.string(stanza))
-        for hook in hooks { hook(event) }
+        if !hooks.isEmpty {
+            var event = GroupMessageEvent(stanza: stanza, room: room, sender: sender, server: self, text: text ?? XMLSerializer.string(stanza))
+            for hook in hooks { hook(&event) }
+            entries.append(contentsOf: event.journalEntries)
+        }
+        journal.append(entries)
     }
 
     /// Runs the synchronous message hooks (carbons, later the archive) for a routed message.

@@ -150,10 +150,13 @@ public struct GroupMessageEvent: Sendable {
     public let server: ServerContext
     /// The stanza serialised (the room's archive copy is the same text, stored once).
     public let text: String
+    /// What the hooks have the message journal store (the audit record): the room appends
+    /// them with its archive copy, in one call, so the two travel together.
+    public var journalEntries: [JournalEntry] = []
 }
 
 /// Synchronous, on the hot path (e.g. the audit record's enqueue).
-public typealias GroupMessageHook = @Sendable (GroupMessageEvent) -> Void
+public typealias GroupMessageHook = @Sendable (inout GroupMessageEvent) -> Void
 
 /// What an external authority says about a password (SASL PLAIN).
 public enum PasswordCheck: Sendable {
