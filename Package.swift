@@ -58,6 +58,7 @@ let package = Package(
             name: "Vault",
             dependencies: [
                 "Storage",
+                "XMPPCore",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Storage
+import XMPPCore
 import _CryptoExtras
 
 /// A problem with keys, worded for the operator.
@@ -163,9 +164,15 @@ public final class KeyRing: FieldCipher, Sendable {
 
     public func seal(_ plaintext: [UInt8], context: String) throws -> [UInt8] {
         guard let key = activeKey else { throw VaultError("no active data key") }
-        // A fresh random nonce from the kernel for every value (`getrandom`; not from a buffer
-        // in process memory, which a cloned or restored VM would hand out twice).
-        let box = try AES.GCM.seal(plaintext, using: key, authenticating: Self.authenticated(context, activeKeyID))
+        // A fresh random nonce from the kernel for every value (one read of its generator; not
+        // from a buffer in process memory, which a cloned or restored VM would hand out twice).
+        var nonce = (UInt64(0), UInt32(0))
+        withUnsafeMutableBytes(of: &nonce) { RandomBytes.fresh(UnsafeMutableRawBufferPointer(rebasing: $0[..<12])) }
+        let box = try withUnsafeBytes(of: nonce) { bytes in
+            try AES.GCM.seal(
+                plaintext, using: key, nonce: AES.GCM.Nonce(data: UnsafeRawBufferPointer(rebasing: bytes[..<12])),
+                authenticating: Self.authenticated(context, activeKeyID))
+        }
         guard let combined = box.combined else { throw VaultError("cannot seal") }  // nonce ‖ ciphertext ‖ tag
         var out = [UInt8]()
         out.reserveCapacity(8 + combined.count)

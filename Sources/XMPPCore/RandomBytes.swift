@@ -32,6 +32,16 @@ public enum RandomBytes {
 
     private static let pool = Pool()
 
+    /// Fills `buffer` from the kernel now, in one system call (nothing buffered: for nonces).
+    /// `SystemRandomNumberGenerator` makes a `getrandom` call per 8 bytes, two for a 12-byte
+    /// AES-GCM nonce; this is one `read` of the kernel's generator for any length up to 256 bytes.
+    public static func fresh(_ buffer: UnsafeMutableRawBufferPointer) {
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return }
+        if buffer.count <= 256, pool.urandom >= 0, read(pool.urandom, base, buffer.count) == buffer.count { return }
+        var generator = SystemRandomNumberGenerator()
+        for index in 0..<buffer.count { buffer[index] = UInt8(truncatingIfNeeded: generator.next()) }
+    }
+
     /// 64 random bits.
     public static func next() -> UInt64 {
         pool.lock.lock()

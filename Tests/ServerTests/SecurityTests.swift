@@ -49,6 +49,26 @@ import XMPPCore
         }
     }
 
+    @Test func everySealHasAFreshNonce() async throws {
+        try await withStores { stores, path in
+            let master = try MasterKey.fromFile(path + "/keys/master.key", create: true)
+            let ring = try await KeyRing.open(master: master, store: stores)
+            // The same value sealed many times: no nonce (bytes 8..<20) twice, no zero nonce, and
+            // each one opens to the value.
+            var nonces = Set<[UInt8]>()
+            for _ in 0..<2_000 {
+                let sealed = try ring.seal(Array("same text".utf8), context: "audit")
+                let nonce = Array(sealed[8..<20])
+                #expect(nonce != [UInt8](repeating: 0, count: 12))
+                nonces.insert(nonce)
+                #expect(try ring.open(sealed, context: "audit") == Array("same text".utf8))
+            }
+            #expect(nonces.count == 2_000)
+            // All twelve bytes random, not only the first eight.
+            #expect(Set(nonces.map { Array($0[8..<12]) }).count > 1_900)
+        }
+    }
+
     @Test func reencryptionMovesEverythingToTheNewestKey() async throws {
         try await withStores { plain, path in
             let master = try MasterKey.fromFile(path + "/keys/master.key", create: true)
