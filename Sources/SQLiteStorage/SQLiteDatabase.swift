@@ -19,7 +19,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
     ///   CPU priority (nice 10), so bulk writes yield the core to the event loops at once.
     public init(path: String, background: Bool = false) throws {
         queue = DispatchQueue(label: "switchboard.sqlite")
-        worker = background ? BackgroundWorker(name: "switchboard-archive-db", nice: 10) : nil
+        worker = background ? BackgroundWorker(name: "sb-archive-db", nice: 10) : nil  // ≤ 15 bytes: Linux does not set longer thread names
         // A new database file is created 0600 before SQLite opens it: SQLite gives the -wal
         // and -shm files the database file's mode, so none of the three is ever readable by
         // others. Only when it does not exist yet: closing a descriptor of a file that a

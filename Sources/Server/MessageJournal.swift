@@ -167,7 +167,7 @@ public final class MessageJournal: @unchecked Sendable {
             state.threadRunning = true
         }
         let thread = Thread { [self] in self.run() }
-        thread.name = "switchboard-journal"
+        thread.name = "sb-journal"  // Linux keeps 15 bytes of a thread name: longer ones are not set
         thread.start()
     }
 
