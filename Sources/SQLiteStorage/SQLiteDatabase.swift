@@ -19,7 +19,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
     ///   CPU priority (nice 10), so bulk writes yield the core to the event loops at once.
     public init(path: String, background: Bool = false) throws {
         queue = DispatchQueue(label: "switchboard.sqlite")
-        worker = background ? BackgroundWorker(name: "sb-archive-db", nice: 10) : nil  // ≤ 15 bytes: Linux does not set longer thread names
+        worker = background ? BackgroundWorker(name: "sb-archive-db", nice: 10) : nil
         // A new database file is created 0600 before SQLite opens it: SQLite gives the -wal
         // and -shm files the database file's mode, so none of the three is ever readable by
         // others. Only when it does not exist yet: closing a descriptor of a file that a
@@ -91,9 +91,11 @@ final class BackgroundWorker: @unchecked Sendable {
             #else
             setpriority(PRIO_PROCESS, 0, nice)
             #endif
+            // Named from the thread itself (Foundation passes a name set before start on to
+            // nothing Linux shows); at most 15 bytes, or Linux refuses it.
+            Thread.current.name = name
             self.loop()
         }
-        thread.name = name
         thread.start()
     }
 

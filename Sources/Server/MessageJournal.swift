@@ -166,8 +166,12 @@ public final class MessageJournal: @unchecked Sendable {
             state.segments[first] = Segment()
             state.threadRunning = true
         }
-        let thread = Thread { [self] in self.run() }
-        thread.name = "sb-journal"  // Linux keeps 15 bytes of a thread name: longer ones are not set
+        let thread = Thread { [self] in
+            // Named from the thread itself (Foundation passes a name set before start on to
+            // nothing Linux shows); at most 15 bytes, or Linux refuses it.
+            Thread.current.name = "sb-journal"
+            self.run()
+        }
         thread.start()
     }
 
