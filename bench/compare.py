@@ -476,6 +476,25 @@ def table(records: list[dict], servers: list[str], cases: list[Case]) -> str:
     return "\n".join(out)
 
 
+def thread_split(records: list[dict], cases: list[Case]) -> list[str]:
+    """Where each server's CPU went in the message cases: µs per delivered message by thread name
+    (the generator reads every server thread's schedstat), so an event loop's cost is told from
+    storage threads' and a pool's."""
+    names = {"switchboard": "Switchboard", "prosody": "Prosody", "ejabberd": "ejabberd"}
+    keys = {c.key for c in cases if c.scenario == "messages"}
+    out = []
+    for r in records:
+        res = r.get("result") or {}
+        threads, sent = res.get("server_threads_cpu_s"), res.get("received") or res.get("sent")
+        if r.get("case") not in keys or not isinstance(threads, dict) or not sent:
+            continue
+        parts = [f"{name} {1e6 * sec / sent:.1f}" for name, sec in list(threads.items())[:6]]
+        out.append(f"- {names.get(r['server'], r['server'])} {r['case']}: {', '.join(parts)}")
+    if out:
+        out = ["Server CPU per delivered message by thread (µs; busiest first):", ""] + out + [""]
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 def parse_args(argv):
     ap = argparse.ArgumentParser(
@@ -683,6 +702,7 @@ def render(opts, cases, records, versions, archive_state, meta, results_path, el
              "",
              table(records, opts.servers, cases),
              ""]
+    lines += thread_split(records, cases)
     errors = [r for r in records if "error" in r]
     for r in errors:
         lines.append(f"- **{r['server']} {r['case']} failed**: {r['error'][:600]}")

@@ -101,6 +101,22 @@ enum ProcessProbe {
         return ProcSample(cpuSeconds: (utime + stime) / ticksPerSecond, rssKiB: rss)
     }
 
+    /// CPU seconds of another process's threads by thread name (threads of one name summed:
+    /// a pool's workers), from each thread's `schedstat` (nanoseconds on a CPU; Linux). Tells
+    /// the event loops from storage and worker threads, so a figure says where the core went.
+    static func threadCPU(pid: Int32) -> [String: Double] {
+        guard let tids = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") else { return [:] }
+        var seconds: [String: Double] = [:]
+        for tid in tids {
+            guard let comm = try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/comm", encoding: .utf8),
+                  let schedstat = try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/schedstat", encoding: .utf8),
+                  let nanos = schedstat.split(separator: " ").first.flatMap({ Double($0) })
+            else { continue }
+            seconds[comm.trimmingCharacters(in: .whitespacesAndNewlines), default: 0] += nanos / 1e9
+        }
+        return seconds
+    }
+
     /// This process's CPU time (user + system), seconds.
     static func ownCPUSeconds() -> Double {
         var usage = rusage()
@@ -164,6 +180,7 @@ struct Meter {
     private(set) var startOwnCPU = ProcessProbe.ownCPUSeconds()
     private(set) var startServer: ProcSample?
     private(set) var startCores: CoreSample?
+    private(set) var startThreads: [String: Double] = [:]
 
     init(serverPID: Int32?, threads: Int) {
         self.serverPID = serverPID
@@ -173,6 +190,7 @@ struct Meter {
 
     mutating func restart() {
         startServer = serverPID.flatMap(ProcessProbe.sample(pid:))
+        startThreads = serverPID.map(ProcessProbe.threadCPU(pid:)) ?? [:]
         startCores = CoreSample.read()
         startOwnCPU = ProcessProbe.ownCPUSeconds()
         startWall = MonotonicClock.nanos()
@@ -188,6 +206,8 @@ struct Meter {
         var generatorCPUShare: Double
         /// Per core: busy share (incl. irq/softirq) and softirq share.
         var cores: [(busy: Double, softirq: Double)]
+        /// Server CPU seconds in the interval by thread name, busiest first (≥ 1 ms).
+        var serverThreads: [(name: String, seconds: Double)] = []
 
         func fields() -> [(String, JSON)] {
             var out: [(String, JSON)] = [
@@ -201,6 +221,9 @@ struct Meter {
                 ("core_busy", .array(cores.map { .number($0.busy, 3) })),
                 ("core_softirq", .array(cores.map { .number($0.softirq, 3) })),
             ]
+            if !serverThreads.isEmpty {
+                out.append(("server_threads_cpu_s", .object(serverThreads.map { ($0.name, .number($0.seconds, 3)) })))
+            }
             if serverBefore == nil { out.removeAll { $0.0 == "server_cpu_share" } }
             return out
         }
@@ -216,10 +239,19 @@ struct Meter {
         if let before = startServer, let after = server { serverCPU = after.cpuSeconds - before.cpuSeconds }
         var cores: [(busy: Double, softirq: Double)] = []
         if let before = startCores, let after = CoreSample.read() { cores = after.since(before) }
+        var perThread: [(name: String, seconds: Double)] = []
+        if let serverPID {
+            for (name, seconds) in ProcessProbe.threadCPU(pid: serverPID) {
+                // A thread that started during the interval counts from zero.
+                let spent = seconds - (startThreads[name] ?? 0)
+                if spent >= 0.001 { perThread.append((name, spent)) }
+            }
+            perThread.sort { $0.seconds > $1.seconds }
+        }
         return Reading(
             wallSeconds: wall, serverCPUSeconds: serverCPU, serverBefore: startServer, serverAfter: server,
             generatorCPUSeconds: generator, generatorCPUShare: generator / max(wall * Double(threads), 1e-9),
-            cores: cores)
+            cores: cores, serverThreads: perThread)
     }
 }
 
