@@ -57,6 +57,8 @@ public struct BlockingModule: ServerModule {
             for (user, list) in try await server.stores.blocklists.allBlocklists() { cache.set(user, Set(list)) }
         }
         registry.onDeliveryFilter { stanza, from, to in
+            // Most deployments block nobody: no bare JID made as text for every stanza then.
+            guard !cache.isEmpty else { return .allow }
             let type = stanza.stanzaType
             if let list = cache.list(to.bare.description), Self.matches(list, from) {
                 // Inbound from a blocked address: messages and requests bounce, the rest vanishes.
@@ -112,6 +114,9 @@ final class BlocklistCache: Sendable {
     func list(_ user: String) -> Set<String>? {
         lists.withLockedValue { $0[user] }
     }
+
+    /// Whether no user with a session blocks anyone.
+    var isEmpty: Bool { lists.withLockedValue { $0.isEmpty } }
 
     func set(_ user: String, _ list: Set<String>) {
         lists.withLockedValue { $0[user] = list.isEmpty ? nil : list }

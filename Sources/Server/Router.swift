@@ -70,8 +70,12 @@ public final class Router: Sendable {
 
     /// The session of a full JID.
     public func session(_ jid: JID) -> SessionHandle? {
-        let bare = jid.bare.description
-        return table.withLockedValue { table in table[bare]?.first { $0.jid == jid } }
+        session(jid, bare: jid.bare.description)
+    }
+
+    /// The session of a full JID whose bare JID the caller has as text already.
+    public func session(_ jid: JID, bare: String) -> SessionHandle? {
+        table.withLockedValue { table in table[bare]?.first { $0.jid == jid } }
     }
 
     /// Sessions that receive messages addressed to the bare JID (available, priority ≥ 0).

@@ -141,7 +141,8 @@ public final class ServerContext: Sendable {
         guard isLocal(to) else { return .error(StanzaError(.remoteServerNotFound)) }
         guard to.localpart != nil else { return .dropped }
         let type = stanza.stanzaType ?? "normal"
-        if to.resourcepart != nil, let session = router.session(to) {
+        let bareKey = bareKey ?? to.bare.description
+        if to.resourcepart != nil, let session = router.session(to, bare: bareKey) {
             session.deliver(stanza, text: text)
             return .delivered([session])
         }
@@ -151,11 +152,11 @@ public final class ServerContext: Sendable {
         case "error":
             return .dropped
         case "headline":
-            let targets = router.bareMessageTargets(bareKey ?? to.bare.description)
+            let targets = router.bareMessageTargets(bareKey)
             for session in targets { session.deliver(stanza, text: text) }
             return .delivered(targets)
         default:
-            let targets = router.bareMessageTargets(bareKey ?? to.bare.description)
+            let targets = router.bareMessageTargets(bareKey)
             if targets.isEmpty { return .undeliverable(to.bare) }
             for session in targets { session.deliver(stanza, text: text) }
             return .delivered(targets)

@@ -345,8 +345,6 @@ public final class XMLStreamParser {
         var i = start
         let qname = try name(p, &i, end)
         var attributes: [(qname: String, value: String)] = []
-        // A stanza's top element usually has several (to, from, type, id, xmlns): one allocation.
-        attributes.reserveCapacity(6)
         var selfClosing = false
         while true {
             let hadSpace = skipWhitespace(p, &i, end)
@@ -373,6 +371,9 @@ public final class XMLStreamParser {
             for (existing, _) in attributes where existing == attributeName {
                 throw XMLStreamError(.notWellFormed, "duplicate attribute")
             }
+            // A stanza's top element usually has several (to, from, type, id, xmlns): one
+            // allocation, and none for the many elements that have no attributes.
+            if attributes.isEmpty { attributes.reserveCapacity(6) }
             attributes.append((attributeName, try decode(p, from: valueStart, to: valueEnd, attribute: true)))
             i = valueEnd + 1
         }
@@ -387,8 +388,9 @@ public final class XMLStreamParser {
             throw XMLStreamError(.policyViolation, "elements nested deeper than \(limits.maxDepth)")
         }
         var scope = Scope(defaultNamespace: scopes.last?.defaultNamespace ?? "", prefixes: [])
-        var plain: [(prefix: Substring?, local: Substring, value: String)] = []
-        plain.reserveCapacity(attributes.count)
+        // Namespace declarations first (a prefixed attribute may come before the declaration of
+        // its prefix in the same tag), then the other attributes straight into the element.
+        var plainCount = 0
         for (attributeName, value) in attributes {
             if attributeName == "xmlns" {
                 scope.defaultNamespace = value
@@ -401,16 +403,16 @@ public final class XMLStreamParser {
                 }
                 scope.prefixes.append((prefix, value))
             } else {
-                let (prefix, local) = try split(attributeName)
-                plain.append((prefix, local, value))
+                plainCount += 1
             }
         }
         scopes.append(scope)
         let (prefix, local) = try split(qname)
         var element = XMLElement(name: String(local), namespace: try resolve(prefix, element: true))
-        if !plain.isEmpty {
-            element.attributes.reserveCapacity(plain.count)
-            for (attributePrefix, attributeLocal, value) in plain {
+        if plainCount > 0 {
+            element.attributes.reserveCapacity(plainCount)
+            for (attributeName, value) in attributes where attributeName != "xmlns" && !attributeName.hasPrefix("xmlns:") {
+                let (attributePrefix, attributeLocal) = try split(attributeName)
                 let namespace = attributePrefix == nil ? "" : try resolve(attributePrefix, element: false)
                 let name = String(attributeLocal)
                 if element.attributes.contains(where: { $0.name == name && $0.namespace == namespace }) {
