@@ -22,7 +22,9 @@ public enum XMLSerializer {
 
     /// Serialises to a `String` (tests, logs, storage).
     public static func string(_ element: XMLElement, defaultNamespace: String = "") -> String {
-        var buffer = ByteBufferAllocator().buffer(capacity: 256)
+        // A routed chat message with its stanza-id is 300–500 bytes: started at 256 the buffer
+        // was reallocated (and copied) for nearly every one. It lives only until the string is made.
+        var buffer = ByteBufferAllocator().buffer(capacity: 1024)
         write(element, into: &buffer, defaultNamespace: defaultNamespace, streamPrefixDeclared: false)
         return buffer.readString(length: buffer.readableBytes) ?? ""
     }
