@@ -284,6 +284,22 @@ def wait_quiet(server_pid, max_wait: float, threshold: float = 0.15) -> float:
             warned = True
 
 
+def wait_server_idle(server_pid, max_wait: float, threshold: float = 0.05) -> float:
+    """Waits (up to max_wait s) until the server itself uses < threshold cores, so that a case
+    is not charged with work the previous one left behind (a closed loop's archive backlog, a
+    database checkpoint, a garbage collection); returns the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < max_wait:
+        before, t = pid_cpu_s(server_pid), time.monotonic()
+        time.sleep(1.0)
+        if (pid_cpu_s(server_pid) - before) / (time.monotonic() - t) < threshold:
+            break
+    waited = time.monotonic() - start
+    if waited > 1.5:
+        log(f"waited {waited:.0f} s for the server to finish the previous case's work")
+    return waited
+
+
 def raise_nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -344,10 +360,13 @@ def run_case(opts, srv: S.Server, case: Case, run_dir: Path) -> dict:
     safe = case.key.replace("/", "_").replace(" ", "_").replace("@", "at")
     err_path = run_dir / f"{srv.name}-{safe}.stderr"
     log(f"{srv.display}: {case.key}: {' '.join(shlex.quote(c) for c in cmd[3:])}")
+    settled = wait_server_idle(srv.pid, opts.wait_quiet) if opts.wait_quiet > 0 else None
     before = wait_quiet(srv.pid, opts.wait_quiet) if opts.wait_quiet > 0 else None
     acct = CPUAccount(srv.pid)
     t0 = time.monotonic()
     record = {"server": srv.name, "case": case.key, "scenario": case.scenario, "transport": case.transport}
+    if settled is not None:
+        record["server_settle_s"] = round(settled, 1)
     try:
         with open(err_path, "wb") as err:
             p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, timeout=case.timeout)
