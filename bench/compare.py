@@ -504,10 +504,10 @@ def thread_split(records: list[dict], cases: list[Case]) -> list[str]:
     out = []
     for r in records:
         res = r.get("result") or {}
-        threads, sent = res.get("server_threads_cpu_s"), res.get("received") or res.get("sent")
-        if r.get("case") not in keys or not isinstance(threads, dict) or not sent:
+        threads, delivered = res.get("server_threads_cpu_s"), res.get("received")
+        if r.get("case") not in keys or not isinstance(threads, dict) or not delivered:
             continue
-        parts = [f"{name} {1e6 * sec / sent:.1f}" for name, sec in list(threads.items())[:6]]
+        parts = [f"{name} {1e6 * sec / delivered:.1f}" for name, sec in list(threads.items())[:6]]
         out.append(f"- {names.get(r['server'], r['server'])} {r['case']}: {', '.join(parts)}")
     if out:
         out = ["Server CPU per delivered message by thread (µs; busiest first):", ""] + out + [""]

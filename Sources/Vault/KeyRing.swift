@@ -166,11 +166,12 @@ public final class KeyRing: FieldCipher, Sendable {
         guard let key = activeKey else { throw VaultError("no active data key") }
         // A fresh random nonce from the kernel for every value (one read of its generator; not
         // from a buffer in process memory, which a cloned or restored VM would hand out twice).
-        var nonce = (UInt64(0), UInt32(0))
-        withUnsafeMutableBytes(of: &nonce) { RandomBytes.fresh(UnsafeMutableRawBufferPointer(rebasing: $0[..<12])) }
-        let box = try withUnsafeBytes(of: nonce) { bytes in
-            try AES.GCM.seal(
-                plaintext, using: key, nonce: AES.GCM.Nonce(data: UnsafeRawBufferPointer(rebasing: bytes[..<12])),
+        var storage = (UInt64(0), UInt32(0))  // 12 bytes on the stack
+        let box = try withUnsafeMutableBytes(of: &storage) { raw in
+            let nonce = UnsafeMutableRawBufferPointer(rebasing: raw[..<12])
+            RandomBytes.fresh(nonce)
+            return try AES.GCM.seal(
+                plaintext, using: key, nonce: AES.GCM.Nonce(data: UnsafeRawBufferPointer(nonce)),
                 authenticating: Self.authenticated(context, activeKeyID))
         }
         guard let combined = box.combined else { throw VaultError("cannot seal") }  // nonce ‖ ciphertext ‖ tag
