@@ -566,45 +566,61 @@ public final class XMLStreamParser {
 
     /// Decodes character data or an attribute value: references, line ends, attribute-value
     /// whitespace normalisation; validates characters and UTF-8.
+    ///
+    /// One pass in document order, so the problem reported is the first one in the bytes however
+    /// they were chunked: an invalid UTF-8 sequence before a bad reference or a forbidden
+    /// character wins over it (two passes, checks first and UTF-8 last, made the error depend on
+    /// where a chunk ended; found by ParserFuzzTests).
     private func decode(_ p: UnsafeBufferPointer<UInt8>, from start: Int, to end: Int, attribute: Bool) throws -> String {
-        var simple = true
-        for k in start..<end {
-            let byte = p[k]
-            if byte == UInt8(ascii: "&") || byte == 0x0D || (attribute && (byte == 0x09 || byte == 0x0A)) {
-                simple = false
-                break
-            }
-        }
-        try check(p, from: start, to: end, allowCDATAEnd: attribute)
-        if attribute {
-            for k in start..<end where p[k] == UInt8(ascii: "<") {
-                throw XMLStreamError(.notWellFormed, "'<' in an attribute value")
-            }
-        }
-        if simple { return try string(p, start, end) }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(end - start)
+        var bytes: [UInt8] = []  // the decoded form, once something needed changing
+        var changed = false
+        var copied = start  // p[start..<copied] is in `bytes`
         var k = start
         while k < end {
             let byte = p[k]
-            if byte == UInt8(ascii: "&") {
-                guard let semicolon = find(UInt8(ascii: ";"), in: p, from: k + 1), semicolon < end, semicolon - k <= 12 else {
-                    throw XMLStreamError(.notWellFormed, "unterminated reference")
-                }
-                try appendReference(p, from: k + 1, to: semicolon, into: &bytes)
-                k = semicolon + 1
+            if byte >= 0x20, byte != UInt8(ascii: "&"), byte != UInt8(ascii: "]"), byte != UInt8(ascii: "<"), byte != 0xEF {
+                k += 1
                 continue
             }
-            if byte == 0x0D {
-                bytes.append(attribute ? 0x20 : 0x0A)
-                if k + 1 < end, p[k + 1] == 0x0A { k += 1 }
-            } else if attribute && (byte == 0x09 || byte == 0x0A) {
-                bytes.append(0x20)
-            } else {
-                bytes.append(byte)
+            switch byte {
+            case UInt8(ascii: "&"), 0x0D, 0x09, 0x0A:
+                if byte == 0x09 || byte == 0x0A, !attribute {
+                    k += 1
+                    continue
+                }
+                if !changed {
+                    changed = true
+                    bytes.reserveCapacity(end - start)
+                }
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: p[copied..<k]))
+                if byte == UInt8(ascii: "&") {
+                    guard let semicolon = find(UInt8(ascii: ";"), in: p, from: k + 1), semicolon < end, semicolon - k <= 12 else {
+                        throw firstInOrder(XMLStreamError(.notWellFormed, "unterminated reference"), p, start, k)
+                    }
+                    do {
+                        try appendReference(p, from: k + 1, to: semicolon, into: &bytes)
+                    } catch let error as XMLStreamError {
+                        throw firstInOrder(error, p, start, k)
+                    }
+                    k = semicolon + 1
+                } else if byte == 0x0D {
+                    bytes.append(attribute ? 0x20 : 0x0A)
+                    k += k + 1 < end && p[k + 1] == 0x0A ? 2 : 1
+                } else {  // a tab or line feed in an attribute value
+                    bytes.append(0x20)
+                    k += 1
+                }
+                copied = k
+            case UInt8(ascii: "<"):
+                // Only attribute values reach here with '<' (character data ends at one).
+                throw firstInOrder(XMLStreamError(.notWellFormed, "'<' in an attribute value"), p, start, k)
+            default:
+                try checkCharacter(p, at: k, end: end, allowCDATAEnd: attribute, from: start)
+                k += 1
             }
-            k += 1
         }
+        guard changed else { return try string(p, start, end) }
+        bytes.append(contentsOf: UnsafeBufferPointer(rebasing: p[copied..<end]))
         guard let string = String(validating: bytes, as: UTF8.self) else {
             throw XMLStreamError(.notWellFormed, "invalid UTF-8")
         }
@@ -613,13 +629,17 @@ public final class XMLStreamParser {
 
     private func appendReference(_ p: UnsafeBufferPointer<UInt8>, from start: Int, to end: Int, into bytes: inout [UInt8]) throws {
         let reference = UnsafeBufferPointer(rebasing: p[start..<end])
-        switch Array(reference) {
-        case Array("lt".utf8): bytes.append(UInt8(ascii: "<"))
-        case Array("gt".utf8): bytes.append(UInt8(ascii: ">"))
-        case Array("amp".utf8): bytes.append(UInt8(ascii: "&"))
-        case Array("quot".utf8): bytes.append(UInt8(ascii: "\""))
-        case Array("apos".utf8): bytes.append(UInt8(ascii: "'"))
-        default:
+        if reference.elementsEqual("lt".utf8) {
+            bytes.append(UInt8(ascii: "<"))
+        } else if reference.elementsEqual("gt".utf8) {
+            bytes.append(UInt8(ascii: ">"))
+        } else if reference.elementsEqual("amp".utf8) {
+            bytes.append(UInt8(ascii: "&"))
+        } else if reference.elementsEqual("quot".utf8) {
+            bytes.append(UInt8(ascii: "\""))
+        } else if reference.elementsEqual("apos".utf8) {
+            bytes.append(UInt8(ascii: "'"))
+        } else {
             guard reference.first == UInt8(ascii: "#"), reference.count >= 2 else {
                 // A well-formed name is an entity XMPP forbids; anything else is broken syntax.
                 guard let first = reference.first, isNameStart(first), reference.allSatisfy({ isNameChar($0) }) else {
@@ -639,22 +659,36 @@ public final class XMLStreamParser {
         }
     }
 
-    /// Rejects control characters XML forbids, U+FFFE/U+FFFF and (outside CDATA) "]]>".
+    /// Rejects control characters XML forbids, U+FFFE/U+FFFF and (outside CDATA) "]]>"; the first
+    /// problem in document order, invalid UTF-8 included.
     private func check(_ p: UnsafeBufferPointer<UInt8>, from start: Int, to end: Int, allowCDATAEnd: Bool) throws {
-        var k = start
-        while k < end {
+        for k in start..<end {
             let byte = p[k]
-            if byte < 0x20 && byte != 0x09 && byte != 0x0A && byte != 0x0D {
-                throw XMLStreamError(.notWellFormed, "forbidden control character")
+            if byte < 0x20 || byte == UInt8(ascii: "]") || byte == 0xEF {
+                try checkCharacter(p, at: k, end: end, allowCDATAEnd: allowCDATAEnd, from: start)
             }
-            if byte == 0xEF, k + 2 < end, p[k + 1] == 0xBF, p[k + 2] == 0xBE || p[k + 2] == 0xBF {
-                throw XMLStreamError(.notWellFormed, "forbidden character U+FFFE/U+FFFF")
-            }
-            if !allowCDATAEnd, byte == UInt8(ascii: "]"), k + 2 < end, p[k + 1] == UInt8(ascii: "]"), p[k + 2] == UInt8(ascii: ">") {
-                throw XMLStreamError(.notWellFormed, "']]>' in character data")
-            }
-            k += 1
         }
+    }
+
+    /// The check of `check(_:from:to:allowCDATAEnd:)` for the byte at `k`.
+    @inline(__always)
+    private func checkCharacter(_ p: UnsafeBufferPointer<UInt8>, at k: Int, end: Int, allowCDATAEnd: Bool, from start: Int) throws {
+        let byte = p[k]
+        if byte < 0x20 && byte != 0x09 && byte != 0x0A && byte != 0x0D {
+            throw firstInOrder(XMLStreamError(.notWellFormed, "forbidden control character"), p, start, k)
+        }
+        if byte == 0xEF, k + 2 < end, p[k + 1] == 0xBF, p[k + 2] == 0xBE || p[k + 2] == 0xBF {
+            throw firstInOrder(XMLStreamError(.notWellFormed, "forbidden character U+FFFE/U+FFFF"), p, start, k)
+        }
+        if !allowCDATAEnd, byte == UInt8(ascii: "]"), k + 2 < end, p[k + 1] == UInt8(ascii: "]"), p[k + 2] == UInt8(ascii: ">") {
+            throw firstInOrder(XMLStreamError(.notWellFormed, "']]>' in character data"), p, start, k)
+        }
+    }
+
+    /// `error`, found at `k`, unless the bytes before it are not UTF-8: then that came first.
+    private func firstInOrder(_ error: XMLStreamError, _ p: UnsafeBufferPointer<UInt8>, _ start: Int, _ k: Int) -> XMLStreamError {
+        String(validating: UnsafeBufferPointer(rebasing: p[start..<k]), as: UTF8.self) == nil
+            ? XMLStreamError(.notWellFormed, "invalid UTF-8") : error
     }
 
     private func string(_ p: UnsafeBufferPointer<UInt8>, _ start: Int, _ end: Int) throws -> String {

@@ -127,6 +127,41 @@ import Testing
         #expect(problems.isEmpty, "\(problems.count) problems:\n\(problems.joined(separator: "\n"))")
     }
 
+    /// Two problems in one run of character data (or one attribute value): the first in document
+    /// order is reported, fed whole or cut at every possible point. Found by the fuzzer: with the
+    /// UTF-8 check done after references, the whole document reported the later bad reference.
+    @Test(arguments: [
+        ("<m>hel\u{FFFD}o &lt;world&x; </m>", "not-well-formed: invalid UTF-8"),
+        ("<m>hello &x; hel\u{FFFD}o</m>", "restricted-xml: only the predefined entities may be referenced"),
+        ("<m>hel\u{FFFD}o \u{01}</m>", "not-well-formed: invalid UTF-8"),
+        ("<m>a\u{01} &x; \u{FFFD}</m>", "not-well-formed: forbidden control character"),
+        ("<m>a &x; \u{01}</m>", "restricted-xml: only the predefined entities may be referenced"),
+        ("<m>a ]]> &x;</m>", "not-well-formed: ']]>' in character data"),
+        ("<m>a&#0; \u{01}</m>", "not-well-formed: invalid character reference"),
+        ("<m a='\u{FFFD}&x;'/>", "not-well-formed: invalid UTF-8"),
+        ("<m a='&x;\u{FFFD}'/>", "restricted-xml: only the predefined entities may be referenced"),
+        ("<m a='x\r\n\t\u{FFFD}&x;'/>", "not-well-formed: invalid UTF-8"),
+        ("<m a='\u{FFFD}<'/>", "not-well-formed: '<' in an attribute value"),  // seen by the tag scan, before any decoding
+    ])
+    func theFirstProblemIsReportedWhereverTheChunksEnd(stanza: String, expected: String) {
+        // U+FFFD in the source stands for a lone continuation byte (invalid UTF-8).
+        var bytes: [UInt8] = []
+        for byte in Array((DifferentialTests.header + stanza).utf8) {
+            if bytes.count >= 2, bytes.suffix(2) == [0xEF, 0xBF], byte == 0xBD {
+                bytes.removeLast(2)
+                bytes.append(0xBF)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        for cut in [bytes.count] + Array(DifferentialTests.header.utf8.count..<bytes.count) {
+            var chunks = [Array(bytes[..<cut])]
+            if cut < bytes.count { chunks.append(Array(bytes[cut...])) }
+            let verdict = run(chunks, framing: .stream) { Issue.record("\($0)") }
+            #expect(verdict.error?.description == expected, "cut at \(cut)")
+        }
+    }
+
     /// Byte-by-byte feeding of the big-token shapes: the limit must hold however the bytes arrive.
     @Test func hugeTokensAreRefusedAtTheLimit() {
         let filler = String(repeating: "B", count: 70_000)
