@@ -35,13 +35,15 @@ public struct ArchiveModule: ServerModule {
             guard Self.archivable(message.stanza) else { return }
             // Positions are taken before delivery, so the archive order is the order in which
             // the server accepted the messages, whichever event loop finishes first.
-            message.marks.incomingPosition = ids.next()
+            let incoming = ids.next()
+            message.marks.incomingPosition = incoming
             message.marks.outgoingPosition = ids.next()
             guard server.isLocal(to), to.localpart != nil else { return }
             let by = message.toBareKey ?? to.bare.description
             // A stanza-id claiming to be ours but set by the sender is a forgery (XEP-0359 §3.3).
             message.stanza.removeChildren { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == by }
-            message.stanza.append(XMLElement("stanza-id", xmlns: Self.stanzaID, ["id": ArchiveIDGenerator.uid(), "by": by]))
+            // The recipient's copy will be stored at `incoming`: its id is made from it.
+            message.stanza.append(XMLElement("stanza-id", xmlns: Self.stanzaID, ["id": ArchiveIDGenerator.uid(position: incoming), "by": by]))
         }
 
         registry.onMessageRouted(.high) { event in
@@ -73,8 +75,8 @@ public struct ArchiveModule: ServerModule {
                 // The same text as the recipient's copy and the audit record, so that the store
                 // keeps it once; the recipient's stanza-id is removed when the copy is read
                 // (the sender's copy must not carry another archive's id, XEP-0313 §5.1).
-                let uid = ArchiveIDGenerator.uid()
                 let position = event.marks.outgoingPosition ?? ids.next()
+                let uid = ArchiveIDGenerator.uid(position: position)
                 event.journalEntries.append(
                     .archive(
                         ArchiveRecord(

@@ -264,6 +264,14 @@ enum Migrations {
             deleted_at REAL NOT NULL
         ) WITHOUT ROWID;
         """,
+        // 13: an archive id made from its copy's position (`ArchiveUID`) is kept as its random
+        // half, found by the position (the primary key): no id index entry per copy. Ids of
+        // any other form stay text in `uid`, the only ones the (now partial) index holds.
+        """
+        ALTER TABLE archive ADD COLUMN uid_random INTEGER;
+        DROP INDEX archive_uid;
+        CREATE UNIQUE INDEX archive_uid ON archive (uid) WHERE uid IS NOT NULL;
+        """,
     ]
 
     /// Brings the schema to version `target` (all steps unless a test wants an older one).

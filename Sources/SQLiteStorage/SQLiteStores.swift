@@ -358,7 +358,7 @@ extension SQLiteStores: ArchiveStore {
                 return audit[index].id
             }
             let insertCopy = try db.prepare(
-                "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+                "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content, uid_random) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
             for index in copies {
                 let record = records[index]
                 if !deleted.isEmpty, let at = record.owner.firstIndex(of: "@"), let gone = deleted[String(record.owner[..<at])],
@@ -367,7 +367,14 @@ extension SQLiteStores: ArchiveStore {
                     continue
                 }
                 try insertCopy.bind(1, record.id)
-                try insertCopy.bind(2, record.uid)
+                // An id made from this position is kept as its random half (no id index entry).
+                if let uid = ArchiveUID(record.uid), uid.position == record.id {
+                    try insertCopy.bind(2, .null)
+                    try insertCopy.bind(9, Int64(bitPattern: uid.random))
+                } else {
+                    try insertCopy.bind(2, record.uid)
+                    try insertCopy.bind(9, .null)
+                }
                 try insertCopy.bind(3, record.owner)
                 try insertCopy.bind(4, record.peer)
                 try insertCopy.bind(5, Int64(record.outgoing ? 1 : 0))
@@ -418,7 +425,7 @@ extension SQLiteStores: ArchiveStore {
 
     /// The archive columns, and the shared text of an audit record when the copy has none.
     private static let archiveColumns =
-        "a.id, a.uid, a.owner, a.peer, a.outgoing, a.created_at, a.stanza, a.content, m.stanza FROM archive a LEFT JOIN audit_messages m ON m.id = a.content"
+        "a.id, a.uid, a.owner, a.peer, a.outgoing, a.created_at, a.stanza, a.content, m.stanza, a.uid_random FROM archive a LEFT JOIN audit_messages m ON m.id = a.content"
 
     private func archiveRecord(_ row: Statement) throws -> ArchiveRecord {
         if !row.isNull(7), row.isNull(8) {
@@ -427,14 +434,35 @@ extension SQLiteStores: ArchiveStore {
         }
         let stanza = row.isNull(7) ? try opened(row.blob(6), context: "archive") : try opened(row.blob(8), context: "audit")
         return ArchiveRecord(
-            id: row.int(0), uid: row.text(1) ?? String(row.int(0)), owner: row.text(2) ?? "", peer: row.text(3) ?? "",
+            id: row.int(0), uid: row.text(1) ?? Self.uid(position: row.int(0), random: row.isNull(9) ? nil : row.int(9)), owner: row.text(2) ?? "", peer: row.text(3) ?? "",
             outgoing: row.int(4) != 0, time: row.double(5), stanza: stanza)
+    }
+
+    /// The id of a copy stored without a text id: made from its position and random half
+    /// (rows from before schema 13 always have a text id; the position alone is the last resort).
+    private static func uid(position: Int64, random: Int64?) -> String {
+        guard let random else { return String(position) }
+        return ArchiveUID(position: position, random: UInt64(bitPattern: random)).text
+    }
+
+    /// The position of the owner's copy with archive id `uid`: by the primary key when the id is
+    /// one made from a position (confirmed by its random half), else by the text ids' index.
+    private static func position(of uid: String, owner: String, in db: Connection) throws -> Int64? {
+        if let made = ArchiveUID(uid),
+            let id = try db.query(
+                "SELECT id FROM archive WHERE id = ? AND owner = ? AND uid_random = ?",
+                [.int(made.position), .text(owner), .int(Int64(bitPattern: made.random))]
+            ) { $0.int(0) }.first
+        {
+            return id
+        }
+        return try db.query("SELECT id FROM archive WHERE uid = ? AND owner = ?", [.text(uid), .text(owner)]) { $0.int(0) }.first
     }
 
     public func query(_ query: ArchiveQuery) async throws -> ArchivePage? {
         try await archiveDatabase.run { db in
             func position(_ uid: String) throws -> Int64? {
-                try db.query("SELECT id FROM archive WHERE uid = ? AND owner = ?", [.text(uid), .text(query.owner)]) { $0.int(0) }.first
+                try Self.position(of: uid, owner: query.owner, in: db)
             }
             var conditions = ["a.owner = ?"]
             var values: [SQLValue] = [.text(query.owner)]
@@ -475,16 +503,17 @@ extension SQLiteStores: ArchiveStore {
 
     public func record(owner: String, uid: String) async throws -> ArchiveRecord? {
         try await archiveDatabase.run { db in
-            try db.query("SELECT \(Self.archiveColumns) WHERE a.uid = ? AND a.owner = ?", [.text(uid), .text(owner)], self.archiveRecord).first
+            guard let id = try Self.position(of: uid, owner: owner, in: db) else { return nil }
+            return try db.query("SELECT \(Self.archiveColumns) WHERE a.id = ?", [.int(id)], self.archiveRecord).first
         }
     }
 
     /// The copy gets its own text (it no longer shares the audit record's, which stays as it was).
     public func replaceStanza(owner: String, uid: String, stanza: String) async throws -> Bool {
         try await archiveDatabase.run { db in
-            try db.run(
-                "UPDATE archive SET stanza = ?, content = NULL WHERE uid = ? AND owner = ?",
-                [try self.sealed(stanza, context: "archive"), .text(uid), .text(owner)]) > 0
+            guard let id = try Self.position(of: uid, owner: owner, in: db) else { return false }
+            return try db.run(
+                "UPDATE archive SET stanza = ?, content = NULL WHERE id = ?", [try self.sealed(stanza, context: "archive"), .int(id)]) > 0
         }
     }
 

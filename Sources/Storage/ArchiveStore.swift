@@ -5,8 +5,9 @@ import Foundation
 public struct ArchiveRecord: Sendable, Hashable {
     /// Position: unique per server and increasing with time; orders the archive, never shown.
     public var id: Int64
-    /// The archive id clients see (MAM result id, XEP-0359 stanza-id): the time it was made
-    /// and 64 random bits (`ArchiveIDGenerator.uid()`), so it cannot be guessed.
+    /// The archive id clients see (MAM result id, XEP-0359 stanza-id): a position or time and
+    /// 64 random bits (`ArchiveUID`), so it cannot be guessed. When it is `ArchiveUID(position:
+    /// id, …)` the store keeps only its random half and needs no index to find it.
     public var uid: String
     /// Bare JID whose archive this is.
     public var owner: String
@@ -55,6 +56,83 @@ public struct ArchiveQuery: Sendable, Hashable {
         self.before = before
         self.fromEnd = fromEnd
         self.limit = limit
+    }
+}
+
+/// The archive ids clients see: 22 characters of base 62, a position (or a time) in
+/// microseconds, 11 characters in an alphabet sorted like ASCII so that the ids sort by it, then
+/// 64 random bits, 11 characters, so that an id cannot be guessed.
+///
+/// An archive copy's id is made from the copy's own position (`ArchiveRecord.id`): the store
+/// then keeps only the random half as an integer and finds the copy by its primary key, where a
+/// stored text id needs an index of its own (a b-tree insert per copy, two per message). Ids of
+/// any other form (older versions' random ids, an id made before its position) are kept as text.
+public struct ArchiveUID: Sendable, Hashable {
+    public var position: Int64
+    public var random: UInt64
+
+    public init(position: Int64, random: UInt64) {
+        self.position = position
+        self.random = random
+    }
+
+    /// The id `text` is, when it is exactly what `text` of some position and random half gives
+    /// (so that keeping the two numbers keeps the id); nil for any other string.
+    public init?(_ text: String) {
+        var text = text
+        guard let parsed = text.withUTF8({ Self.parse($0) }) else { return nil }
+        self = parsed
+    }
+
+    private static func parse(_ bytes: UnsafeBufferPointer<UInt8>) -> ArchiveUID? {
+        guard bytes.count == 22 else { return nil }
+        var position: UInt64 = 0
+        var random: UInt64 = 0
+        for (index, byte) in bytes.enumerated() {
+            guard let digit = digit(byte) else { return nil }
+            // 11 digits of base 62 reach past 2^64: a value that overflows is not an id we made.
+            if index < 11 {
+                let (times, overflow) = position.multipliedReportingOverflow(by: 62)
+                let (sum, carry) = times.addingReportingOverflow(UInt64(digit))
+                guard !overflow, !carry else { return nil }
+                position = sum
+            } else {
+                let (times, overflow) = random.multipliedReportingOverflow(by: 62)
+                let (sum, carry) = times.addingReportingOverflow(UInt64(digit))
+                guard !overflow, !carry else { return nil }
+                random = sum
+            }
+        }
+        guard position <= UInt64(Int64.max) else { return nil }
+        return ArchiveUID(position: Int64(position), random: random)
+    }
+
+    private static func digit(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"): byte - UInt8(ascii: "A") + 10
+        case UInt8(ascii: "a")...UInt8(ascii: "z"): byte - UInt8(ascii: "a") + 36
+        default: nil
+        }
+    }
+
+    private static let alphabet = Array("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
+
+    /// The 22 characters (written in place: one allocation, the string's).
+    public var text: String {
+        var position = UInt64(max(0, self.position))
+        var random = self.random
+        return String(unsafeUninitializedCapacity: 22) { characters in
+            for index in stride(from: 10, through: 0, by: -1) {
+                characters[index] = Self.alphabet[Int(position % 62)]
+                position /= 62
+            }
+            for index in stride(from: 21, through: 11, by: -1) {
+                characters[index] = Self.alphabet[Int(random % 62)]
+                random /= 62
+            }
+            return 22
+        }
     }
 }
 

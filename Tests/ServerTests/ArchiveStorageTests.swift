@@ -80,6 +80,82 @@ import Vault
         }
     }
 
+    @Test(arguments: [
+        ArchiveUID(position: 0, random: 0), ArchiveUID(position: 1_765_000_000_000_000, random: 42),
+        ArchiveUID(position: .max, random: .max), ArchiveUID(position: 7, random: 1 << 63),
+    ])
+    func archiveIDsReadBackAsMade(uid: ArchiveUID) {
+        #expect(uid.text.utf8.count == 22)
+        #expect(ArchiveUID(uid.text) == uid)
+    }
+
+    /// Only a string that its two numbers give back exactly is taken for a made id.
+    @Test(arguments: ["", "A1", "0000000000000000000000x", "000000000000000000000", "00000000000-0000000000",
+        "zzzzzzzzzzz00000000000", "00000000000zzzzzzzzzzz", "B000000000000000000000"])
+    func otherStringsAreNotMadeIDs(text: String) {
+        #expect(ArchiveUID(text) == nil)
+    }
+
+    /// An id made from the copy's own position is kept as its random half (no text, so no entry
+    /// in the ids' index) and found by the position; any other id is kept and found as text.
+    @Test func madeIDsAreStoredAsTheirRandomHalf() async throws {
+        try await withStores { stores, _ in
+            let made = ArchiveUID(position: 5_000, random: 0xDEAD_BEEF_0123_4567).text
+            let elsewhere = ArchiveUID(position: 4_000, random: 9).text  // made for another position
+            try await stores.append([
+                ArchiveRecord(id: 5_000, uid: made, owner: "a@x", peer: "b@x", outgoing: true, time: 5, stanza: "<m>one</m>"),
+                ArchiveRecord(id: 5_001, uid: elsewhere, owner: "a@x", peer: "b@x", outgoing: true, time: 6, stanza: "<m>two</m>"),
+                ArchiveRecord(id: 5_002, uid: "legacy-random-id", owner: "a@x", peer: "c@x", outgoing: false, time: 7, stanza: "<m>three</m>"),
+            ])
+            #expect(try await count(stores, "SELECT count(*) FROM archive WHERE uid IS NULL AND uid_random IS NOT NULL") == 1)
+            #expect(try await count(stores, "SELECT count(*) FROM archive WHERE uid IS NOT NULL AND uid_random IS NULL") == 2)
+            // Read back: results carry the ids they were stored with.
+            let page = try #require(try await stores.query(ArchiveQuery(owner: "a@x")))
+            #expect(page.records.map(\.uid) == [made, elsewhere, "legacy-random-id"])
+            #expect(try await stores.record(owner: "a@x", uid: made)?.stanza == "<m>one</m>")
+            #expect(try await stores.record(owner: "a@x", uid: elsewhere)?.stanza == "<m>two</m>")
+            // Paging from each kind of id.
+            #expect(try await stores.query(ArchiveQuery(owner: "a@x", after: made))?.records.map(\.id) == [5_001, 5_002])
+            #expect(try await stores.query(ArchiveQuery(owner: "a@x", before: "legacy-random-id"))?.records.map(\.id) == [5_000, 5_001])
+            // Another owner, or the right position with another random half, finds nothing.
+            #expect(try await stores.record(owner: "b@x", uid: made) == nil)
+            #expect(try await stores.record(owner: "a@x", uid: ArchiveUID(position: 5_000, random: 1).text) == nil)
+            #expect(try await stores.query(ArchiveQuery(owner: "a@x", after: ArchiveUID(position: 5_000, random: 1).text)) == nil)
+            #expect(try await stores.replaceStanza(owner: "a@x", uid: ArchiveUID(position: 5_000, random: 1).text, stanza: "<m>x</m>") == false)
+            #expect(try await stores.replaceStanza(owner: "a@x", uid: made, stanza: "<m>retracted</m>"))
+            #expect(try await stores.record(owner: "a@x", uid: made)?.stanza == "<m>retracted</m>")
+        }
+    }
+
+    /// Text ids stored before schema 13 are found after the upgrade, also one that looks made.
+    @Test func upgradeKeepsTextIDsFindable() async throws {
+        try await withStores { _, path in
+            let older = path + "/older"
+            try FileManager.default.createDirectory(atPath: older, withIntermediateDirectories: true)
+            let looksMade = ArchiveUID(position: 1, random: 77).text
+            do {
+                let connection = try Connection(path: older + "/switchboard.sqlite")
+                try Migrations.migrate(connection, to: 12)
+                try connection.execute(
+                    """
+                    INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES
+                        (1, '\(looksMade)', 'a@x', 'b@x', 1, 3, '<m>first</m>'),
+                        (2, 'u2', 'a@x', 'b@x', 1, 4, '<m>second</m>');
+                    """)
+            }
+            let upgraded = try SQLiteStores(directory: older)
+            #expect(try await upgraded.record(owner: "a@x", uid: looksMade)?.stanza == "<m>first</m>")
+            #expect(try await upgraded.record(owner: "a@x", uid: "u2")?.stanza == "<m>second</m>")
+            #expect(try await upgraded.query(ArchiveQuery(owner: "a@x", after: looksMade))?.records.map(\.uid) == ["u2"])
+            // The ids' index still refuses a text id twice.
+            await #expect(throws: (any Error).self) {
+                try await upgraded.archiveDatabase.run { db in
+                    try db.execute("INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES (3, 'u2', 'a@x', 'b@x', 1, 5, '')")
+                }
+            }
+        }
+    }
+
     @Test func upgradeKeepsAuditParticipants() async throws {
         try await withStores { _, path in
             // A database as version 10 left it, with an audit record and its participants.
