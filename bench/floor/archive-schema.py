@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""What each archive index costs SQLite, without the server.
+
+Builds the archive and audit tables as Switchboard's schema has them (step 13), fills them
+with N messages between 1,000 users, then times batches of 5,000 messages inserted the way
+the journal's apply does (one transaction; audit rows, then participants user by user, then
+archive copies owner by owner) and reports, per message: SQLite's CPU, the WAL bytes written
+and the checkpoint's CPU. Options drop indexes or model older schemas, so one index's cost is
+the difference between two runs. Python's own per-row overhead is in the figures (about 1 µs
+per row; compare runs, not absolute values). Standard library only.
+
+    bench/floor/archive-schema.py                       # schema 13, fresh database
+    bench/floor/archive-schema.py --text-uids           # schema 12: every copy indexed by its text id
+    bench/floor/archive-schema.py --drop archive_owner_peer
+    bench/floor/archive-schema.py --prefill 400000      # a grown database (takes minutes)
+    bench/floor/archive-schema.py --page-size 8192
+"""
+import argparse
+import os
+import random
+import re
+import sqlite3
+import tempfile
+import time
+
+SCHEMA = """
+CREATE TABLE audit_messages (id INTEGER PRIMARY KEY AUTOINCREMENT, created_at REAL NOT NULL, sender TEXT NOT NULL,
+    recipients TEXT NOT NULL, type TEXT NOT NULL, room TEXT, stanza BLOB NOT NULL, attachments BLOB NOT NULL);
+CREATE INDEX audit_messages_time ON audit_messages (created_at);
+CREATE TABLE audit_participants (user TEXT NOT NULL, created_at REAL NOT NULL, message INTEGER NOT NULL,
+    PRIMARY KEY (user, created_at, message)) WITHOUT ROWID;
+CREATE TABLE archive (id INTEGER PRIMARY KEY, owner TEXT NOT NULL, peer TEXT NOT NULL, outgoing INTEGER NOT NULL,
+    created_at REAL NOT NULL, stanza TEXT NOT NULL, uid TEXT, content INTEGER, uid_random INTEGER);
+CREATE INDEX archive_owner ON archive (owner, id);
+CREATE INDEX archive_owner_peer ON archive (owner, peer, id);
+CREATE UNIQUE INDEX archive_uid ON archive (uid) WHERE uid IS NOT NULL;
+CREATE INDEX archive_content ON archive (content) WHERE content IS NOT NULL;
+"""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prefill", type=int, default=0, help="messages stored before timing")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches of 5,000 messages")
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--drop", default="", help="comma list of index names to leave out")
+    parser.add_argument("--text-uids", action="store_true", help="store every copy's id as text (schema 12)")
+    parser.add_argument("--page-size", type=int, default=4096)
+    parser.add_argument("--dir", default=None, help="where the database goes (default: a temporary directory)")
+    args = parser.parse_args()
+
+    directory = args.dir or tempfile.mkdtemp(prefix="sb-archive-schema-")
+    path = os.path.join(directory, "archive.sqlite")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA page_size={args.page_size}")
+    # The server's archive connection: WAL, full sync, 64 MiB cache, checkpoints at 65,536 pages.
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA cache_size=-65536")
+    db.execute("PRAGMA wal_autocheckpoint=65536")
+    schema = SCHEMA
+    for name in filter(None, args.drop.split(",")):
+        schema, found = re.subn(r"CREATE (UNIQUE )?INDEX %s ON[^;]*;" % re.escape(name), "", schema)
+        if not found:
+            parser.error(f"no index {name}")
+    db.executescript(schema)
+
+    users = [f"user{i}@example.test" for i in range(args.users)]
+    sealed = os.urandom(330)  # a sealed audit text of an ordinary message
+    suffixes = ["".join(random.choice("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+                        for _ in range(11)) for _ in range(4096)]
+    position = [1_765_000_000_000_000]
+    sql_seconds = [0.0]
+
+    def batch(count):
+        audit, participants, copies = [], [], []
+        for k in range(count):
+            sender, recipient = random.sample(users, 2)
+            position[0] += 3
+            at = position[0]
+            audit.append((at, at / 1e6, sender, recipient, "chat", None, sealed, b""))
+            participants += [(sender, at / 1e6, at), (recipient, at / 1e6, at)]
+            for owner, peer, outgoing, copy in ((recipient, sender, 0, at - 2), (sender, recipient, 1, at - 1)):
+                if args.text_uids:
+                    copies.append((copy, owner, peer, outgoing, at / 1e6, "", f"{copy:011d}{suffixes[k % 4096]}", at, None))
+                else:
+                    copies.append((copy, owner, peer, outgoing, at / 1e6, "", None, at, random.getrandbits(63)))
+        participants.sort(key=lambda row: row[0])  # the apply groups rows by user / owner
+        copies.sort(key=lambda row: row[1])
+        started = time.process_time()
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments)"
+                       " VALUES (?,?,?,?,?,?,?,?)", audit)
+        db.executemany("INSERT INTO audit_participants VALUES (?,?,?)", participants)
+        db.executemany("INSERT INTO archive (id, owner, peer, outgoing, created_at, stanza, uid, content, uid_random)"
+                       " VALUES (?,?,?,?,?,?,?,?,?)", copies)
+        db.execute("COMMIT")
+        sql_seconds[0] += time.process_time() - started
+
+    for _ in range(args.prefill // 20000):
+        batch(20000)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint is timed on its own below
+    sql_seconds[0] = 0.0
+    for _ in range(args.batches):
+        batch(5000)
+    messages = args.batches * 5000
+    wal = os.path.getsize(path + "-wal")
+    started = time.process_time()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    checkpoint = time.process_time() - started
+    print(f"prefill {args.prefill} drop [{args.drop}] text-uids {args.text_uids} page {args.page_size}: "
+          f"SQLite CPU {1e6 * sql_seconds[0] / messages:.1f} µs/msg, WAL {wal / messages:.0f} B/msg, "
+          f"checkpoint CPU {1e6 * checkpoint / messages:.1f} µs/msg, database {os.path.getsize(path) / 1e6:.0f} MB")
+    if not args.dir:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+        os.rmdir(directory)
+
+
+if __name__ == "__main__":
+    main()
