@@ -228,7 +228,7 @@ final class MUCService: Sendable {
         // one append so that an apply never takes one without the other.
         let copy = effects.archive.map { archive in
             ArchiveRecord(
-                id: ids.next(), uid: archive.stanzaID, owner: room.bareKey, peer: archive.sender, outgoing: false,
+                id: archive.position ?? ids.next(), uid: archive.stanzaID, owner: room.bareKey, peer: archive.sender, outgoing: false,
                 time: Date().timeIntervalSince1970, stanza: XMLSerializer.string(archive.stanza))
         }
         if let (stanza, sender) = effects.audit {
@@ -430,8 +430,13 @@ final class MUCService: Sendable {
             guard let target = retract[attribute: "id"] else { throw StanzaError(.badRequest, text: "retract names a message id") }
             return .later { await self.retract(target, message: stanza, box: box, item: item) }
         }
+        let ids = self.ids
         try withRoom(box, server: server) { (room: inout MUCRoom) throws(StanzaError) in
-            (try room.groupchat(stanza, from: item.from, stanzaID: ArchiveIDGenerator.uid(), now: Date().timeIntervalSince1970), ())
+            // Taken under the room's lock: the room's archive keeps the order its occupants saw.
+            let position = ids.next()
+            return (try room.groupchat(
+                stanza, from: item.from, stanzaID: ArchiveIDGenerator.uid(position: position), position: position,
+                now: Date().timeIntervalSince1970), ())
         }
         return .done
     }
@@ -451,7 +456,10 @@ final class MUCService: Sendable {
             try await tombstone(record, moderator: nil, reason: nil, server: server)
             try withRoom(box, server: server) { (room: inout MUCRoom) throws(StanzaError) in
                 room.forgetHistory(stanzaID: target)
-                return (try room.groupchat(message, from: item.from, stanzaID: ArchiveIDGenerator.uid(), now: Date().timeIntervalSince1970), ())
+                let position = ids.next()
+                return (try room.groupchat(
+                    message, from: item.from, stanzaID: ArchiveIDGenerator.uid(position: position), position: position,
+                    now: Date().timeIntervalSince1970), ())
             }
             return nil
         } catch let error as StanzaError {
@@ -698,7 +706,8 @@ final class MUCService: Sendable {
                 retract.append(XMLElement("moderated", xmlns: MUCNS.moderate, ["by": by]))
                 if let reason { retract.append(XMLElement("reason", xmlns: MUCNS.retract).withText(reason)) }
                 notice.append(retract)
-                return (room.announce(notice, stanzaID: ArchiveIDGenerator.uid(), archive: true), ())
+                let position = ids.next()
+                return (room.announce(notice, stanzaID: ArchiveIDGenerator.uid(position: position), position: position, archive: true), ())
             }
             reply(item, nil)
             return nil

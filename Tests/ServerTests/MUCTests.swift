@@ -706,6 +706,12 @@ import XMPPCore
             carolHistory = try await Self.history(bob).map { $0.child("body")?.text }
         }
         #expect(!carolHistory.contains("note 1") && !carolHistory.contains("note 2") && carolHistory.contains("note 3"))
+        // The room's stanza-ids were made from its copies' positions: stored with no text id.
+        await server.applied()
+        let textIDs = try await server.stores.archiveDatabase.run { db in
+            try db.query("SELECT count(uid), count(uid_random) FROM archive WHERE owner = ?", [.text(room)]) { [$0.int(0), $0.int(1)] }.first
+        }
+        #expect(textIDs?.first == 0 && (textIDs?.last ?? 0) >= 5)
         await alice.close()
         await bob.close()
         await server.stop()

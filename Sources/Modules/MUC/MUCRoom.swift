@@ -50,8 +50,9 @@ struct MUCEffects: Sendable {
     var deliveries: [Delivery] = []
     /// The persistent state (configuration, affiliations, subject) changed.
     var persist = false
-    /// A groupchat message to archive on the room (as broadcast), with the sender's real bare JID.
-    var archive: (stanza: XMLElement, stanzaID: String, sender: String)?
+    /// A groupchat message to archive on the room (as broadcast), with the sender's real bare JID
+    /// and the archive position its stanza-id was made from (nil: take one when storing it).
+    var archive: (stanza: XMLElement, stanzaID: String, sender: String, position: Int64?)?
     /// A message for the audit record (whatever the room's archiving setting).
     var audit: (stanza: XMLElement, sender: String)?
     /// The room is gone (destroyed, or a temporary room's last occupant left).
@@ -435,8 +436,11 @@ struct MUCRoom: Sendable {
     }
 
     /// A groupchat message from an occupant: a subject change or a message for everyone,
-    /// stamped with the room's stanza-id (XEP-0359) and kept as history.
-    mutating func groupchat(_ message: XMLElement, from session: JID, stanzaID: String, now: Double) throws(StanzaError) -> MUCEffects {
+    /// stamped with the room's stanza-id (XEP-0359) and kept as history. `position`: the archive
+    /// position `stanzaID` was made from, for the room's archive copy.
+    mutating func groupchat(
+        _ message: XMLElement, from session: JID, stanzaID: String, position: Int64? = nil, now: Double
+    ) throws(StanzaError) -> MUCEffects {
         guard let nick = nickOf[session], let occupant = occupants[nick] else {
             throw StanzaError(.notAcceptable, text: "join the room before sending to it")
         }
@@ -471,7 +475,7 @@ struct MUCRoom: Sendable {
             appendHistory(MUCHistoryEntry(stanza: out, stanzaID: stanzaID, time: now, characters: XMLSerializer.string(out).count))
         }
         if configuration.archiving, body != nil || out.child(namespace: MUCNS.retract) != nil {
-            effects.archive = (out, stanzaID, occupant.bareKey)
+            effects.archive = (out, stanzaID, occupant.bareKey, position)
         }
         effects.audit = (out, occupant.bareKey)
         effects.deliveries.append(.shared(SharedStanza(out), allSessions))
@@ -479,13 +483,13 @@ struct MUCRoom: Sendable {
     }
 
     /// A room-originated groupchat message (e.g. a moderation notice) to everyone.
-    mutating func announce(_ message: XMLElement, stanzaID: String, archive: Bool) -> MUCEffects {
+    mutating func announce(_ message: XMLElement, stanzaID: String, position: Int64? = nil, archive: Bool) -> MUCEffects {
         var out = message
         out[attribute: "from"] = out[attribute: "from"] ?? bareKey
         out[attribute: "type"] = "groupchat"
         out.append(XMLElement("stanza-id", xmlns: MUCNS.stanzaID, ["id": stanzaID, "by": bareKey]))
         var effects = MUCEffects()
-        if archive && configuration.archiving { effects.archive = (out, stanzaID, bareKey) }
+        if archive && configuration.archiving { effects.archive = (out, stanzaID, bareKey, position) }
         effects.deliveries.append(.shared(SharedStanza(out), allSessions))
         return effects
     }
