@@ -85,26 +85,23 @@ public struct ArchiveUID: Sendable, Hashable {
     }
 
     private static func parse(_ bytes: UnsafeBufferPointer<UInt8>) -> ArchiveUID? {
-        guard bytes.count == 22 else { return nil }
-        var position: UInt64 = 0
-        var random: UInt64 = 0
-        for (index, byte) in bytes.enumerated() {
-            guard let digit = digit(byte) else { return nil }
-            // 11 digits of base 62 reach past 2^64: a value that overflows is not an id we made.
-            if index < 11 {
-                let (times, overflow) = position.multipliedReportingOverflow(by: 62)
-                let (sum, carry) = times.addingReportingOverflow(UInt64(digit))
-                guard !overflow, !carry else { return nil }
-                position = sum
-            } else {
-                let (times, overflow) = random.multipliedReportingOverflow(by: 62)
-                let (sum, carry) = times.addingReportingOverflow(UInt64(digit))
-                guard !overflow, !carry else { return nil }
-                random = sum
-            }
-        }
-        guard position <= UInt64(Int64.max) else { return nil }
+        guard bytes.count == 22, let position = number(bytes[0..<11]), position <= UInt64(Int64.max),
+            let random = number(bytes[11..<22])
+        else { return nil }
         return ArchiveUID(position: Int64(position), random: random)
+    }
+
+    /// The value of 11 base-62 digits; nil past 2^64 (11 digits reach further: not what `text` writes).
+    private static func number(_ digits: Slice<UnsafeBufferPointer<UInt8>>) -> UInt64? {
+        var value: UInt64 = 0
+        for byte in digits {
+            guard let digit = digit(byte) else { return nil }
+            let (times, overflow) = value.multipliedReportingOverflow(by: 62)
+            let (sum, carry) = times.addingReportingOverflow(UInt64(digit))
+            guard !overflow, !carry else { return nil }
+            value = sum
+        }
+        return value
     }
 
     private static func digit(_ byte: UInt8) -> UInt8? {
