@@ -517,6 +517,14 @@ extension SQLiteStores: ArchiveStore {
         }
     }
 
+    public func lastPosition() async throws -> Int64 {
+        try await archiveDatabase.run { db in
+            try db.query(
+                "SELECT max(coalesce((SELECT max(id) FROM archive), 0), coalesce((SELECT max(id) FROM audit_messages), 0))"
+            ) { $0.int(0) }.first ?? 0
+        }
+    }
+
     public func archiveCount(owner: String) async throws -> Int {
         try await archiveDatabase.run { db in
             Int(try db.query("SELECT count(*) FROM archive WHERE owner = ?", [.text(owner)]) { $0.int(0) }.first ?? 0)

@@ -28,6 +28,13 @@ public final class ArchiveIDGenerator: Sendable {
     /// writer (user archives, room archives, the audit record) must draw from the same sequence.
     public static let shared = ArchiveIDGenerator()
 
+    /// Makes every later position greater than `position` (the highest one stored): positions
+    /// taken from the clock alone would repeat stored ones after the clock went back across a
+    /// restart, and the journal's idempotent insert would then skip the new copy as stored.
+    public func advance(past position: Int64) {
+        last.withLockedValue { $0 = max($0, position) }
+    }
+
     public func next() -> Int64 {
         let now = Int64(Date().timeIntervalSince1970 * 1_000_000)
         return last.withLockedValue {

@@ -91,6 +91,8 @@ public final class XMPPServer: Service, Sendable {
         do {
             // Messages a crashed process had acknowledged reach the stores before anything else runs.
             try await context.journal.open(stores: context.stores)
+            // New positions come after every stored one, whatever the clock did since.
+            ArchiveIDGenerator.shared.advance(past: try await context.stores.archive.lastPosition())
             for hook in context.modules.startHooks { try await hook(context) }
         } catch {
             failWaiters(error)

@@ -167,6 +167,8 @@ public protocol ArchiveStore: Sendable {
     func record(owner: String, uid: String) async throws -> ArchiveRecord?
     /// Replaces the stored stanza of a record (e.g. by a XEP-0424/0425 tombstone); false if none.
     func replaceStanza(owner: String, uid: String, stanza: String) async throws -> Bool
+    /// The highest position stored (archive copies and audit records), 0 when none.
+    func lastPosition() async throws -> Int64
 }
 
 extension String {

@@ -612,7 +612,8 @@ public final class XMLStreamParser {
                 }
                 copied = k
             case UInt8(ascii: "<"):
-                // Only attribute values reach here with '<' (character data ends at one).
+                // A guard: the tag scan refuses '<' in an attribute value before any decoding (so
+                // that refusal is not ordered after invalid UTF-8), and character data ends at one.
                 throw firstInOrder(XMLStreamError(.notWellFormed, "'<' in an attribute value"), p, start, k)
             default:
                 try checkCharacter(p, at: k, end: end, allowCDATAEnd: attribute, from: start)

@@ -1,3 +1,4 @@
+import Foundation
 import Directory
 import Modules
 @testable import SQLiteStorage
@@ -12,7 +13,6 @@ import XMPPCore
     private let mam = "urn:xmpp:mam:2"
 
 
-    /// Sends a MAM query; returns the forwarded messages' bodies, result ids and the <fin/>.
     /// Sends a MAM query; returns the forwarded messages' bodies, result ids, the stanza-ids
     /// each forwarded message carries (by: id) and the <fin/>.
     private func query(_ client: TestClient, id: String, _ inner: String = "") async throws -> (
@@ -133,6 +133,40 @@ import XMPPCore
         await alice.close()
         await bob.close()
         await server.stop()
+    }
+
+    /// Positions continue after every stored one: with the clock behind the last stored position
+    /// after a restart, a new message must not take a stored position (the journal's idempotent
+    /// insert would skip its copies and audit record as already stored).
+    @Test func positionsContinueAfterTheStoredOnesAcrossARestart() async throws {
+        let server = try await TestServer.start { $0.c2s.requireTLS = false }
+        try await server.addUser("alice", password: "pw")
+        try await server.addUser("bob", password: "pw")
+        // Stored a minute ahead of the clock, as a clock stepped back since leaves it.
+        let ahead = Int64(Date().timeIntervalSince1970 * 1_000_000) + 60_000_000
+        try await server.stores.append([
+            ArchiveRecord(
+                id: ahead, uid: "ahead", owner: "bob@example.test", peer: "carol@example.test", outgoing: false,
+                time: Date().timeIntervalSince1970, stanza: "<message xmlns='jabber:client'><body>earlier</body></message>")
+        ])
+        let directory = server.dataDirectory
+        await server.stop(keepData: true)
+        let again = try await TestServer.start(dataDirectory: directory) { $0.c2s.requireTLS = false }
+        let alice = try await again.online("alice", "desk")
+        let bob = try await again.online("bob", "pc")
+        try await alice.send("<message to='bob@example.test' type='chat' id='m1'><body>after the restart</body></message>")
+        _ = try await bob.next { $0.name == "message" }
+        await again.applied()
+        let later = try await again.stores.archiveDatabase.run { db in
+            try db.query(
+                "SELECT (SELECT count(*) FROM archive WHERE id > ?1), (SELECT count(*) FROM audit_messages WHERE id > ?1)", [.int(ahead)]
+            ) { [$0.int(0), $0.int(1)] }.first
+        }
+        #expect(later == [2, 1])
+        #expect(try await again.stores.archiveCount(owner: "bob@example.test") == 2)
+        await alice.close()
+        await bob.close()
+        await again.stop()
     }
 
     @Test func aDeletedUsersMessagesStillInTheJournalAreDeletedToo() async throws {

@@ -160,6 +160,9 @@ import Testing
             let verdict = run(chunks, framing: .stream) { Issue.record("\($0)") }
             #expect(verdict.error?.description == expected, "cut at \(cut)")
         }
+        // And a byte at a time: every hold-back (a reference, a split sequence, ']', CR) at once.
+        let verdict = run(bytes.map { [$0] }, framing: .stream) { Issue.record("\($0)") }
+        #expect(verdict.error?.description == expected, "byte by byte")
     }
 
     /// Byte-by-byte feeding of the big-token shapes: the limit must hold however the bytes arrive.
