@@ -60,9 +60,9 @@ public struct ArchiveModule: ServerModule {
             {
                 // The recipient's copy keeps the recipient's own stanza-id (it is the MAM id).
                 let owner = recipient
-                let uid = stanza.elements.first { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
-                    .flatMap { $0[attribute: "id"] } ?? ArchiveIDGenerator.uid()
                 let position = event.marks.incomingPosition ?? ids.next()
+                let uid = stanza.elements.first { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
+                    .flatMap { $0[attribute: "id"] } ?? ArchiveIDGenerator.uid(position: position)
                 event.journalEntries.append(
                     .archive(
                         ArchiveRecord(

@@ -433,10 +433,8 @@ final class MUCService: Sendable {
         let ids = self.ids
         try withRoom(box, server: server) { (room: inout MUCRoom) throws(StanzaError) in
             // Taken under the room's lock: the room's archive keeps the order its occupants saw.
-            let position = ids.next()
-            return (try room.groupchat(
-                stanza, from: item.from, stanzaID: ArchiveIDGenerator.uid(position: position), position: position,
-                now: Date().timeIntervalSince1970), ())
+            let id = ids.nextID()
+            return (try room.groupchat(stanza, from: item.from, stanzaID: id.uid, position: id.position, now: Date().timeIntervalSince1970), ())
         }
         return .done
     }
@@ -456,10 +454,8 @@ final class MUCService: Sendable {
             try await tombstone(record, moderator: nil, reason: nil, server: server)
             try withRoom(box, server: server) { (room: inout MUCRoom) throws(StanzaError) in
                 room.forgetHistory(stanzaID: target)
-                let position = ids.next()
-                return (try room.groupchat(
-                    message, from: item.from, stanzaID: ArchiveIDGenerator.uid(position: position), position: position,
-                    now: Date().timeIntervalSince1970), ())
+                let id = ids.nextID()
+                return (try room.groupchat(message, from: item.from, stanzaID: id.uid, position: id.position, now: Date().timeIntervalSince1970), ())
             }
             return nil
         } catch let error as StanzaError {
@@ -706,8 +702,8 @@ final class MUCService: Sendable {
                 retract.append(XMLElement("moderated", xmlns: MUCNS.moderate, ["by": by]))
                 if let reason { retract.append(XMLElement("reason", xmlns: MUCNS.retract).withText(reason)) }
                 notice.append(retract)
-                let position = ids.next()
-                return (room.announce(notice, stanzaID: ArchiveIDGenerator.uid(position: position), position: position, archive: true), ())
+                let id = ids.nextID()
+                return (room.announce(notice, stanzaID: id.uid, position: id.position, archive: true), ())
             }
             reply(item, nil)
             return nil

@@ -434,7 +434,8 @@ extension SQLiteStores: ArchiveStore {
         }
         let stanza = row.isNull(7) ? try opened(row.blob(6), context: "archive") : try opened(row.blob(8), context: "audit")
         return ArchiveRecord(
-            id: row.int(0), uid: row.text(1) ?? Self.uid(position: row.int(0), random: row.isNull(9) ? nil : row.int(9)), owner: row.text(2) ?? "", peer: row.text(3) ?? "",
+            id: row.int(0), uid: row.text(1) ?? Self.uid(position: row.int(0), random: row.isNull(9) ? nil : row.int(9)),
+            owner: row.text(2) ?? "", peer: row.text(3) ?? "",
             outgoing: row.int(4) != 0, time: row.double(5), stanza: stanza)
     }
 
@@ -448,15 +449,17 @@ extension SQLiteStores: ArchiveStore {
     /// The position of the owner's copy with archive id `uid`: by the primary key when the id is
     /// one made from a position (confirmed by its random half), else by the text ids' index.
     private static func position(of uid: String, owner: String, in db: Connection) throws -> Int64? {
+        func first(_ sql: String, _ values: [SQLValue]) throws -> Int64? {
+            try db.query(sql, values) { $0.int(0) }.first
+        }
         if let made = ArchiveUID(uid),
-            let id = try db.query(
+            let id = try first(
                 "SELECT id FROM archive WHERE id = ? AND owner = ? AND uid_random = ?",
-                [.int(made.position), .text(owner), .int(Int64(bitPattern: made.random))]
-            ) { $0.int(0) }.first
+                [.int(made.position), .text(owner), .int(Int64(bitPattern: made.random))])
         {
             return id
         }
-        return try db.query("SELECT id FROM archive WHERE uid = ? AND owner = ?", [.text(uid), .text(owner)]) { $0.int(0) }.first
+        return try first("SELECT id FROM archive WHERE uid = ? AND owner = ?", [.text(uid), .text(owner)])
     }
 
     public func query(_ query: ArchiveQuery) async throws -> ArchivePage? {

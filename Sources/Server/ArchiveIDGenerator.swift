@@ -35,6 +35,12 @@ public final class ArchiveIDGenerator: Sendable {
         last.withLockedValue { $0 = max($0, position) }
     }
 
+    /// A new position and the archive id made from it (a copy to be stored there).
+    public func nextID() -> (position: Int64, uid: String) {
+        let position = next()
+        return (position, Self.uid(position: position))
+    }
+
     public func next() -> Int64 {
         let now = Int64(Date().timeIntervalSince1970 * 1_000_000)
         return last.withLockedValue {
