@@ -272,6 +272,51 @@ enum Migrations {
         DROP INDEX archive_uid;
         CREATE UNIQUE INDEX archive_uid ON archive (uid) WHERE uid IS NOT NULL;
         """,
+        // 14: the archive's and the audit participants' JIDs as integer keys into `jid_keys`.
+        // Every copy is in two per-owner indexes and every message in two participants'
+        // entries: with the JID text in each entry the indexes were most of the archive's pages
+        // (measured with bench/floor/archive-schema.py on 300,000 stored messages: 28% less
+        // database, 32% less WAL and 27% less CPU per message stored). Keys are never reused
+        // or deleted, so a key cached by a connection stays right. The upgrade copies both
+        // tables once (a few seconds per million messages).
+        """
+        CREATE TABLE jid_keys (
+            id INTEGER PRIMARY KEY,
+            jid TEXT NOT NULL UNIQUE
+        );
+        INSERT OR IGNORE INTO jid_keys (jid)
+            SELECT owner FROM archive UNION SELECT peer FROM archive UNION SELECT user FROM audit_participants;
+        CREATE TABLE archive_v14 (
+            id INTEGER PRIMARY KEY,
+            owner INTEGER NOT NULL,
+            peer INTEGER NOT NULL,
+            outgoing INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            stanza TEXT NOT NULL,
+            uid TEXT,
+            content INTEGER,
+            uid_random INTEGER
+        );
+        INSERT INTO archive_v14 (id, owner, peer, outgoing, created_at, stanza, uid, content, uid_random)
+            SELECT a.id, o.id, p.id, a.outgoing, a.created_at, a.stanza, a.uid, a.content, a.uid_random
+            FROM archive a JOIN jid_keys o ON o.jid = a.owner JOIN jid_keys p ON p.jid = a.peer;
+        DROP TABLE archive;
+        ALTER TABLE archive_v14 RENAME TO archive;
+        CREATE INDEX archive_owner ON archive (owner, id);
+        CREATE INDEX archive_owner_peer ON archive (owner, peer, id);
+        CREATE UNIQUE INDEX archive_uid ON archive (uid) WHERE uid IS NOT NULL;
+        CREATE INDEX archive_content ON archive (content) WHERE content IS NOT NULL;
+        CREATE TABLE audit_participants_v14 (
+            user INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            message INTEGER NOT NULL,
+            PRIMARY KEY (user, created_at, message)
+        ) WITHOUT ROWID;
+        INSERT INTO audit_participants_v14 (user, created_at, message)
+            SELECT k.id, p.created_at, p.message FROM audit_participants p JOIN jid_keys k ON k.jid = p.user;
+        DROP TABLE audit_participants;
+        ALTER TABLE audit_participants_v14 RENAME TO audit_participants;
+        """,
     ]
 
     /// Brings the schema to version `target` (all steps unless a test wants an older one).

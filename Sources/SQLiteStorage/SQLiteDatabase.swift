@@ -134,6 +134,10 @@ final class BackgroundWorker: @unchecked Sendable {
 public final class Connection {
     private var handle: OpaquePointer?
     private var cache: [String: Statement] = [:]
+    /// Keys of `jid_keys` rows this connection has read or made (`jidKey`). Keys are never
+    /// deleted or reused, so only a rolled-back transaction can leave an entry wrong: the
+    /// cache is emptied then.
+    var jidKeys: [String: Int64] = [:]
 
     /// Library settings made once, before the first connection opens (and initialises SQLite).
     private static let configured: Bool = switchboard_sqlite3_disable_memstatus() == SQLITE_OK
@@ -214,6 +218,7 @@ public final class Connection {
             return result
         } catch {
             try? execute("ROLLBACK")
+            jidKeys.removeAll()
             throw error
         }
     }

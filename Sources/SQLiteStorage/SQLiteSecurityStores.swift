@@ -102,7 +102,8 @@ extension SQLiteStores: AuditArchiveStore {
                 """
                 SELECT m.id, m.created_at, m.sender, m.recipients, m.type, m.room, m.stanza, m.attachments
                 FROM audit_messages m WHERE m.id IN (
-                    SELECT message FROM audit_participants WHERE user IN (\(placeholders)) AND created_at >= ? AND created_at <= ?)
+                    SELECT message FROM audit_participants
+                    WHERE user IN (SELECT id FROM jid_keys WHERE jid IN (\(placeholders))) AND created_at >= ? AND created_at <= ?)
                 AND m.id > ? ORDER BY m.id LIMIT ?
                 """,
                 values
@@ -160,7 +161,7 @@ extension SQLiteStores: AuditArchiveStore {
                     let recipients = recipients.split(separator: "\n").map(String.init)
                     for user in Self.participants(sender: sender, recipients: recipients, room: room) {
                         try db.run(
-                            "DELETE FROM audit_participants WHERE user = ? AND created_at = ? AND message = ?",
+                            "DELETE FROM audit_participants WHERE user = \(SQLiteStores.jidKeyOf) AND created_at = ? AND message = ?",
                             [.text(user), .double(time), .int(id)])
                     }
                     try db.run("DELETE FROM audit_messages WHERE id = ?", [.int(id)])

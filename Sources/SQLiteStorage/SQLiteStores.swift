@@ -128,7 +128,9 @@ extension SQLiteStores: AccountStore {
         }
         // Rooms keep their archives in the same table under the room's JID: a room named like
         // the user ("sales@conference…") is not the user's.
-        try db.run("DELETE FROM archive WHERE substr(owner, 1, length(?1)) = ?1 AND owner NOT IN (SELECT jid FROM muc_rooms)", [prefix])
+        try db.run(
+            "DELETE FROM archive WHERE owner IN (SELECT id FROM jid_keys WHERE substr(jid, 1, length(?1)) = ?1 AND jid NOT IN (SELECT jid FROM muc_rooms))",
+            [prefix])
         try db.run("DELETE FROM pep_items WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
         try db.run("DELETE FROM pep_nodes WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
         return removed
@@ -343,7 +345,7 @@ extension SQLiteStores: ArchiveStore {
                 for user in row.participants { participants.append((user, audit[index].time, id)) }
             }
             for index in Self.groupedOrder(participants.count, by: { participants[$0].user }) {
-                try insertParticipant.bind(1, participants[index].user)
+                try insertParticipant.bind(1, try db.jidKey(participants[index].user))
                 try insertParticipant.bind(2, participants[index].time)
                 try insertParticipant.bind(3, participants[index].id)
                 try insertParticipant.execute()
@@ -375,8 +377,8 @@ extension SQLiteStores: ArchiveStore {
                     try insertCopy.bind(2, record.uid)
                     try insertCopy.bind(9, .null)
                 }
-                try insertCopy.bind(3, record.owner)
-                try insertCopy.bind(4, record.peer)
+                try insertCopy.bind(3, try db.jidKey(record.owner))
+                try insertCopy.bind(4, try db.jidKey(record.peer))
                 try insertCopy.bind(5, Int64(record.outgoing ? 1 : 0))
                 try insertCopy.bind(6, record.time)
                 if let shared = sharedRecord(record.stanza) {
@@ -423,9 +425,16 @@ extension SQLiteStores: ArchiveStore {
         return order
     }
 
-    /// The archive columns, and the shared text of an audit record when the copy has none.
-    private static let archiveColumns =
-        "a.id, a.uid, a.owner, a.peer, a.outgoing, a.created_at, a.stanza, a.content, m.stanza, a.uid_random FROM archive a LEFT JOIN audit_messages m ON m.id = a.content"
+    /// The archive columns (owner and peer as JIDs), and the shared text of an audit record
+    /// when the copy has none.
+    private static let archiveColumns = """
+        a.id, a.uid, (SELECT jid FROM jid_keys WHERE id = a.owner), (SELECT jid FROM jid_keys WHERE id = a.peer), \
+        a.outgoing, a.created_at, a.stanza, a.content, m.stanza, a.uid_random FROM archive a LEFT JOIN audit_messages m ON m.id = a.content
+        """
+
+    /// An SQL expression for the key of the JID bound to its parameter (NULL, matching nothing,
+    /// for a JID that has none: nothing was ever stored under it).
+    static let jidKeyOf = "(SELECT id FROM jid_keys WHERE jid = ?)"
 
     private func archiveRecord(_ row: Statement) throws -> ArchiveRecord {
         if !row.isNull(7), row.isNull(8) {
@@ -454,12 +463,12 @@ extension SQLiteStores: ArchiveStore {
         }
         if let made = ArchiveUID(uid),
             let id = try first(
-                "SELECT id FROM archive WHERE id = ? AND owner = ? AND uid_random = ?",
+                "SELECT id FROM archive WHERE id = ? AND owner = \(jidKeyOf) AND uid_random = ?",
                 [.int(made.position), .text(owner), .int(Int64(bitPattern: made.random))])
         {
             return id
         }
-        return try first("SELECT id FROM archive WHERE uid = ? AND owner = ?", [.text(uid), .text(owner)])
+        return try first("SELECT id FROM archive WHERE uid = ? AND owner = \(jidKeyOf)", [.text(uid), .text(owner)])
     }
 
     public func query(_ query: ArchiveQuery) async throws -> ArchivePage? {
@@ -467,10 +476,10 @@ extension SQLiteStores: ArchiveStore {
             func position(_ uid: String) throws -> Int64? {
                 try Self.position(of: uid, owner: query.owner, in: db)
             }
-            var conditions = ["a.owner = ?"]
+            var conditions = ["a.owner = \(Self.jidKeyOf)"]
             var values: [SQLValue] = [.text(query.owner)]
             if let with = query.with {
-                conditions.append("a.peer = ?")
+                conditions.append("a.peer = \(Self.jidKeyOf)")
                 values.append(.text(with))
             }
             if let start = query.start {
@@ -530,7 +539,7 @@ extension SQLiteStores: ArchiveStore {
 
     public func archiveCount(owner: String) async throws -> Int {
         try await archiveDatabase.run { db in
-            Int(try db.query("SELECT count(*) FROM archive WHERE owner = ?", [.text(owner)]) { $0.int(0) }.first ?? 0)
+            Int(try db.query("SELECT count(*) FROM archive WHERE owner = \(Self.jidKeyOf)", [.text(owner)]) { $0.int(0) }.first ?? 0)
         }
     }
 }
@@ -677,5 +686,23 @@ extension SQLiteStores: MUCStore {
             try db.run("DELETE FROM muc_affiliations WHERE room = ?", [.text(jid)])
             try db.run("DELETE FROM muc_rooms WHERE jid = ?", [.text(jid)])
         }
+    }
+}
+
+extension Connection {
+    /// The key of `jid` in `jid_keys`, made when it has none (inside the caller's transaction).
+    func jidKey(_ jid: String) throws -> Int64 {
+        if let key = jidKeys[jid] { return key }
+        let key: Int64
+        if let known = try query("SELECT id FROM jid_keys WHERE jid = ?", [.text(jid)], { $0.int(0) }).first {
+            key = known
+        } else {
+            try run("INSERT INTO jid_keys (jid) VALUES (?)", [.text(jid)])
+            key = lastInsertRowID
+        }
+        // Bounded: a server past a million JIDs reads the old ones back from the index.
+        if jidKeys.count >= 1_000_000 { jidKeys.removeAll() }
+        jidKeys[jid] = key
+        return key
     }
 }

@@ -127,6 +127,58 @@ import Vault
         }
     }
 
+    /// Owners, peers and audit participants are stored as integer keys of their JIDs (schema
+    /// step 14), made once per JID; queries name JIDs, and a JID never stored finds nothing.
+    @Test func jidsAreStoredAsKeys() async throws {
+        try await withStores { stores, _ in
+            let text = "<message><body>hi</body></message>"
+            try await stores.append(
+                [
+                    ArchiveRecord(id: 10, uid: "a1", owner: "a@x", peer: "b@x", outgoing: true, time: 1, stanza: text),
+                    ArchiveRecord(id: 11, uid: "b1", owner: "b@x", peer: "a@x", outgoing: false, time: 1, stanza: text),
+                    ArchiveRecord(id: 12, uid: "a2", owner: "a@x", peer: "c@x", outgoing: true, time: 2, stanza: "<m>two</m>"),
+                ],
+                audit: [AuditRecord(id: 13, time: 1, sender: "a@x", recipients: ["b@x"], type: "chat", stanza: text)])
+            #expect(try await count(stores, "SELECT count(*) FROM jid_keys") == 3)
+            #expect(try await count(stores, "SELECT count(*) FROM archive WHERE typeof(owner) = 'integer' AND typeof(peer) = 'integer'") == 3)
+            #expect(try await count(stores, "SELECT count(*) FROM audit_participants WHERE typeof(user) = 'integer'") == 2)
+            #expect(try await count(stores, "SELECT count(*) FROM archive a JOIN jid_keys k ON k.id = a.owner WHERE k.jid = 'a@x'") == 2)
+            let page = try #require(try await stores.query(ArchiveQuery(owner: "a@x")))
+            #expect(page.records.map(\.peer) == ["b@x", "c@x"] && page.records.allSatisfy { $0.owner == "a@x" })
+            #expect(try await stores.query(ArchiveQuery(owner: "a@x", with: "c@x"))?.records.map(\.uid) == ["a2"])
+            #expect(try await stores.query(ArchiveQuery(owner: "a@x", with: "nobody@x"))?.records.isEmpty == true)
+            #expect(try await stores.query(ArchiveQuery(owner: "nobody@x"))?.records.isEmpty == true)
+            #expect(try await stores.query(ArchiveQuery(owner: "nobody@x", after: "a1")) == nil)
+            #expect(try await stores.archiveCount(owner: "b@x") == 1)
+            let scope = AuditScope(users: ["b@x", "nobody@x"], rooms: [], start: 0, end: 10)
+            #expect(try await stores.auditRecords(in: scope, afterID: 0, limit: 10).map(\.id) == [13])
+            // More of the same JIDs make no new keys.
+            try await stores.append([ArchiveRecord(id: 20, uid: "c1", owner: "c@x", peer: "a@x", outgoing: false, time: 3, stanza: "<m/>")])
+            #expect(try await count(stores, "SELECT count(*) FROM jid_keys") == 3)
+        }
+    }
+
+    /// A key made in a transaction that rolled back is not used afterwards (its row is gone).
+    @Test func aRolledBackKeyIsForgotten() async throws {
+        try await withStores { stores, _ in
+            struct Abandoned: Error {}
+            let keys = try await stores.archiveDatabase.run { db -> [Int64] in
+                var made: Int64 = 0
+                #expect(throws: Abandoned.self) {
+                    try db.transaction {
+                        made = try db.jidKey("ghost@x")
+                        throw Abandoned()
+                    }
+                }
+                let again = try db.transaction { try db.jidKey("ghost@x") }
+                return [made, again]
+            }
+            #expect(keys.count == 2)
+            #expect(try await count(stores, "SELECT count(*) FROM jid_keys WHERE jid = 'ghost@x'") == 1)
+            #expect(try await count(stores, "SELECT id FROM jid_keys WHERE jid = 'ghost@x'") == keys[1])
+        }
+    }
+
     /// Text ids stored before schema 13 are found after the upgrade, also one that looks made.
     @Test func upgradeKeepsTextIDsFindable() async throws {
         try await withStores { _, path in
@@ -147,10 +199,13 @@ import Vault
             #expect(try await upgraded.record(owner: "a@x", uid: looksMade)?.stanza == "<m>first</m>")
             #expect(try await upgraded.record(owner: "a@x", uid: "u2")?.stanza == "<m>second</m>")
             #expect(try await upgraded.query(ArchiveQuery(owner: "a@x", after: looksMade))?.records.map(\.uid) == ["u2"])
+            // Schema 14 made the JIDs keys.
+            #expect(try await count(upgraded, "SELECT count(*) FROM archive WHERE typeof(owner) = 'integer' AND typeof(peer) = 'integer'") == 2)
+            #expect(try await upgraded.query(ArchiveQuery(owner: "a@x", with: "b@x"))?.records.map(\.peer) == ["b@x", "b@x"])
             // The ids' index still refuses a text id twice.
             await #expect(throws: (any Error).self) {
                 try await upgraded.archiveDatabase.run { db in
-                    try db.execute("INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES (3, 'u2', 'a@x', 'b@x', 1, 5, '')")
+                    try db.execute("INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES (3, 'u2', 1, 2, 1, 5, '')")
                 }
             }
         }
@@ -176,7 +231,7 @@ import Vault
             let scope = AuditScope(users: ["b@x"], rooms: [], start: 0, end: 10)
             #expect(try await upgraded.auditRecords(in: scope, afterID: 0, limit: 10).map(\.stanza) == ["<m>kept</m>"])
             #expect(try await upgraded.record(owner: "a@x", uid: "u")?.stanza == "<m>kept</m>")
-            #expect(try await count(upgraded, "SELECT count(*) FROM audit_participants") == 2)
+            #expect(try await count(upgraded, "SELECT count(*) FROM audit_participants WHERE typeof(user) = 'integer'") == 2)
             #expect(try await upgraded.purgeAudit(before: 10, users: nil) == 1)
             #expect(try await count(upgraded, "SELECT count(*) FROM audit_participants") == 0)
         }

@@ -668,7 +668,7 @@ import XMPPCore
         #expect(rest.messages.map { $0.child("body")?.text ?? "" } == ["note 4"] && rest.fin[attribute: "complete"] == "true")
         // Each copy shares its audit record's stored text (the room serialises a message once).
         let shared = try await server.stores.archiveDatabase.run { db in
-            try db.query("SELECT count(*) FROM archive WHERE owner = ? AND content IS NOT NULL", [.text(room)]) { $0.int(0) }.first
+            try db.query("SELECT count(*) FROM archive WHERE owner = (SELECT id FROM jid_keys WHERE jid = ?) AND content IS NOT NULL", [.text(room)]) { $0.int(0) }.first
         }
         #expect(shared == 4)
 
@@ -709,7 +709,7 @@ import XMPPCore
         // The room's stanza-ids were made from its copies' positions: stored with no text id.
         await server.applied()
         let textIDs = try await server.stores.archiveDatabase.run { db in
-            try db.query("SELECT count(uid), count(uid_random) FROM archive WHERE owner = ?", [.text(room)]) { [$0.int(0), $0.int(1)] }.first
+            try db.query("SELECT count(uid), count(uid_random) FROM archive WHERE owner = (SELECT id FROM jid_keys WHERE jid = ?)", [.text(room)]) { [$0.int(0), $0.int(1)] }.first
         }
         #expect(textIDs?.first == 0 && (textIDs?.last ?? 0) >= 5)
         await alice.close()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What each archive index costs SQLite, without the server.
 
-Builds the archive and audit tables as Switchboard's schema has them (step 13), fills them
+Builds the archive and audit tables as Switchboard's schema has them (step 14), fills them
 with N messages between 1,000 users, then times batches of 5,000 messages inserted the way
 the journal's apply does (one transaction; audit rows, then participants user by user, then
 archive copies owner by owner) and reports, per message: SQLite's CPU, the WAL bytes written
@@ -9,8 +9,9 @@ and the checkpoint's CPU. Options drop indexes or model older schemas, so one in
 the difference between two runs. Python's own per-row overhead is in the figures (about 1 µs
 per row; compare runs, not absolute values). Standard library only.
 
-    bench/floor/archive-schema.py                       # schema 13, fresh database
-    bench/floor/archive-schema.py --text-uids           # schema 12: every copy indexed by its text id
+    bench/floor/archive-schema.py                       # schema 14, fresh database
+    bench/floor/archive-schema.py --text-jids           # schema 13: JIDs as text in every index entry
+    bench/floor/archive-schema.py --text-jids --text-uids  # schema 12: every copy indexed by its text id too
     bench/floor/archive-schema.py --drop archive_owner_peer
     bench/floor/archive-schema.py --prefill 400000      # a grown database (takes minutes)
     bench/floor/archive-schema.py --page-size 8192
@@ -27,9 +28,9 @@ SCHEMA = """
 CREATE TABLE audit_messages (id INTEGER PRIMARY KEY AUTOINCREMENT, created_at REAL NOT NULL, sender TEXT NOT NULL,
     recipients TEXT NOT NULL, type TEXT NOT NULL, room TEXT, stanza BLOB NOT NULL, attachments BLOB NOT NULL);
 CREATE INDEX audit_messages_time ON audit_messages (created_at);
-CREATE TABLE audit_participants (user TEXT NOT NULL, created_at REAL NOT NULL, message INTEGER NOT NULL,
+CREATE TABLE audit_participants (user INTEGER NOT NULL, created_at REAL NOT NULL, message INTEGER NOT NULL,
     PRIMARY KEY (user, created_at, message)) WITHOUT ROWID;
-CREATE TABLE archive (id INTEGER PRIMARY KEY, owner TEXT NOT NULL, peer TEXT NOT NULL, outgoing INTEGER NOT NULL,
+CREATE TABLE archive (id INTEGER PRIMARY KEY, owner INTEGER NOT NULL, peer INTEGER NOT NULL, outgoing INTEGER NOT NULL,
     created_at REAL NOT NULL, stanza TEXT NOT NULL, uid TEXT, content INTEGER, uid_random INTEGER);
 CREATE INDEX archive_owner ON archive (owner, id);
 CREATE INDEX archive_owner_peer ON archive (owner, peer, id);
@@ -45,6 +46,7 @@ def main():
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--drop", default="", help="comma list of index names to leave out")
     parser.add_argument("--text-uids", action="store_true", help="store every copy's id as text (schema 12)")
+    parser.add_argument("--text-jids", action="store_true", help="owners, peers and participants as JID text (schema 13)")
     parser.add_argument("--page-size", type=int, default=4096)
     parser.add_argument("--dir", default=None, help="where the database goes (default: a temporary directory)")
     args = parser.parse_args()
@@ -66,9 +68,12 @@ def main():
         schema, found = re.subn(r"CREATE (UNIQUE )?INDEX %s ON[^;]*;" % re.escape(name), "", schema)
         if not found:
             parser.error(f"no index {name}")
+    if args.text_jids:
+        schema = schema.replace("INTEGER NOT NULL, peer INTEGER", "TEXT NOT NULL, peer TEXT").replace("user INTEGER", "user TEXT")
     db.executescript(schema)
 
-    users = [f"user{i}@example.test" for i in range(args.users)]
+    # Schema 14 keys every JID by an integer (the server keeps the keys it made in memory).
+    users = [f"user{i}@example.test" for i in range(args.users)] if args.text_jids else list(range(1, args.users + 1))
     sealed = os.urandom(330)  # a sealed audit text of an ordinary message
     suffixes = ["".join(random.choice("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
                         for _ in range(11)) for _ in range(4096)]
@@ -112,7 +117,7 @@ def main():
     started = time.process_time()
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     checkpoint = time.process_time() - started
-    print(f"prefill {args.prefill} drop [{args.drop}] text-uids {args.text_uids} page {args.page_size}: "
+    print(f"prefill {args.prefill} drop [{args.drop}] text-uids {args.text_uids} text-jids {args.text_jids} page {args.page_size}: "
           f"SQLite CPU {1e6 * sql_seconds[0] / messages:.1f} µs/msg, WAL {wal / messages:.0f} B/msg, "
           f"checkpoint CPU {1e6 * checkpoint / messages:.1f} µs/msg, database {os.path.getsize(path) / 1e6:.0f} MB")
     if not args.dir:
