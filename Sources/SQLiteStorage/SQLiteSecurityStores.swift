@@ -89,7 +89,16 @@ extension SQLiteStores: AuditArchiveStore {
     static func participants(sender: String, recipients: [String], room: String?) -> [String] {
         var participants = [sender] + recipients
         if let room { participants.append(room) }
-        return Array(Set(participants))
+        // A 1:1 message has two: comparing beats hashing them into a set (the audit rows' sealing
+        // task spent a tenth of its time here).
+        guard participants.count > 8 else {
+            var unique: [String] = []
+            unique.reserveCapacity(participants.count)
+            for name in participants where !unique.contains(name) { unique.append(name) }
+            return unique
+        }
+        var seen = Set<String>()
+        return participants.filter { seen.insert($0).inserted }
     }
 
     public func auditRecords(in scope: AuditScope, afterID: Int64, limit: Int) async throws -> [AuditRecord] {
