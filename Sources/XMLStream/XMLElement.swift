@@ -110,14 +110,14 @@ public struct XMLElement: Sendable, Hashable {
 
     /// Removes child elements matching the predicate.
     public mutating func removeChildren(where predicate: (XMLElement) -> Bool) {
-        // Looked for first: `removeAll` copies children shared with another copy of the element
-        // even when it removes nothing.
-        guard children.contains(where: { if case .element(let element) = $0 { return predicate(element) } else { return false } })
-        else { return }
-        children.removeAll {
-            if case .element(let element) = $0 { return predicate(element) }
+        func matches(_ node: XMLNode) -> Bool {
+            if case .element(let element) = node { return predicate(element) }
             return false
         }
+        // Looked for first: `removeAll` copies children shared with another copy of the element
+        // even when it removes nothing.
+        guard children.contains(where: matches) else { return }
+        children.removeAll(where: matches)
     }
 
     /// Returns a copy with one child element containing `text`.

@@ -705,8 +705,7 @@ public final class XMLStreamParser {
 
     /// `error`, found at `k`, unless the bytes before it are not UTF-8: then that came first.
     private func firstInOrder(_ error: XMLStreamError, _ p: UnsafeBufferPointer<UInt8>, _ start: Int, _ k: Int) -> XMLStreamError {
-        String(validating: UnsafeBufferPointer(rebasing: p[start..<k]), as: UTF8.self) == nil
-            ? XMLStreamError(.notWellFormed, "invalid UTF-8") : error
+        utf8String(UnsafeBufferPointer(rebasing: p[start..<k])) == nil ? XMLStreamError(.notWellFormed, "invalid UTF-8") : error
     }
 
     private func string(_ p: UnsafeBufferPointer<UInt8>, _ start: Int, _ end: Int) throws -> String {
