@@ -142,6 +142,7 @@ let package = Package(
             name: "SwitchboardTestSupport",
             dependencies: [
                 "Server", "Modules", "SQLiteStorage", "Assembly",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),

@@ -133,7 +133,6 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         loginTimeout?.cancel()
         rateHold?.cancel()
         rateHold = nil
-        server.metrics.connectionClosed()
         if session != nil, sm.resumable, !closing {
             // The connection dropped: keep the session for the client to resume (XEP-0198).
             detached = true
@@ -148,6 +147,9 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         } else {
             endSession()
         }
+        // Counted closed once the session is detached or ended: whoever sees the gauge drop
+        // (a test, an admin) sees the session's new state too.
+        server.metrics.connectionClosed()
         context.fireChannelInactive()
     }
 

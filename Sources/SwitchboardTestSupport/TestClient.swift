@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -66,23 +67,31 @@ public final class TestClient: @unchecked Sendable {
     }
 
     /// The next stream event; nil when the connection closed.
-    public func nextEvent(timeout: Duration = .seconds(10)) async throws -> XMLStreamEvent? {
+    ///
+    /// Waiting longer than `timeout` for bytes closes the connection and throws "nothing received
+    /// within …" (told apart from a server that closed the stream). The default only bounds a
+    /// failing test, so it is generous: a loaded machine running every suite at once is slow.
+    public func nextEvent(timeout: Duration = .seconds(30)) async throws -> XMLStreamEvent? {
         while buffered.isEmpty {
-            // A wait that takes too long closes the connection, which ends the stream.
             let channel = self.channel
+            let timedOut = NIOLockedValueBox(false)
             let timer = Task {
                 try await Task.sleep(for: timeout)
+                timedOut.withLockedValue { $0 = true }
                 try? await channel.close()
             }
             defer { timer.cancel() }
-            guard let chunk = await iterator.next() else { return nil }
+            guard let chunk = await iterator.next() else {
+                if timedOut.withLockedValue({ $0 }) { throw TestClientError("nothing received within \(timeout)") }
+                return nil
+            }
             try parser.feed(chunk) { buffered.append($0) }
         }
         return buffered.removeFirst()
     }
 
     /// The next top-level element; throws if the stream ends first.
-    public func next(timeout: Duration = .seconds(10)) async throws -> XMLElement {
+    public func next(timeout: Duration = .seconds(30)) async throws -> XMLElement {
         while true {
             switch try await nextEvent(timeout: timeout) {
             case .element(let element): return element
@@ -93,7 +102,7 @@ public final class TestClient: @unchecked Sendable {
     }
 
     /// Waits for an element matching `predicate`, skipping others.
-    public func next(where predicate: (XMLElement) -> Bool, timeout: Duration = .seconds(10)) async throws -> XMLElement {
+    public func next(where predicate: (XMLElement) -> Bool, timeout: Duration = .seconds(30)) async throws -> XMLElement {
         while true {
             let element = try await next(timeout: timeout)
             if predicate(element) { return element }

@@ -130,7 +130,7 @@ extension TestServer {
 extension TestServer {
     /// Waits until the running server has applied the directory as it is in the database now
     /// (it polls the version; the tree IQ answers with the version it serves), asking through `client`.
-    public func waitForDirectory(_ client: TestClient, timeout: Duration = .seconds(5)) async throws {
+    public func waitForDirectory(_ client: TestClient, timeout: Duration = .seconds(30)) async throws {
         let version = try await stores.directoryVersion()
         let deadline = ContinuousClock.now + timeout
         var attempt = 0

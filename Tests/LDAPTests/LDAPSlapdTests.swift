@@ -421,7 +421,7 @@ struct LDAPSlapdTests {
                 slapd.resume()
                 #expect(error == .timeout)
                 // Bounds loose enough for a loaded CI machine, far from "never" or the 10 s default.
-                #expect(elapsed >= .milliseconds(1_900) && elapsed < .seconds(6), "timed out after \(elapsed)")
+                #expect(elapsed >= .milliseconds(1_900) && elapsed < .seconds(9), "timed out after \(elapsed)")
                 // The search was abandoned; the connection still works once the server is back.
                 #expect(try await connection.search(base: slapd.baseDN, filter: "(uid=zhangwei)").count == 1)
             }
@@ -438,7 +438,7 @@ struct LDAPSlapdTests {
                 let start = clock.now
                 search.cancel()
                 await #expect(throws: CancellationError.self) { _ = try await search.value }
-                #expect(clock.now - start < .seconds(5), "cancelled at once, not at the 30 s timeout")
+                #expect(clock.now - start < .seconds(9), "cancelled at once, not at the 30 s timeout")
                 slapd.resume()
                 #expect(try await connection.search(base: slapd.baseDN, filter: "(uid=zhangwei)").count == 1)
             }
@@ -479,7 +479,7 @@ struct LDAPSlapdTests {
             let start = clock.now
             slapd.crash()
             await #expect(throws: LDAPError.closed) { _ = try await search.value }
-            #expect(clock.now - start < .seconds(5), "failed when the socket closed, not at the 20 s timeout")
+            #expect(clock.now - start < .seconds(9), "failed when the socket closed, not at the 20 s timeout")
             #expect(!connection.isActive)
             await connection.close()
         }

@@ -26,7 +26,6 @@ import Testing
         ldap.groupRoles = Self.roles
         ldap.disabledAttribute = "employeeType"
         ldap.disabledValues = ["disabled"]
-        ldap.timeoutMs = 2000
         change(&ldap)
         return ldap
     }
@@ -192,15 +191,12 @@ import Testing
                 -
 
                 """)
-            let started = ContinuousClock.now
             let report = try await run(.incremental, false)
-            let elapsed = ContinuousClock.now - started
             #expect(report.outcome == "ok", "\(report.message)")
             #expect(report.plan.added == 1)
             #expect(report.plan.moved == 1)
             #expect(report.plan.disabled == 2)
             #expect(report.plan.updated >= 1)
-            #expect(elapsed < .seconds(1))
             let after = try await snapshot(stores)
             #expect(after.users["xinren"]?.displayName == "辛仁")
             #expect(after.primaryUnit(of: "xinren") == zhangUnit)
@@ -284,7 +280,8 @@ import Testing
     }
 
     @Test func outageMidSyncChangesNothing() async throws {
-        try await withSync { slapd, stores, run in
+        // A short timeout, so that the suspended server fails the run well before 10 s.
+        try await withSync({ $0.timeoutMs = 2000 }) { slapd, stores, run in
             _ = try await run(.full, false)
             let version = try await stores.directoryVersion()
             try await slapd.modify(ldif: """

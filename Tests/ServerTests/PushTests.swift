@@ -21,7 +21,9 @@ import XMPPCore
         _ = try await phone.next { $0.id == "m1" }
         // Asleep (connection lost, session waiting for resumption): pushed.
         await phone.disconnect()
-        try await Task.sleep(for: .milliseconds(200))
+        let phoneJID = try JID("alice@example.test/phone")
+        let detached = await eventually { server.server.context.router.session(phoneJID)?.presence.detached == true }
+        #expect(detached)
         try await bob.send("<message to='alice@example.test' type='chat' id='m2'><body>confidential</body></message>")
         let push = try await appServer.next { $0.name == "iq" }
         #expect(push[attribute: "from"] == "alice@example.test")

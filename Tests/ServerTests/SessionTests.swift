@@ -138,10 +138,10 @@ import XMPPCore
         try await server.addUser("alice", password: "a")
         let client = try await server.connect()
         try await client.login("alice", password: "a")
-        let ping = try await client.next(timeout: .seconds(5))
+        let ping = try await client.next(timeout: .seconds(30))
         #expect(ping.name == "iq" && ping.child("ping", namespace: NS.ping) != nil)
         // No answer: the next idle period ends the stream.
-        let error = try await client.next(timeout: .seconds(5))
+        let error = try await client.next(timeout: .seconds(30))
         #expect(error.child("connection-timeout", namespace: NS.streamErrors) != nil)
         await client.close()
         await server.stop()
@@ -150,13 +150,15 @@ import XMPPCore
     @Test func answeredPingsKeepTheSession() async throws {
         let server = try await TestServer.start {
             $0.c2s.requireTLS = false
-            $0.limits.idleTimeoutSeconds = 1
+            // Each answer must reach the server within one idle period: 3 s leaves a loaded
+            // machine room, and an answered ping that did not count still ends the stream.
+            $0.limits.idleTimeoutSeconds = 3
         }
         try await server.addUser("alice", password: "a")
         let client = try await server.connect()
         try await client.login("alice", password: "a")
-        for _ in 0..<3 {
-            let ping = try await client.next(timeout: .seconds(5))
+        for _ in 0..<2 {
+            let ping = try await client.next(timeout: .seconds(30))
             #expect(ping.child("ping", namespace: NS.ping) != nil)
             try await client.send("<iq type='result' id='\(ping.id ?? "")' to='example.test'/>")
         }
@@ -169,8 +171,10 @@ import XMPPCore
     @Test func loginTimeoutClosesUnauthenticatedConnections() async throws {
         let server = try await TestServer.start { $0.limits.loginTimeoutSeconds = 1 }
         let client = try await server.connect()
-        _ = try await client.openStream()
-        let error = try await client.next(timeout: .seconds(5))
+        // The header raw: on a slow machine the timeout may come before the features do.
+        try await client.send(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>")
+        let error = try await client.next(where: { $0.name == "error" }, timeout: .seconds(30))
         #expect(error.child("connection-timeout", namespace: NS.streamErrors) != nil)
         await client.close()
         await server.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -249,6 +251,20 @@ class Prosody(ServerUnderTest):
 
 
 BACKENDS = {"switchboard": Switchboard, "prosody": Prosody}
+
+
+def metrics(srv) -> str:
+    """Switchboard's Prometheus exposition (the HTTP listener's /metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """One sample of `metrics` text; -1 when absent."""
+    label = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name + (f"{{{label}}}" if label else "")) + r" ([0-9.e+]+)$"
+    m = re.search(pattern, text, re.M)
+    return float(m.group(1)) if m else -1
 
 
 def server_kind() -> str:

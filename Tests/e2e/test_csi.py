@@ -68,7 +68,7 @@ async def test_inactive_client_gets_latest_presence_before_next_message(xmpp, se
     assert (p["show"], p["status"]) == ("chat", "five"), p
     await alice.expect_nothing(presence_from(bob_full), "superseded or repeated presence", 0.3)
     await bob.announce(pstatus="six")
-    p = await alice.wait_for(presence_from(bob_full), "presence while active", timeout=2)
+    p = await alice.wait_for(presence_from(bob_full), "presence while active")
     assert p["status"] == "six", p
 
 

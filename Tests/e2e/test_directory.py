@@ -347,7 +347,7 @@ async def test_colleague_deleted_in_ldap_goes_offline_for_colleagues(dxmpp, slap
         dn = None
         await g.wait_disconnected(timeout=LIVE)
         await zw.wait_roster_push(gone.jid, subscription="remove", timeout=LIVE)
-        await zw.wait_presence(gone.jid, "unavailable", timeout=3)
+        await zw.wait_presence(gone.jid, "unavailable", timeout=LIVE)
     finally:
         if dn is not None:
             with contextlib.suppress(Exception):

@@ -1,11 +1,12 @@
 """Push notifications (XEP-0357, urn:xmpp:push:0): a phone registers an app server; messages
 that arrive while the phone sleeps (connection lost, XEP-0198 session waiting for resumption)
 or is offline make the server publish a body-free summary to the app server's node."""
+import asyncio
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import server_kind
+from conftest import metric, metrics, server_kind
 from xmpp_client import async_test
 
 pytestmark = [pytest.mark.xep("XEP-0357"),
@@ -61,6 +62,18 @@ def check_push(push, user: str, node: str, sender: str, secret_body: str):
     assert options is not None and form_fields(options).get("secret") == SECRET, push
 
 
+async def drop_and_wait_detached(session, server, within: float = 10.0):
+    """Drops the connection and waits until the server has noticed (its open-connection gauge
+    drops once the session is detached): a message sent before that would go to the live
+    session's dead socket, not be pushed."""
+    before = metric(metrics(server), "switchboard_connections_open")
+    await session.drop_connection()
+    deadline = asyncio.get_running_loop().time() + within
+    while metric(metrics(server), "switchboard_connections_open") >= before:
+        assert asyncio.get_running_loop().time() < deadline, "the server never noticed the dropped connection"
+        await asyncio.sleep(0.02)
+
+
 @async_test(timeout=30)
 async def test_sleeping_phone_is_pushed_without_the_body(xmpp, server):
     alice_acc, bob_acc, app_acc = xmpp.new_user("alice"), xmpp.new_user("bob"), xmpp.new_user("pushbot")
@@ -77,7 +90,7 @@ async def test_sleeping_phone_is_pushed_without_the_body(xmpp, server):
     await app.expect_nothing(is_push, "push while the phone is online", 0.5)
 
     # Asleep: the connection dies, the session waits for resumption.
-    await phone.drop_connection()
+    await drop_and_wait_detached(phone, server)
     bob.send_chat(alice_acc.jid, "董事会纪要：机密")
     push = await app.wait_for(is_push, "push publish for the sleeping phone")
     check_push(push, alice_acc.jid, node, bob_acc.jid, "董事会纪要")
@@ -86,7 +99,7 @@ async def test_sleeping_phone_is_pushed_without_the_body(xmpp, server):
     await phone.resume()
     await phone.wait_message(sender=bob_acc.jid, body="董事会纪要：机密")
     await phone.iq(push_iq(phone, "disable", app_jid, node))
-    await phone.drop_connection()
+    await drop_and_wait_detached(phone, server)
     bob.send_chat(alice_acc.jid, "after disable")
     await app.expect_nothing(is_push, "push after <disable/>", 1.0)
     await phone.resume()

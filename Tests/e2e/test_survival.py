@@ -17,12 +17,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import running_server, server_kind
+from conftest import metric, metrics, running_server, server_kind
 from test_bad_input import BILLION_LAUGHS_DTD, MALFORMED, expect_stream_error
 from xmpp_client import STREAM_HEADER, LoginFailed, RawStream, Session, async_test
 
@@ -48,18 +47,6 @@ def hardened(request):
 def memory_kib(pid: int) -> dict[str, int]:
     status = Path(f"/proc/{pid}/status").read_text()
     return {k: int(re.search(rf"^{k}:\s+(\d+) kB", status, re.M).group(1)) for k in ("VmRSS", "VmHWM")}
-
-
-def metrics(srv) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/metrics", timeout=5) as r:
-        return r.read().decode()
-
-
-def metric(text: str, name: str, **labels) -> float:
-    label = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name + (f"{{{label}}}" if label else "")) + r" ([0-9.e+]+)$"
-    m = re.search(pattern, text, re.M)
-    return float(m.group(1)) if m else -1
 
 
 def flood(srv, count: int, sources: str) -> subprocess.Popen:
