@@ -20,81 +20,104 @@ public enum XMLSerializer {
         writeElement(element, into: &buffer, defaultNamespace: defaultNamespace, streamPrefixDeclared: streamPrefixDeclared)
     }
 
-    /// Serialises to a `String` (tests, logs, storage).
+    /// Serialises to a `String` (tests, logs, storage; the router makes one per message).
+    ///
+    /// Two passes over the element: one counts the bytes, the other writes them straight into
+    /// the string's own storage, exactly sized. (Through a `ByteBuffer` it was two more
+    /// allocations, a copy, and a capacity check per piece written.)
     public static func string(_ element: XMLElement, defaultNamespace: String = "") -> String {
-        // A routed chat message with its stanza-id is 300–500 bytes: started at 256 the buffer
-        // was reallocated (and copied) for nearly every one. It lives only until the string is made.
+        if let text = exactString(element, defaultNamespace: defaultNamespace) { return text }
+        // Not expected (both passes run the same code): the buffered way, never a short text.
         var buffer = ByteBufferAllocator().buffer(capacity: 1024)
         write(element, into: &buffer, defaultNamespace: defaultNamespace, streamPrefixDeclared: false)
         return buffer.readString(length: buffer.readableBytes) ?? ""
     }
 
-    private static func writeElement(
+    /// The two-pass string; nil if the passes disagreed on the length.
+    static func exactString(_ element: XMLElement, defaultNamespace: String) -> String? {
+        var counter = ByteCounter()
+        writeElement(element, into: &counter, defaultNamespace: defaultNamespace, streamPrefixDeclared: false)
+        let length = counter.count
+        var exact = false
+        let text = String(unsafeUninitializedCapacity: length) { storage in
+            var writer = BoundedWriter(storage)
+            writeElement(element, into: &writer, defaultNamespace: defaultNamespace, streamPrefixDeclared: false)
+            exact = !writer.overflowed && writer.count == length
+            return writer.overflowed ? 0 : writer.count
+        }
+        return exact ? text : nil
+    }
+
+    private static func writeElement<Sink: XMLByteSink>(
         _ element: XMLElement,
-        into buffer: inout ByteBuffer,
+        into buffer: inout Sink,
         defaultNamespace: String,
         streamPrefixDeclared: Bool
     ) {
         let isStreamNamespace = element.namespace == XMLNamespace.streams
-        buffer.writeStaticString("<")
+        buffer.putStatic("<")
         if isStreamNamespace {
-            buffer.writeStaticString("stream:")
+            buffer.putStatic("stream:")
         }
-        buffer.writeString(element.name)
+        buffer.putString(element.name)
         var childDefault = defaultNamespace
         var childStreamDeclared = streamPrefixDeclared
         if isStreamNamespace {
             if !streamPrefixDeclared {
-                buffer.writeStaticString(" xmlns:stream=\"http://etherx.jabber.org/streams\"")
+                buffer.putStatic(" xmlns:stream=\"http://etherx.jabber.org/streams\"")
                 childStreamDeclared = true
             }
         } else if element.namespace != defaultNamespace {
-            buffer.writeStaticString(" xmlns=\"")
-            writeEscaped(element.namespace, into: &buffer, attribute: true)
-            buffer.writeStaticString("\"")
+            buffer.putStatic(" xmlns=\"")
+            escape(element.namespace, into: &buffer, attribute: true)
+            buffer.putStatic("\"")
             childDefault = element.namespace
         }
         var extraPrefix = 0
         for attribute in element.attributes {
-            buffer.writeStaticString(" ")
+            buffer.putStatic(" ")
             if !attribute.namespace.isEmpty {
                 if attribute.namespace == XMLNamespace.xml {
-                    buffer.writeStaticString("xml:")
+                    buffer.putStatic("xml:")
                 } else {
                     extraPrefix += 1
-                    buffer.writeString("xmlns:a\(extraPrefix)=\"")
-                    writeEscaped(attribute.namespace, into: &buffer, attribute: true)
-                    buffer.writeString("\" a\(extraPrefix):")
+                    buffer.putString("xmlns:a\(extraPrefix)=\"")
+                    escape(attribute.namespace, into: &buffer, attribute: true)
+                    buffer.putString("\" a\(extraPrefix):")
                 }
             }
-            buffer.writeString(attribute.name)
-            buffer.writeStaticString("=\"")
-            writeEscaped(attribute.value, into: &buffer, attribute: true)
-            buffer.writeStaticString("\"")
+            buffer.putString(attribute.name)
+            buffer.putStatic("=\"")
+            escape(attribute.value, into: &buffer, attribute: true)
+            buffer.putStatic("\"")
         }
         if element.children.isEmpty {
-            buffer.writeStaticString("/>")
+            buffer.putStatic("/>")
             return
         }
-        buffer.writeStaticString(">")
+        buffer.putStatic(">")
         for child in element.children {
             switch child {
             case .element(let childElement):
                 writeElement(childElement, into: &buffer, defaultNamespace: childDefault, streamPrefixDeclared: childStreamDeclared)
             case .text(let text):
-                writeEscaped(text, into: &buffer, attribute: false)
+                escape(text, into: &buffer, attribute: false)
             }
         }
-        buffer.writeStaticString("</")
+        buffer.putStatic("</")
         if isStreamNamespace {
-            buffer.writeStaticString("stream:")
+            buffer.putStatic("stream:")
         }
-        buffer.writeString(element.name)
-        buffer.writeStaticString(">")
+        buffer.putString(element.name)
+        buffer.putStatic(">")
     }
 
     /// Escapes `&`, `<`, `>` (and quotes in attributes) while copying runs of safe bytes at once.
     public static func writeEscaped(_ string: String, into buffer: inout ByteBuffer, attribute: Bool) {
+        escape(string, into: &buffer, attribute: attribute)
+    }
+
+    private static func escape<Sink: XMLByteSink>(_ string: String, into buffer: inout Sink, attribute: Bool) {
         var string = string
         string.withUTF8 { bytes in
             var runStart = 0
@@ -116,16 +139,68 @@ public enum XMLSerializer {
                 }
                 if let replacement {
                     if index > runStart {
-                        buffer.writeBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<index]))
+                        buffer.putBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<index]))
                     }
-                    buffer.writeStaticString(replacement)
+                    buffer.putStatic(replacement)
                     runStart = index + 1
                 }
                 index += 1
             }
             if count > runStart {
-                buffer.writeBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<count]))
+                buffer.putBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<count]))
             }
         }
+    }
+}
+
+/// Where the serialiser's bytes go: a `ByteBuffer` (the wire), a counter (a string's exact
+/// length), or a string's storage.
+protocol XMLByteSink {
+    mutating func putStatic(_ string: StaticString)
+    mutating func putString(_ string: String)
+    mutating func putBytes(_ bytes: UnsafeRawBufferPointer)
+}
+
+extension ByteBuffer: XMLByteSink {
+    mutating func putStatic(_ string: StaticString) { writeStaticString(string) }
+    mutating func putString(_ string: String) { writeString(string) }
+    mutating func putBytes(_ bytes: UnsafeRawBufferPointer) { writeBytes(bytes) }
+}
+
+/// Counts what would be written.
+struct ByteCounter: XMLByteSink {
+    var count = 0
+    mutating func putStatic(_ string: StaticString) { count += string.utf8CodeUnitCount }
+    mutating func putString(_ string: String) { count += string.utf8.count }
+    mutating func putBytes(_ bytes: UnsafeRawBufferPointer) { count += bytes.count }
+}
+
+/// Writes into memory of a fixed size; past its end it writes nothing more and says so.
+struct BoundedWriter: XMLByteSink {
+    private let storage: UnsafeMutableBufferPointer<UInt8>
+    private(set) var count = 0
+    private(set) var overflowed = false
+
+    init(_ storage: UnsafeMutableBufferPointer<UInt8>) { self.storage = storage }
+
+    mutating func putBytes(_ bytes: UnsafeRawBufferPointer) {
+        guard !overflowed, bytes.count <= storage.count - count else {
+            overflowed = true
+            return
+        }
+        if let base = storage.baseAddress, let source = bytes.baseAddress {
+            UnsafeMutableRawPointer(base + count).copyMemory(from: source, byteCount: bytes.count)
+        }
+        count += bytes.count
+    }
+
+    mutating func putStatic(_ string: StaticString) {
+        // (A one-character literal has no pointer representation: withUTF8Buffer covers both.)
+        string.withUTF8Buffer { putBytes(UnsafeRawBufferPointer($0)) }
+    }
+
+    mutating func putString(_ string: String) {
+        var string = string
+        string.withUTF8 { putBytes(UnsafeRawBufferPointer($0)) }
     }
 }

@@ -49,6 +49,36 @@ import Testing
         "  <?xml version='1.0'?><a/>",
     ]
 
+    /// The string the serialiser makes in two passes (count, then write into the string) is
+    /// byte for byte what it writes to the wire, for every element of the valid inputs (escapes,
+    /// prefixes, CDATA, non-ASCII, the stream namespace) and for a large one.
+    @Test func exactStringsAreTheWireBytes() throws {
+        var elements: [XMLElement] = []
+        for input in Self.valid {
+            let parser = XMLStreamParser(limits: XMLStreamLimits(maxStanzaBytes: 1 << 24, maxDepth: 1000))
+            try Array(input.utf8).withUnsafeBytes { raw in
+                try parser.feed(raw) { event in
+                    switch event {
+                    case .streamOpened(let root): elements.append(root)
+                    case .element(let element): elements.append(element)
+                    case .streamClosed: break
+                    }
+                }
+            }
+        }
+        elements.append(XMLElement("body", xmlns: "jabber:client").withText(String(repeating: "长文本 <&> \"'\r\t ", count: 20_000)))
+        elements.append(XMLElement("e", xmlns: "", ["a": "\t\n\r\"'<>&"]))
+        #expect(elements.count > Self.valid.count)
+        for element in elements {
+            for namespace in ["", "jabber:client"] {
+                var buffer = ByteBuffer()
+                XMLSerializer.write(element, into: &buffer, defaultNamespace: namespace, streamPrefixDeclared: false)
+                let exact = XMLSerializer.exactString(element, defaultNamespace: namespace)
+                #expect(exact.map { Array($0.utf8) } == Array(buffer.readableBytesView), "\(String(buffer: buffer))")
+            }
+        }
+    }
+
     private func ours(_ chunks: [[UInt8]]) -> (events: [String], failed: Bool) {
         let parser = XMLStreamParser(limits: XMLStreamLimits(maxStanzaBytes: 1 << 24, maxDepth: 1000))
         var events: [String] = []

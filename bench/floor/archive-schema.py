@@ -2,7 +2,7 @@
 """What each archive index costs SQLite, without the server.
 
 Builds the archive and audit tables as Switchboard's schema has them (step 14), fills them
-with N messages between 1,000 users, then times batches of 5,000 messages inserted the way
+with N messages between 1,000 users, then times batches (5,000 messages by default) inserted the way
 the journal's apply does (one transaction; audit rows, then participants user by user, then
 archive copies owner by owner) and reports, per message: SQLite's CPU, the WAL bytes written
 and the checkpoint's CPU. Options drop indexes or model older schemas, so one index's cost is
@@ -15,6 +15,14 @@ per row; compare runs, not absolute values). Standard library only.
     bench/floor/archive-schema.py --drop archive_owner_peer
     bench/floor/archive-schema.py --prefill 400000      # a grown database (takes minutes)
     bench/floor/archive-schema.py --page-size 8192
+    bench/floor/archive-schema.py --runs                # per-owner runs instead of the two owner indexes
+    bench/floor/archive-schema.py --runs --peer-runs    # … and per-(owner, peer) runs for "with" queries
+    bench/floor/archive-schema.py --pairs               # fixed partners (the load generator's pattern)
+
+--runs models a log-structured owner index: each apply writes, per owner, one row holding the
+batch's positions of that owner's copies (and each copy's peer), varint-packed, instead of an
+entry per copy in archive_owner and archive_owner_peer. --peer-runs adds one row per (owner, peer)
+per batch, so that "with" queries need not scan the owner's runs.
 """
 import argparse
 import os
@@ -38,19 +46,56 @@ CREATE UNIQUE INDEX archive_uid ON archive (uid) WHERE uid IS NOT NULL;
 CREATE INDEX archive_content ON archive (content) WHERE content IS NOT NULL;
 """
 
+RUNS_SCHEMA = """
+CREATE TABLE archive_runs (owner INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, count INTEGER NOT NULL,
+    entries BLOB NOT NULL, PRIMARY KEY (owner, first)) WITHOUT ROWID;
+CREATE TABLE archive_peer_runs (owner INTEGER NOT NULL, peer INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
+    count INTEGER NOT NULL, entries BLOB NOT NULL, PRIMARY KEY (owner, peer, first)) WITHOUT ROWID;
+"""
+
+
+def varint(value: int, out: bytearray) -> None:
+    while value >= 0x80:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+
+
+def runs(copies, key, with_peer):
+    """One row per key: (key…, first, last, count, packed (position delta[, peer]) pairs)."""
+    groups = {}
+    for copy in copies:
+        groups.setdefault(key(copy), []).append(copy)
+    rows = []
+    for group_key, group in groups.items():
+        packed, previous = bytearray(), 0
+        for copy in group:
+            varint(copy[0] - previous, packed)
+            previous = copy[0]
+            if with_peer:
+                varint(copy[2], packed)
+        rows.append((*group_key, group[0][0], group[-1][0], len(group), bytes(packed)))
+    return rows
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prefill", type=int, default=0, help="messages stored before timing")
-    parser.add_argument("--batches", type=int, default=20, help="timed batches of 5,000 messages")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches")
+    parser.add_argument("--batch-size", type=int, default=5000, help="messages per timed batch (one apply)")
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--drop", default="", help="comma list of index names to leave out")
     parser.add_argument("--text-uids", action="store_true", help="store every copy's id as text (schema 12)")
     parser.add_argument("--text-jids", action="store_true", help="owners, peers and participants as JID text (schema 13)")
     parser.add_argument("--page-size", type=int, default=4096)
+    parser.add_argument("--runs", action="store_true", help="per-owner runs instead of archive_owner and archive_owner_peer")
+    parser.add_argument("--peer-runs", action="store_true", help="with --runs: per-(owner, peer) runs too")
+    parser.add_argument("--pairs", action="store_true", help="every user writes to one fixed partner (the load generator)")
     parser.add_argument("--dir", default=None, help="where the database goes (default: a temporary directory)")
     args = parser.parse_args()
 
+    if args.runs and args.text_jids:
+        parser.error("--runs packs integer keys: not with --text-jids")
     directory = args.dir or tempfile.mkdtemp(prefix="sb-archive-schema-")
     path = os.path.join(directory, "archive.sqlite")
     for suffix in ("", "-wal", "-shm"):
@@ -64,7 +109,11 @@ def main():
     db.execute("PRAGMA cache_size=-65536")
     db.execute("PRAGMA wal_autocheckpoint=65536")
     schema = SCHEMA
-    for name in filter(None, args.drop.split(",")):
+    drops = list(filter(None, args.drop.split(",")))
+    if args.runs:
+        drops += ["archive_owner", "archive_owner_peer"]
+        schema += RUNS_SCHEMA
+    for name in drops:
         schema, found = re.subn(r"CREATE (UNIQUE )?INDEX %s ON[^;]*;" % re.escape(name), "", schema)
         if not found:
             parser.error(f"no index {name}")
@@ -83,7 +132,11 @@ def main():
     def batch(count):
         audit, participants, copies = [], [], []
         for k in range(count):
-            sender, recipient = random.sample(users, 2)
+            if args.pairs:
+                sender = random.randrange(len(users))
+                sender, recipient = users[sender], users[sender ^ 1 if sender ^ 1 < len(users) else sender - 1]
+            else:
+                sender, recipient = random.sample(users, 2)
             position[0] += 3
             at = position[0]
             audit.append((at, at / 1e6, sender, recipient, "chat", None, sealed, b""))
@@ -96,12 +149,18 @@ def main():
         participants.sort(key=lambda row: row[0])  # the apply groups rows by user / owner
         copies.sort(key=lambda row: row[1])
         started = time.process_time()
+        if args.runs:  # packing is the server's work too: timed
+            owner_runs = runs(copies, lambda c: (c[1],), with_peer=True)
+            peer_runs = runs(copies, lambda c: (c[1], c[2]), with_peer=False) if args.peer_runs else []
         db.execute("BEGIN")
         db.executemany("INSERT INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments)"
                        " VALUES (?,?,?,?,?,?,?,?)", audit)
         db.executemany("INSERT INTO audit_participants VALUES (?,?,?)", participants)
         db.executemany("INSERT INTO archive (id, owner, peer, outgoing, created_at, stanza, uid, content, uid_random)"
                        " VALUES (?,?,?,?,?,?,?,?,?)", copies)
+        if args.runs:
+            db.executemany("INSERT INTO archive_runs VALUES (?,?,?,?,?)", owner_runs)
+            db.executemany("INSERT INTO archive_peer_runs VALUES (?,?,?,?,?,?)", peer_runs)
         db.execute("COMMIT")
         sql_seconds[0] += time.process_time() - started
 
@@ -111,13 +170,13 @@ def main():
     db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint is timed on its own below
     sql_seconds[0] = 0.0
     for _ in range(args.batches):
-        batch(5000)
-    messages = args.batches * 5000
+        batch(args.batch_size)
+    messages = args.batches * args.batch_size
     wal = os.path.getsize(path + "-wal")
     started = time.process_time()
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     checkpoint = time.process_time() - started
-    print(f"prefill {args.prefill} drop [{args.drop}] text-uids {args.text_uids} text-jids {args.text_jids} page {args.page_size}: "
+    print(f"prefill {args.prefill} drop [{args.drop}] runs {args.runs} peer-runs {args.peer_runs} pairs {args.pairs} batch {args.batch_size} text-uids {args.text_uids} text-jids {args.text_jids} page {args.page_size}: "
           f"SQLite CPU {1e6 * sql_seconds[0] / messages:.1f} µs/msg, WAL {wal / messages:.0f} B/msg, "
           f"checkpoint CPU {1e6 * checkpoint / messages:.1f} µs/msg, database {os.path.getsize(path) / 1e6:.0f} MB")
     if not args.dir:
