@@ -317,7 +317,30 @@ enum Migrations {
         DROP TABLE audit_participants;
         ALTER TABLE audit_participants_v14 RENAME TO audit_participants;
         """,
+        // 15: the archive's per-owner indexes become runs (`ArchiveRuns`): per apply, one row
+        // per owner and one per (owner, peer) listing the positions stored, instead of an entry
+        // per copy in each of two indexes. `program(after:)` builds the runs of the copies
+        // stored so far and drops the two indexes.
+        """
+        CREATE TABLE archive_runs (
+            owner INTEGER NOT NULL,
+            peer INTEGER NOT NULL,
+            first INTEGER NOT NULL,
+            last INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            entries BLOB NOT NULL,
+            PRIMARY KEY (owner, peer, first)
+        ) WITHOUT ROWID;
+        """,
     ]
+
+    /// Work a step needs beyond SQL, run after its SQL in the same transaction (`steps` index).
+    static func program(after step: Int, _ connection: Connection) throws {
+        switch step {
+        case 14: try ArchiveRuns.build(in: connection)
+        default: break
+        }
+    }
 
     /// Brings the schema to version `target` (all steps unless a test wants an older one).
     static func migrate(_ connection: Connection, to target: Int = steps.count) throws {
@@ -330,6 +353,7 @@ enum Migrations {
         for version in current..<max(current, min(target, steps.count)) {
             try connection.transaction {
                 try connection.execute(steps[version])
+                try program(after: version, connection)
                 try connection.execute("PRAGMA user_version = \(version + 1)")
             }
         }

@@ -207,6 +207,17 @@ public final class Connection {
         return rows
     }
 
+    /// Steps through a query's rows while `body` returns true (rows read as needed, not all at
+    /// once). `body` must not run this same SQL (it shares the cached statement).
+    public func forEachRow(_ sql: String, _ values: [SQLValue], _ body: (Statement) throws -> Bool) throws {
+        let statement = try prepare(sql)
+        try statement.bind(values)
+        defer { statement.reset() }
+        while try statement.step() {
+            guard try body(statement) else { return }
+        }
+    }
+
     public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
 
     /// Runs `body` in `BEGIN IMMEDIATE … COMMIT`, rolling back if it throws.

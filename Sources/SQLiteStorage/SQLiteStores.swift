@@ -128,9 +128,10 @@ extension SQLiteStores: AccountStore {
         }
         // Rooms keep their archives in the same table under the room's JID: a room named like
         // the user ("sales@conference…") is not the user's.
-        try db.run(
-            "DELETE FROM archive WHERE owner IN (SELECT id FROM jid_keys WHERE substr(jid, 1, length(?1)) = ?1 AND jid NOT IN (SELECT jid FROM muc_rooms))",
-            [prefix])
+        let owners = try db.query(
+            "SELECT id FROM jid_keys WHERE substr(jid, 1, length(?1)) = ?1 AND jid NOT IN (SELECT jid FROM muc_rooms)", [prefix]
+        ) { $0.int(0) }
+        for owner in owners { try ArchiveRuns.deleteArchive(owner: owner, in: db) }
         try db.run("DELETE FROM pep_items WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
         try db.run("DELETE FROM pep_nodes WHERE substr(owner, 1, length(?1)) = ?1", [prefix])
         return removed
@@ -361,6 +362,9 @@ extension SQLiteStores: ArchiveStore {
             }
             let insertCopy = try db.prepare(
                 "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content, uid_random) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            // Copies this transaction stored (not those an apply again finds stored), for the runs.
+            var stored: [(owner: Int64, peer: Int64, position: Int64)] = []
+            stored.reserveCapacity(records.count)
             for index in copies {
                 let record = records[index]
                 if !deleted.isEmpty, let at = record.owner.firstIndex(of: "@"), let gone = deleted[String(record.owner[..<at])],
@@ -377,8 +381,10 @@ extension SQLiteStores: ArchiveStore {
                     try insertCopy.bind(2, record.uid)
                     try insertCopy.bind(9, .null)
                 }
-                try insertCopy.bind(3, try db.jidKey(record.owner))
-                try insertCopy.bind(4, try db.jidKey(record.peer))
+                let owner = try db.jidKey(record.owner)
+                let peer = try db.jidKey(record.peer)
+                try insertCopy.bind(3, owner)
+                try insertCopy.bind(4, peer)
                 try insertCopy.bind(5, Int64(record.outgoing ? 1 : 0))
                 try insertCopy.bind(6, record.time)
                 if let shared = sharedRecord(record.stanza) {
@@ -388,8 +394,9 @@ extension SQLiteStores: ArchiveStore {
                     try insertCopy.bind(7, try self.sealed(record.stanza, context: "archive"))
                     try insertCopy.bind(8, .null)
                 }
-                try insertCopy.execute()
+                if try insertCopy.execute() > 0 { stored.append((owner, peer, record.id)) }
             }
+            try ArchiveRuns.index(stored, in: db)
         }
     }
 
@@ -476,36 +483,43 @@ extension SQLiteStores: ArchiveStore {
             func position(_ uid: String) throws -> Int64? {
                 try Self.position(of: uid, owner: query.owner, in: db)
             }
-            var conditions = ["a.owner = \(Self.jidKeyOf)"]
-            var values: [SQLValue] = [.text(query.owner)]
+            var after: Int64?
+            var before: Int64?
+            if let uid = query.after {
+                guard let id = try position(uid) else { return nil }
+                after = id
+            }
+            if let uid = query.before {
+                guard let id = try position(uid) else { return nil }
+                before = id
+            }
+            // Nothing was ever stored under a JID without a key.
+            guard let owner = try db.existingJidKey(query.owner) else { return ArchivePage(records: [], complete: true) }
+            var peer = ArchiveRuns.allPeers
             if let with = query.with {
-                conditions.append("a.peer = \(Self.jidKeyOf)")
-                values.append(.text(with))
-            }
-            if let start = query.start {
-                conditions.append("a.created_at >= ?")
-                values.append(.double(start))
-            }
-            if let end = query.end {
-                conditions.append("a.created_at <= ?")
-                values.append(.double(end))
-            }
-            if let after = query.after {
-                guard let id = try position(after) else { return nil }
-                conditions.append("a.id > ?")
-                values.append(.int(id))
-            }
-            if let before = query.before {
-                guard let id = try position(before) else { return nil }
-                conditions.append("a.id < ?")
-                values.append(.int(id))
+                guard let key = try db.existingJidKey(with) else { return ArchivePage(records: [], complete: true) }
+                peer = key
             }
             let backwards = query.before != nil || query.fromEnd
             let limit = max(0, query.limit)
-            values.append(.int(Int64(limit + 1)))
-            let sql = "SELECT \(Self.archiveColumns) WHERE "
-                + conditions.joined(separator: " AND ") + " ORDER BY a.id " + (backwards ? "DESC" : "ASC") + " LIMIT ?"
-            var records = try db.query(sql, values, self.archiveRecord)
+            let timed = query.start != nil || query.end != nil
+            var records: [ArchiveRecord] = []
+            try ArchiveRuns.forEach(
+                ArchiveRuns.RunKey(owner: owner, peer: peer), after: after, before: before, descending: backwards, in: db
+            ) { position in
+                if timed {
+                    // The time alone first: copies outside the range are not opened.
+                    guard let time = try db.query("SELECT created_at FROM archive WHERE id = ?", [.int(position)], { $0.double(0) }).first,
+                        query.start.map({ time >= $0 }) ?? true, query.end.map({ time <= $0 }) ?? true
+                    else { return true }
+                }
+                // A listed copy that is gone or not the owner's is skipped (not expected).
+                guard let record = try db.query("SELECT \(Self.archiveColumns) WHERE a.id = ?", [.int(position)], self.archiveRecord).first,
+                    record.owner == query.owner
+                else { return true }
+                records.append(record)
+                return records.count <= limit
+            }
             let complete = records.count <= limit
             if !complete { records.removeLast() }
             if backwards { records.reverse() }
@@ -539,7 +553,8 @@ extension SQLiteStores: ArchiveStore {
 
     public func archiveCount(owner: String) async throws -> Int {
         try await archiveDatabase.run { db in
-            Int(try db.query("SELECT count(*) FROM archive WHERE owner = \(Self.jidKeyOf)", [.text(owner)]) { $0.int(0) }.first ?? 0)
+            guard let key = try db.existingJidKey(owner) else { return 0 }
+            return try ArchiveRuns.count(owner: key, in: db)
         }
     }
 }
@@ -690,6 +705,12 @@ extension SQLiteStores: MUCStore {
 }
 
 extension Connection {
+    /// The key of a JID that has one (nil: nothing was ever stored under it); makes none.
+    func existingJidKey(_ jid: String) throws -> Int64? {
+        if let key = jidKeys[jid] { return key }
+        return try query("SELECT id FROM jid_keys WHERE jid = ?", [.text(jid)], { $0.int(0) }).first
+    }
+
     /// The key of `jid` in `jid_keys`, made when it has none (inside the caller's transaction).
     func jidKey(_ jid: String) throws -> Int64 {
         if let key = jidKeys[jid] { return key }

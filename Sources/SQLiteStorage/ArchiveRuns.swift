@@ -1,0 +1,282 @@
+/// The message archive's per-owner index, log-structured (schema step 15).
+///
+/// An index entry per archive copy (`archive_owner (owner, id)` and `archive_owner_peer (owner,
+/// peer, id)` until step 14) was most of what storing a message cost: every copy a b-tree insert
+/// into each of two indexes, each on a page of its own owner, page splits in the middle of the
+/// trees, and those pages written again to the WAL and the database. Here an apply writes, per
+/// owner it stored copies for, one row (`peer` 0, `allPeers`) listing the positions of those
+/// copies, and one per (owner, peer) for the "with" queries: rows per apply, not per copy.
+///
+/// A row ("run") holds up to `maxEntries` ascending positions of one key, varint-encoded as
+/// differences (`first` itself is the first). A key's runs never overlap, so they are ordered by
+/// `first` and by `last` alike and a query reads them in key order. Positions arrive nearly in
+/// order (they are taken from one clock, but two event loops may journal theirs in either order),
+/// so a new position at or below the key's newest `last` merges the runs it overlaps. A key's
+/// newest run shorter than `extendBelow` takes the next apply's positions in place, so that at
+/// low rates runs do not stay one copy long.
+enum ArchiveRuns {
+    /// Positions per run at most: a query decodes at most one run more than it needs.
+    static let maxEntries = 1024
+    /// A newest run this short is extended in place rather than followed by another.
+    static let extendBelow = 128
+    /// The `peer` of the runs that list all of an owner's copies (JID keys start at 1).
+    static let allPeers: Int64 = 0
+
+    struct Run {
+        var first: Int64
+        var last: Int64
+        var count: Int
+        var entries: [UInt8]
+
+        init(_ row: Statement) {
+            first = row.int(0)
+            last = row.int(1)
+            count = Int(row.int(2))
+            entries = row.blob(3)
+        }
+
+        var positions: [Int64] { ArchiveRuns.decode(entries, first: first) }
+    }
+
+    // MARK: - Encoding
+
+    /// Appends `positions` (ascending, each above `previous`) as varint differences.
+    static func encode(_ positions: ArraySlice<Int64>, after previous: Int64, into bytes: inout [UInt8]) {
+        var previous = previous
+        for position in positions {
+            var delta = UInt64(bitPattern: position &- previous)
+            previous = position
+            while delta >= 0x80 {
+                bytes.append(UInt8(truncatingIfNeeded: delta) | 0x80)
+                delta >>= 7
+            }
+            bytes.append(UInt8(delta))
+        }
+    }
+
+    /// The positions of a run (the first difference is from `first`). A malformed tail (not
+    /// expected: only this type writes runs) ends the list rather than inventing positions.
+    static func decode(_ bytes: [UInt8], first: Int64) -> [Int64] {
+        var positions: [Int64] = []
+        positions.reserveCapacity(bytes.count)
+        var previous = first
+        var index = 0
+        while index < bytes.count {
+            var delta: UInt64 = 0
+            var shift: UInt64 = 0
+            var complete = false
+            while index < bytes.count, shift < 64 {
+                let byte = bytes[index]
+                index += 1
+                delta |= UInt64(byte & 0x7F) << shift
+                if byte < 0x80 {
+                    complete = true
+                    break
+                }
+                shift += 7
+            }
+            guard complete else { break }
+            let position = previous &+ Int64(bitPattern: delta)
+            guard positions.isEmpty ? position == first : position > previous else { break }
+            positions.append(position)
+            previous = position
+        }
+        return positions
+    }
+
+    // MARK: - Writing
+
+    /// Indexes copies an apply stored: their owners' runs and their (owner, peer) runs.
+    static func index(_ copies: [(owner: Int64, peer: Int64, position: Int64)], in db: Connection) throws {
+        guard !copies.isEmpty else { return }
+        var byKey: [RunKey: [Int64]] = [:]
+        var order: [RunKey] = []
+        for copy in copies {
+            for key in [RunKey(owner: copy.owner, peer: allPeers), RunKey(owner: copy.owner, peer: copy.peer)] {
+                if byKey[key]?.append(copy.position) == nil {
+                    byKey[key] = [copy.position]
+                    order.append(key)
+                }
+            }
+        }
+        for key in order {
+            guard var positions = byKey[key] else { continue }
+            // Nearly sorted already (journal order); duplicates cannot occur (one copy per position).
+            if zip(positions, positions.dropFirst()).contains(where: { $0 >= $1 }) {
+                positions = Array(Set(positions)).sorted()
+            }
+            try add(positions, to: key, in: db)
+        }
+    }
+
+    struct RunKey: Hashable {
+        var owner: Int64
+        var peer: Int64
+    }
+
+    /// Adds new positions (ascending) to a key's runs.
+    static func add(_ positions: [Int64], to key: RunKey, in db: Connection) throws {
+        guard let first = positions.first else { return }
+        let tail = try db.query(
+            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND peer = ? ORDER BY first DESC LIMIT 1",
+            [.int(key.owner), .int(key.peer)], Run.init
+        ).first
+        guard let tail else {
+            try insert(positions[...], key: key, in: db)
+            return
+        }
+        guard tail.last < first else {
+            try merge(positions, key: key, in: db)
+            return
+        }
+        var rest = positions[...]
+        if tail.count < extendBelow {
+            let taken = rest.prefix(maxEntries - tail.count)
+            rest = rest.dropFirst(taken.count)
+            var entries = tail.entries
+            encode(taken, after: tail.last, into: &entries)
+            try db.run(
+                "UPDATE archive_runs SET last = ?, count = ?, entries = ? WHERE owner = ? AND peer = ? AND first = ?",
+                [.int(taken.last ?? tail.last), .int(Int64(tail.count + taken.count)), .blob(entries),
+                 .int(key.owner), .int(key.peer), .int(tail.first)])
+        }
+        try insert(rest, key: key, in: db)
+    }
+
+    /// New runs for ascending positions above every run of the key.
+    static func insert(_ positions: ArraySlice<Int64>, key: RunKey, in db: Connection) throws {
+        var rest = positions
+        while let first = rest.first {
+            let chunk = rest.prefix(maxEntries)
+            rest = rest.dropFirst(chunk.count)
+            var entries: [UInt8] = []
+            entries.reserveCapacity(chunk.count * 3)
+            encode(chunk, after: first, into: &entries)
+            try db.run(
+                "INSERT INTO archive_runs (owner, peer, first, last, count, entries) VALUES (?, ?, ?, ?, ?, ?)",
+                [.int(key.owner), .int(key.peer), .int(first), .int(chunk.last ?? first), .int(Int64(chunk.count)), .blob(entries)])
+        }
+    }
+
+    /// Positions that do not all follow the key's runs: the runs they overlap are read, merged
+    /// with them and written again.
+    private static func merge(_ positions: [Int64], key: RunKey, in db: Connection) throws {
+        guard let first = positions.first else { return }
+        var overlapped: [Run] = []
+        try db.forEachRow(
+            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND peer = ? ORDER BY first DESC",
+            [.int(key.owner), .int(key.peer)]
+        ) { row in
+            let run = Run(row)
+            guard run.last >= first else { return false }
+            overlapped.append(run)
+            return true
+        }
+        var merged = Set(positions)
+        for run in overlapped {
+            merged.formUnion(run.positions)
+            try db.run("DELETE FROM archive_runs WHERE owner = ? AND peer = ? AND first = ?", [.int(key.owner), .int(key.peer), .int(run.first)])
+        }
+        try insert(merged.sorted()[...], key: key, in: db)
+    }
+
+    /// Runs for every copy stored before step 15 (the upgrade), then the indexes they replace go.
+    static func build(in db: Connection) throws {
+        var owner: Int64?
+        var all: [Int64] = []
+        var byPeer: [Int64: [Int64]] = [:]
+        func flush() throws {
+            guard let owner else { return }
+            try insert(all[...], key: RunKey(owner: owner, peer: allPeers), in: db)
+            for (peer, positions) in byPeer.sorted(by: { $0.key < $1.key }) {
+                try insert(positions[...], key: RunKey(owner: owner, peer: peer), in: db)
+            }
+            all.removeAll(keepingCapacity: true)
+            byPeer.removeAll(keepingCapacity: true)
+        }
+        // One owner in memory at a time (the archive_owner index gives them in order).
+        try db.forEachRow("SELECT owner, peer, id FROM archive ORDER BY owner, id", []) { row in
+            if row.int(0) != owner {
+                try flush()
+                owner = row.int(0)
+            }
+            all.append(row.int(2))
+            byPeer[row.int(1), default: []].append(row.int(2))
+            return true
+        }
+        try flush()
+        try db.execute("DROP INDEX archive_owner; DROP INDEX archive_owner_peer;")
+    }
+
+    // MARK: - Reading
+
+    /// Calls `body` with the key's positions strictly between `lower` and `upper` (either may be
+    /// nil: no bound), ascending or descending, until it returns false.
+    static func forEach(
+        _ key: RunKey, after lower: Int64?, before upper: Int64?, descending: Bool, in db: Connection,
+        _ body: (Int64) throws -> Bool
+    ) throws {
+        let lowest = lower ?? Int64.min
+        let highest = upper ?? Int64.max
+        func visit(_ run: Run) throws -> Bool {
+            let positions = run.positions
+            for position in descending ? AnyCollection(positions.reversed()) : AnyCollection(positions)
+            where position > lowest && position < highest {
+                guard try body(position) else { return false }
+            }
+            return true
+        }
+        let keyValues: [SQLValue] = [.int(key.owner), .int(key.peer)]
+        if descending {
+            try db.forEachRow(
+                "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND peer = ? AND first < ? ORDER BY first DESC",
+                keyValues + [.int(highest)]
+            ) { row in
+                let run = Run(row)
+                guard run.last > lowest else { return false }
+                return try visit(run)
+            }
+            return
+        }
+        // The run that holds `lower` (it may start before it), then those that start after.
+        if let lower,
+            let run = try db.query(
+                "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND peer = ? AND first <= ? ORDER BY first DESC LIMIT 1",
+                keyValues + [.int(lower)], Run.init
+            ).first, run.last > lower
+        {
+            guard try visit(run) else { return }
+        }
+        try db.forEachRow(
+            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND peer = ? AND first > ? ORDER BY first ASC",
+            keyValues + [.int(lowest)]
+        ) { row in
+            let run = Run(row)
+            guard run.first < highest else { return false }
+            return try visit(run)
+        }
+    }
+
+    /// How many copies the owner's runs list.
+    static func count(owner: Int64, in db: Connection) throws -> Int {
+        Int(
+            try db.query(
+                "SELECT coalesce(sum(count), 0) FROM archive_runs WHERE owner = ? AND peer = ?", [.int(owner), .int(allPeers)]
+            ) { $0.int(0) }.first ?? 0)
+    }
+
+    /// Deletes the owner's copies and runs.
+    static func deleteArchive(owner: Int64, in db: Connection) throws {
+        var positions: [Int64] = []
+        try db.forEachRow(
+            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND peer = ?", [.int(owner), .int(allPeers)]
+        ) { row in
+            positions += Run(row).positions
+            return true
+        }
+        for position in positions {
+            try db.run("DELETE FROM archive WHERE id = ? AND owner = ?", [.int(position), .int(owner)])
+        }
+        try db.run("DELETE FROM archive_runs WHERE owner = ?", [.int(owner)])
+    }
+}
