@@ -114,13 +114,29 @@ enum ArchiveRuns {
         var peer: Int64
     }
 
+    /// A key's newest run, as the archive connection remembers it (`Connection.runTails`).
+    struct Tail {
+        var first: Int64
+        var last: Int64
+        var count: Int
+    }
+
     /// Adds new positions (ascending) to a key's runs.
+    ///
+    /// One statement per key and apply when the key's newest run is remembered: it grows in
+    /// place (its bytes appended in SQL: the new differences follow its `last`), or a run
+    /// follows it. The connection remembers the newest runs it wrote; only an account's
+    /// deletion (another connection) removes runs, and then the growth changes no row and
+    /// the key is read again.
     static func add(_ positions: [Int64], to key: RunKey, in db: Connection) throws {
         guard let first = positions.first else { return }
-        let tail = try db.query(
-            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND peer = ? ORDER BY first DESC LIMIT 1",
-            [.int(key.owner), .int(key.peer)], Run.init
-        ).first
+        let remembered = db.runTails[key]
+        let tail =
+            try remembered
+            ?? db.query(
+                "SELECT first, last, count FROM archive_runs WHERE owner = ? AND peer = ? ORDER BY first DESC LIMIT 1",
+                [.int(key.owner), .int(key.peer)]
+            ) { Tail(first: $0.int(0), last: $0.int(1), count: Int($0.int(2))) }.first
         guard let tail else {
             try insert(positions[...], key: key, in: db)
             return
@@ -132,15 +148,29 @@ enum ArchiveRuns {
         var rest = positions[...]
         if tail.count < extendBelow {
             let taken = rest.prefix(maxEntries - tail.count)
+            var appended: [UInt8] = []
+            encode(taken, after: tail.last, into: &appended)
+            let last = taken.last ?? tail.last
+            let grown = try db.run(
+                "UPDATE archive_runs SET last = ?, count = ?, entries = CAST(entries || ? AS BLOB) WHERE owner = ? AND peer = ? AND first = ?",
+                [.int(last), .int(Int64(tail.count + taken.count)), .blob(appended), .int(key.owner), .int(key.peer), .int(tail.first)])
+            guard grown == 1 else {
+                // The remembered run is gone (its account was deleted meanwhile): read the key
+                // again (a run just read cannot be gone: new runs then, never a lost position).
+                db.runTails[key] = nil
+                if remembered != nil { try add(positions, to: key, in: db) } else { try insert(positions[...], key: key, in: db) }
+                return
+            }
+            remember(Tail(first: tail.first, last: last, count: tail.count + taken.count), for: key, in: db)
             rest = rest.dropFirst(taken.count)
-            var entries = tail.entries
-            encode(taken, after: tail.last, into: &entries)
-            try db.run(
-                "UPDATE archive_runs SET last = ?, count = ?, entries = ? WHERE owner = ? AND peer = ? AND first = ?",
-                [.int(taken.last ?? tail.last), .int(Int64(tail.count + taken.count)), .blob(entries),
-                 .int(key.owner), .int(key.peer), .int(tail.first)])
         }
         try insert(rest, key: key, in: db)
+    }
+
+    private static func remember(_ tail: Tail, for key: RunKey, in db: Connection) {
+        // Bounded: past it, keys are read again once per apply.
+        if db.runTails.count >= 262_144 { db.runTails.removeAll() }
+        db.runTails[key] = tail
     }
 
     /// New runs for ascending positions above every run of the key.
@@ -152,9 +182,11 @@ enum ArchiveRuns {
             var entries: [UInt8] = []
             entries.reserveCapacity(chunk.count * 3)
             encode(chunk, after: first, into: &entries)
+            let last = chunk.last ?? first
             try db.run(
                 "INSERT INTO archive_runs (owner, peer, first, last, count, entries) VALUES (?, ?, ?, ?, ?, ?)",
-                [.int(key.owner), .int(key.peer), .int(first), .int(chunk.last ?? first), .int(Int64(chunk.count)), .blob(entries)])
+                [.int(key.owner), .int(key.peer), .int(first), .int(last), .int(Int64(chunk.count)), .blob(entries)])
+            remember(Tail(first: first, last: last, count: chunk.count), for: key, in: db)
         }
     }
 

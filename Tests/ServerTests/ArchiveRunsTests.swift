@@ -149,6 +149,24 @@ import Testing
         }
     }
 
+    /// The archive connection remembers each key's newest run; deleting an account (on the
+    /// other connection) removes runs it remembers, and the next copies still get indexed.
+    @Test func aDeletedAccountsRememberedRunsAreReadAgain() async throws {
+        try await withTemporaryStores("sb-runs") { stores, _ in
+            let later = Date().timeIntervalSince1970 + 60
+            func copy(_ position: Int64) -> ArchiveRecord {
+                ArchiveRecord(id: position, uid: "u\(position)", owner: "a@x", peer: "b@x", outgoing: true, time: later, stanza: "<m/>")
+            }
+            try await stores.append([copy(1), copy(2)])
+            #expect(try await stores.deleteAccount("a") == false)  // no account row, but its archive goes
+            #expect(try await stores.archiveCount(owner: "a@x") == 0)
+            try await stores.append([copy(3)])
+            #expect(try await stores.query(ArchiveQuery(owner: "a@x"))?.records.map(\.id) == [3])
+            #expect(try await stores.query(ArchiveQuery(owner: "a@x", with: "b@x"))?.records.map(\.id) == [3])
+            try await checkRuns(stores)
+        }
+    }
+
     /// Copies stored before step 15 get their runs on the upgrade, and the indexes go.
     @Test func upgradeBuildsTheRuns() async throws {
         try await withTemporaryStores("sb-runs") { _, path in
