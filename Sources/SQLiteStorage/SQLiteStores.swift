@@ -322,9 +322,11 @@ extension SQLiteStores: ArchiveStore {
         // Rows go in owner by owner (user by user for the audit participants): in arrival order a
         // batch's rows hop between a thousand owners' index pages, each out of the CPU's caches
         // again by the time its owner's next row comes; grouped, the page searched for one row is
-        // the page the next row goes to. (Grouped, not sorted: no string comparisons.)
-        let copies = records.withUnsafeBufferPointer { records in Self.groupedOrder(records.count, by: { records[$0].owner }) }
+        // the page the next row goes to. (Grouped, not sorted: no string comparisons; grouped by
+        // the owners' JID keys, so each owner's text is hashed once, for its key.)
         try await archiveDatabase.transaction { db in
+            let owners = try records.map { try db.jidKey($0.owner) }
+            let copies = Self.groupedOrder(owners.count, by: { owners[$0] })
             // Accounts deleted (a CLI may delete while the server's journal still holds copies):
             // a copy owned by one, older than the deletion, is not stored. Rooms are not accounts.
             let deleted = records.isEmpty ? [:] : Dictionary(
@@ -365,6 +367,8 @@ extension SQLiteStores: ArchiveStore {
             // Copies this transaction stored (not those an apply again finds stored), for the runs.
             var stored: [(owner: Int64, peer: Int64, position: Int64)] = []
             stored.reserveCapacity(records.count)
+            // Consecutive copies of one owner mostly share their peer: its key is looked up once.
+            var lastPeer: (jid: String, key: Int64)?
             for index in copies {
                 let record = records[index]
                 if !deleted.isEmpty, let at = record.owner.firstIndex(of: "@"), let gone = deleted[String(record.owner[..<at])],
@@ -381,8 +385,14 @@ extension SQLiteStores: ArchiveStore {
                     try insertCopy.bind(2, record.uid)
                     try insertCopy.bind(9, .null)
                 }
-                let owner = try db.jidKey(record.owner)
-                let peer = try db.jidKey(record.peer)
+                let owner = owners[index]
+                let peer: Int64
+                if let lastPeer, lastPeer.jid == record.peer {
+                    peer = lastPeer.key
+                } else {
+                    peer = try db.jidKey(record.peer)
+                    lastPeer = (record.peer, peer)
+                }
                 try insertCopy.bind(3, owner)
                 try insertCopy.bind(4, peer)
                 try insertCopy.bind(5, Int64(record.outgoing ? 1 : 0))
