@@ -1,27 +1,26 @@
 /// The message archive's per-owner index, log-structured (schema step 15).
 ///
-/// An index entry per archive copy (`archive_owner (owner, id)` and `archive_owner_peer (owner,
-/// peer, id)` until step 14) was most of what storing a message cost: every copy a b-tree insert
-/// into each of two indexes, each on a page of its own owner, page splits in the middle of the
-/// trees, and those pages written again to the WAL and the database. Here an apply writes, per
-/// owner it stored copies for, one row (`peer` 0, `allPeers`) listing the positions of those
-/// copies, and one per (owner, peer) for the "with" queries: rows per apply, not per copy.
+/// An index entry per archive copy (`archive_owner (owner, id)` until step 14) was a large part
+/// of what storing a message cost: every copy a b-tree insert on a page of its own owner, page
+/// splits in the middle of the tree, and those pages written again to the WAL and the database.
+/// Here an apply writes, per owner it stored copies for, one row listing the positions of those
+/// copies: rows per apply and owner, not per copy. ("with" queries keep their index,
+/// `archive_owner_peer`: the same runs per (owner, peer) measured cheaper only when one pair
+/// exchanges many messages per apply, and far dearer when owners' copies spread over many peers,
+/// as conversations do; see docs/performance.md, "Session 9".)
 ///
-/// A row ("run") holds up to `maxEntries` ascending positions of one key, varint-encoded as
-/// differences (`first` itself is the first). A key's runs never overlap, so they are ordered by
-/// `first` and by `last` alike and a query reads them in key order. Positions arrive nearly in
+/// A row ("run") holds up to `maxEntries` ascending positions of one owner, varint-encoded as
+/// differences (`first` itself is the first). An owner's runs never overlap, so they are ordered
+/// by `first` and by `last` alike and a query reads them in key order. Positions arrive nearly in
 /// order (they are taken from one clock, but two event loops may journal theirs in either order),
-/// so a new position at or below the key's newest `last` merges the runs it overlaps. A key's
-/// newest run shorter than `extendBelow` takes the next apply's positions in place, so that at
-/// low rates runs do not stay one copy long.
+/// so a new position at or below the owner's newest `last` merges the runs it overlaps. An
+/// owner's newest run shorter than `extendBelow` takes the next apply's positions in place, so
+/// that at low rates runs do not stay one copy long.
 enum ArchiveRuns {
     /// Positions per run at most: a query decodes at most one run more than it needs.
     static let maxEntries = 1024
     /// A newest run this short is extended in place rather than followed by another.
     static let extendBelow = 128
-    /// The `peer` of the runs that list all of an owner's copies (JID keys start at 1).
-    static let allPeers: Int64 = 0
-
     struct Run {
         var first: Int64
         var last: Int64
@@ -86,63 +85,55 @@ enum ArchiveRuns {
 
     // MARK: - Writing
 
-    /// Indexes copies an apply stored: their owners' runs and their (owner, peer) runs.
-    static func index(_ copies: [(owner: Int64, peer: Int64, position: Int64)], in db: Connection) throws {
+    /// Indexes copies an apply stored in their owners' runs.
+    static func index(_ copies: [(owner: Int64, position: Int64)], in db: Connection) throws {
         guard !copies.isEmpty else { return }
-        var byKey: [RunKey: [Int64]] = [:]
-        var order: [RunKey] = []
+        var byOwner: [Int64: [Int64]] = [:]
+        var order: [Int64] = []
         for copy in copies {
-            for key in [RunKey(owner: copy.owner, peer: allPeers), RunKey(owner: copy.owner, peer: copy.peer)] {
-                if byKey[key]?.append(copy.position) == nil {
-                    byKey[key] = [copy.position]
-                    order.append(key)
-                }
+            if byOwner[copy.owner]?.append(copy.position) == nil {
+                byOwner[copy.owner] = [copy.position]
+                order.append(copy.owner)
             }
         }
-        for key in order {
-            guard var positions = byKey[key] else { continue }
+        for owner in order {
+            guard var positions = byOwner[owner] else { continue }
             // Nearly sorted already (journal order); duplicates cannot occur (one copy per position).
             if zip(positions, positions.dropFirst()).contains(where: { $0 >= $1 }) {
                 positions = Array(Set(positions)).sorted()
             }
-            try add(positions, to: key, in: db)
+            try add(positions, owner: owner, in: db)
         }
     }
 
-    struct RunKey: Hashable {
-        var owner: Int64
-        var peer: Int64
-    }
-
-    /// A key's newest run, as the archive connection remembers it (`Connection.runTails`).
+    /// An owner's newest run, as the archive connection remembers it (`Connection.runTails`).
     struct Tail {
         var first: Int64
         var last: Int64
         var count: Int
     }
 
-    /// Adds new positions (ascending) to a key's runs.
+    /// Adds new positions (ascending) to an owner's runs.
     ///
-    /// One statement per key and apply when the key's newest run is remembered: it grows in
+    /// One statement per owner and apply when the owner's newest run is remembered: it grows in
     /// place (its bytes appended in SQL: the new differences follow its `last`), or a run
     /// follows it. The connection remembers the newest runs it wrote; only an account's
     /// deletion (another connection) removes runs, and then the growth changes no row and
-    /// the key is read again.
-    static func add(_ positions: [Int64], to key: RunKey, in db: Connection) throws {
+    /// the owner's runs are read again.
+    static func add(_ positions: [Int64], owner: Int64, in db: Connection) throws {
         guard let first = positions.first else { return }
-        let remembered = db.runTails[key]
+        let remembered = db.runTails[owner]
         let tail =
             try remembered
             ?? db.query(
-                "SELECT first, last, count FROM archive_runs WHERE owner = ? AND peer = ? ORDER BY first DESC LIMIT 1",
-                [.int(key.owner), .int(key.peer)]
+                "SELECT first, last, count FROM archive_runs WHERE owner = ? ORDER BY first DESC LIMIT 1", [.int(owner)]
             ) { Tail(first: $0.int(0), last: $0.int(1), count: Int($0.int(2))) }.first
         guard let tail else {
-            try insert(positions[...], key: key, in: db)
+            try insert(positions[...], owner: owner, in: db)
             return
         }
         guard tail.last < first else {
-            try merge(positions, key: key, in: db)
+            try merge(positions, owner: owner, in: db)
             return
         }
         var rest = positions[...]
@@ -152,29 +143,29 @@ enum ArchiveRuns {
             encode(taken, after: tail.last, into: &appended)
             let last = taken.last ?? tail.last
             let grown = try db.run(
-                "UPDATE archive_runs SET last = ?, count = ?, entries = CAST(entries || ? AS BLOB) WHERE owner = ? AND peer = ? AND first = ?",
-                [.int(last), .int(Int64(tail.count + taken.count)), .blob(appended), .int(key.owner), .int(key.peer), .int(tail.first)])
+                "UPDATE archive_runs SET last = ?, count = ?, entries = CAST(entries || ? AS BLOB) WHERE owner = ? AND first = ?",
+                [.int(last), .int(Int64(tail.count + taken.count)), .blob(appended), .int(owner), .int(tail.first)])
             guard grown == 1 else {
-                // The remembered run is gone (its account was deleted meanwhile): read the key
+                // The remembered run is gone (its account was deleted meanwhile): read the owner's runs
                 // again (a run just read cannot be gone: new runs then, never a lost position).
-                db.runTails[key] = nil
-                if remembered != nil { try add(positions, to: key, in: db) } else { try insert(positions[...], key: key, in: db) }
+                db.runTails[owner] = nil
+                if remembered != nil { try add(positions, owner: owner, in: db) } else { try insert(positions[...], owner: owner, in: db) }
                 return
             }
-            remember(Tail(first: tail.first, last: last, count: tail.count + taken.count), for: key, in: db)
+            remember(Tail(first: tail.first, last: last, count: tail.count + taken.count), for: owner, in: db)
             rest = rest.dropFirst(taken.count)
         }
-        try insert(rest, key: key, in: db)
+        try insert(rest, owner: owner, in: db)
     }
 
-    private static func remember(_ tail: Tail, for key: RunKey, in db: Connection) {
-        // Bounded: past it, keys are read again once per apply.
+    private static func remember(_ tail: Tail, for owner: Int64, in db: Connection) {
+        // Bounded: past it, owners' newest runs are read again once per apply.
         if db.runTails.count >= 262_144 { db.runTails.removeAll() }
-        db.runTails[key] = tail
+        db.runTails[owner] = tail
     }
 
-    /// New runs for ascending positions above every run of the key.
-    static func insert(_ positions: ArraySlice<Int64>, key: RunKey, in db: Connection) throws {
+    /// New runs for ascending positions above every run of the owner.
+    static func insert(_ positions: ArraySlice<Int64>, owner: Int64, in db: Connection) throws {
         var rest = positions
         while let first = rest.first {
             let chunk = rest.prefix(maxEntries)
@@ -184,20 +175,19 @@ enum ArchiveRuns {
             encode(chunk, after: first, into: &entries)
             let last = chunk.last ?? first
             try db.run(
-                "INSERT INTO archive_runs (owner, peer, first, last, count, entries) VALUES (?, ?, ?, ?, ?, ?)",
-                [.int(key.owner), .int(key.peer), .int(first), .int(last), .int(Int64(chunk.count)), .blob(entries)])
-            remember(Tail(first: first, last: last, count: chunk.count), for: key, in: db)
+                "INSERT INTO archive_runs (owner, first, last, count, entries) VALUES (?, ?, ?, ?, ?)",
+                [.int(owner), .int(first), .int(last), .int(Int64(chunk.count)), .blob(entries)])
+            remember(Tail(first: first, last: last, count: chunk.count), for: owner, in: db)
         }
     }
 
-    /// Positions that do not all follow the key's runs: the runs they overlap are read, merged
+    /// Positions that do not all follow the owner's runs: the runs they overlap are read, merged
     /// with them and written again.
-    private static func merge(_ positions: [Int64], key: RunKey, in db: Connection) throws {
+    private static func merge(_ positions: [Int64], owner: Int64, in db: Connection) throws {
         guard let first = positions.first else { return }
         var overlapped: [Run] = []
         try db.forEachRow(
-            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND peer = ? ORDER BY first DESC",
-            [.int(key.owner), .int(key.peer)]
+            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? ORDER BY first DESC", [.int(owner)]
         ) { row in
             let run = Run(row)
             guard run.last >= first else { return false }
@@ -207,45 +197,39 @@ enum ArchiveRuns {
         var merged = Set(positions)
         for run in overlapped {
             merged.formUnion(run.positions)
-            try db.run("DELETE FROM archive_runs WHERE owner = ? AND peer = ? AND first = ?", [.int(key.owner), .int(key.peer), .int(run.first)])
+            try db.run("DELETE FROM archive_runs WHERE owner = ? AND first = ?", [.int(owner), .int(run.first)])
         }
-        try insert(merged.sorted()[...], key: key, in: db)
+        try insert(merged.sorted()[...], owner: owner, in: db)
     }
 
-    /// Runs for every copy stored before step 15 (the upgrade), then the indexes they replace go.
+    /// Runs for every copy stored before step 15 (the upgrade), then the index they replace goes.
     static func build(in db: Connection) throws {
         var owner: Int64?
-        var all: [Int64] = []
-        var byPeer: [Int64: [Int64]] = [:]
+        var positions: [Int64] = []
         func flush() throws {
             guard let owner else { return }
-            try insert(all[...], key: RunKey(owner: owner, peer: allPeers), in: db)
-            for (peer, positions) in byPeer.sorted(by: { $0.key < $1.key }) {
-                try insert(positions[...], key: RunKey(owner: owner, peer: peer), in: db)
-            }
-            all.removeAll(keepingCapacity: true)
-            byPeer.removeAll(keepingCapacity: true)
+            try insert(positions[...], owner: owner, in: db)
+            positions.removeAll(keepingCapacity: true)
         }
         // One owner in memory at a time (the archive_owner index gives them in order).
-        try db.forEachRow("SELECT owner, peer, id FROM archive ORDER BY owner, id", []) { row in
+        try db.forEachRow("SELECT owner, id FROM archive ORDER BY owner, id", []) { row in
             if row.int(0) != owner {
                 try flush()
                 owner = row.int(0)
             }
-            all.append(row.int(2))
-            byPeer[row.int(1), default: []].append(row.int(2))
+            positions.append(row.int(1))
             return true
         }
         try flush()
-        try db.execute("DROP INDEX archive_owner; DROP INDEX archive_owner_peer;")
+        try db.execute("DROP INDEX archive_owner")
     }
 
     // MARK: - Reading
 
-    /// Calls `body` with the key's positions strictly between `lower` and `upper` (either may be
+    /// Calls `body` with the owner's positions strictly between `lower` and `upper` (either may be
     /// nil: no bound), ascending or descending, until it returns false.
     static func forEach(
-        _ key: RunKey, after lower: Int64?, before upper: Int64?, descending: Bool, in db: Connection,
+        owner: Int64, after lower: Int64?, before upper: Int64?, descending: Bool, in db: Connection,
         _ body: (Int64) throws -> Bool
     ) throws {
         let lowest = lower ?? Int64.min
@@ -258,10 +242,10 @@ enum ArchiveRuns {
             }
             return true
         }
-        let keyValues: [SQLValue] = [.int(key.owner), .int(key.peer)]
+        let keyValues: [SQLValue] = [.int(owner)]
         if descending {
             try db.forEachRow(
-                "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND peer = ? AND first < ? ORDER BY first DESC",
+                "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND first < ? ORDER BY first DESC",
                 keyValues + [.int(highest)]
             ) { row in
                 let run = Run(row)
@@ -273,14 +257,14 @@ enum ArchiveRuns {
         // The run that holds `lower` (it may start before it), then those that start after.
         if let lower,
             let run = try db.query(
-                "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND peer = ? AND first <= ? ORDER BY first DESC LIMIT 1",
+                "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND first <= ? ORDER BY first DESC LIMIT 1",
                 keyValues + [.int(lower)], Run.init
             ).first, run.last > lower
         {
             guard try visit(run) else { return }
         }
         try db.forEachRow(
-            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND peer = ? AND first > ? ORDER BY first ASC",
+            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND first > ? ORDER BY first ASC",
             keyValues + [.int(lowest)]
         ) { row in
             let run = Run(row)
@@ -293,7 +277,7 @@ enum ArchiveRuns {
     static func count(owner: Int64, in db: Connection) throws -> Int {
         Int(
             try db.query(
-                "SELECT coalesce(sum(count), 0) FROM archive_runs WHERE owner = ? AND peer = ?", [.int(owner), .int(allPeers)]
+                "SELECT coalesce(sum(count), 0) FROM archive_runs WHERE owner = ?", [.int(owner)]
             ) { $0.int(0) }.first ?? 0)
     }
 
@@ -301,7 +285,7 @@ enum ArchiveRuns {
     static func deleteArchive(owner: Int64, in db: Connection) throws {
         var positions: [Int64] = []
         try db.forEachRow(
-            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND peer = ?", [.int(owner), .int(allPeers)]
+            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ?", [.int(owner)]
         ) { row in
             positions += Run(row).positions
             return true

@@ -317,19 +317,18 @@ enum Migrations {
         DROP TABLE audit_participants;
         ALTER TABLE audit_participants_v14 RENAME TO audit_participants;
         """,
-        // 15: the archive's per-owner indexes become runs (`ArchiveRuns`): per apply, one row
-        // per owner and one per (owner, peer) listing the positions stored, instead of an entry
-        // per copy in each of two indexes. `program(after:)` builds the runs of the copies
-        // stored so far and drops the two indexes.
+        // 15: the archive's per-owner index becomes runs (`ArchiveRuns`): per apply, one row
+        // per owner listing the positions stored, instead of an entry per copy in
+        // `archive_owner`. `program(after:)` builds the runs of the copies stored so far and
+        // drops that index (`archive_owner_peer` stays, for "with" queries).
         """
         CREATE TABLE archive_runs (
             owner INTEGER NOT NULL,
-            peer INTEGER NOT NULL,
             first INTEGER NOT NULL,
             last INTEGER NOT NULL,
             count INTEGER NOT NULL,
             entries BLOB NOT NULL,
-            PRIMARY KEY (owner, peer, first)
+            PRIMARY KEY (owner, first)
         ) WITHOUT ROWID;
         """,
     ]

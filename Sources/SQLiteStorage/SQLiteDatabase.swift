@@ -138,9 +138,9 @@ public final class Connection {
     /// deleted or reused, so only a rolled-back transaction can leave an entry wrong: the
     /// cache is emptied then.
     var jidKeys: [String: Int64] = [:]
-    /// The newest archive run of each key this connection wrote (`ArchiveRuns.add`); emptied
-    /// with `jidKeys` when a transaction rolls back.
-    var runTails: [ArchiveRuns.RunKey: ArchiveRuns.Tail] = [:]
+    /// The newest archive run of each owner (by JID key) this connection wrote or read
+    /// (`ArchiveRuns.add`); emptied with `jidKeys` when a transaction rolls back.
+    var runTails: [Int64: ArchiveRuns.Tail] = [:]
 
     /// Library settings made once, before the first connection opens (and initialises SQLite).
     private static let configured: Bool = switchboard_sqlite3_disable_memstatus() == SQLITE_OK

@@ -365,7 +365,7 @@ extension SQLiteStores: ArchiveStore {
             let insertCopy = try db.prepare(
                 "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content, uid_random) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
             // Copies this transaction stored (not those an apply again finds stored), for the runs.
-            var stored: [(owner: Int64, peer: Int64, position: Int64)] = []
+            var stored: [(owner: Int64, position: Int64)] = []
             stored.reserveCapacity(records.count)
             // Consecutive copies of one owner mostly share their peer: its key is looked up once.
             var lastPeer: (jid: String, key: Int64)?
@@ -404,7 +404,7 @@ extension SQLiteStores: ArchiveStore {
                     try insertCopy.bind(7, try self.sealed(record.stanza, context: "archive"))
                     try insertCopy.bind(8, .null)
                 }
-                if try insertCopy.execute() > 0 { stored.append((owner, peer, record.id)) }
+                if try insertCopy.execute() > 0 { stored.append((owner, record.id)) }
             }
             try ArchiveRuns.index(stored, in: db)
         }
@@ -505,30 +505,53 @@ extension SQLiteStores: ArchiveStore {
             }
             // Nothing was ever stored under a JID without a key.
             guard let owner = try db.existingJidKey(query.owner) else { return ArchivePage(records: [], complete: true) }
-            var peer = ArchiveRuns.allPeers
-            if let with = query.with {
-                guard let key = try db.existingJidKey(with) else { return ArchivePage(records: [], complete: true) }
-                peer = key
-            }
             let backwards = query.before != nil || query.fromEnd
             let limit = max(0, query.limit)
-            let timed = query.start != nil || query.end != nil
             var records: [ArchiveRecord] = []
-            try ArchiveRuns.forEach(
-                ArchiveRuns.RunKey(owner: owner, peer: peer), after: after, before: before, descending: backwards, in: db
-            ) { position in
-                if timed {
-                    // The time alone first: copies outside the range are not opened.
-                    guard let time = try db.query("SELECT created_at FROM archive WHERE id = ?", [.int(position)], { $0.double(0) }).first,
-                        query.start.map({ time >= $0 }) ?? true, query.end.map({ time <= $0 }) ?? true
-                    else { return true }
+            if let with = query.with {
+                // One peer's copies: the (owner, peer, id) index.
+                guard let peer = try db.existingJidKey(with) else { return ArchivePage(records: [], complete: true) }
+                var conditions = ["a.owner = ?", "a.peer = ?"]
+                var values: [SQLValue] = [.int(owner), .int(peer)]
+                if let start = query.start {
+                    conditions.append("a.created_at >= ?")
+                    values.append(.double(start))
                 }
-                // A listed copy that is gone or not the owner's is skipped (not expected).
-                guard let record = try db.query("SELECT \(Self.archiveColumns) WHERE a.id = ?", [.int(position)], self.archiveRecord).first,
-                    record.owner == query.owner
-                else { return true }
-                records.append(record)
-                return records.count <= limit
+                if let end = query.end {
+                    conditions.append("a.created_at <= ?")
+                    values.append(.double(end))
+                }
+                if let after {
+                    conditions.append("a.id > ?")
+                    values.append(.int(after))
+                }
+                if let before {
+                    conditions.append("a.id < ?")
+                    values.append(.int(before))
+                }
+                values.append(.int(Int64(limit + 1)))
+                let sql = "SELECT \(Self.archiveColumns) WHERE "
+                    + conditions.joined(separator: " AND ") + " ORDER BY a.id " + (backwards ? "DESC" : "ASC") + " LIMIT ?"
+                records = try db.query(sql, values, self.archiveRecord)
+            } else {
+                // All the owner's copies: its runs.
+                let timed = query.start != nil || query.end != nil
+                try ArchiveRuns.forEach(owner: owner, after: after, before: before, descending: backwards, in: db) { position in
+                    if timed {
+                        // The time alone first: copies outside the range are not opened.
+                        guard
+                            let time = try db.query("SELECT created_at FROM archive WHERE id = ?", [.int(position)], { $0.double(0) }).first,
+                            query.start.map({ time >= $0 }) ?? true, query.end.map({ time <= $0 }) ?? true
+                        else { return true }
+                    }
+                    // A listed copy that is gone or not the owner's is skipped (not expected).
+                    guard
+                        let record = try db.query("SELECT \(Self.archiveColumns) WHERE a.id = ?", [.int(position)], self.archiveRecord).first,
+                        record.owner == query.owner
+                    else { return true }
+                    records.append(record)
+                    return records.count <= limit
+                }
             }
             let complete = records.count <= limit
             if !complete { records.removeLast() }

@@ -29,24 +29,33 @@ import Testing
             outgoing: position % 2 == 0, time: Double(position) / 10, stanza: "<m>\(position)</m>")
     }
 
-    /// Every (owner, peer) key's runs are in order and do not overlap; their counts add up.
+    /// Every owner's runs are in order and do not overlap, their counts add up, and together
+    /// they list exactly the owner's stored copies.
     private func checkRuns(_ stores: SQLiteStores) async throws {
         let problems = try await stores.archiveDatabase.run { db -> [String] in
             var problems: [String] = []
-            var previous: (owner: Int64, peer: Int64, last: Int64)?
-            try db.forEachRow("SELECT owner, peer, first, last, count, entries FROM archive_runs ORDER BY owner, peer, first", []) { row in
-                let (owner, peer, first, last) = (row.int(0), row.int(1), row.int(2), row.int(3))
-                let positions = ArchiveRuns.decode(row.blob(5), first: first)
-                if positions.count != Int(row.int(4)) || positions.first != first || positions.last != last {
-                    problems.append("run \(owner)/\(peer)/\(first): count \(row.int(4)) last \(last), decoded \(positions)")
+            var previous: (owner: Int64, last: Int64)?
+            var listed: [Int64: [Int64]] = [:]
+            try db.forEachRow("SELECT owner, first, last, count, entries FROM archive_runs ORDER BY owner, first", []) { row in
+                let (owner, first, last) = (row.int(0), row.int(1), row.int(2))
+                let positions = ArchiveRuns.decode(row.blob(4), first: first)
+                if positions.count != Int(row.int(3)) || positions.first != first || positions.last != last {
+                    problems.append("run \(owner)/\(first): count \(row.int(3)) last \(last), decoded \(positions)")
                 }
-                if positions.count > ArchiveRuns.maxEntries { problems.append("run \(owner)/\(peer)/\(first) too long") }
-                if let previous, previous.owner == owner, previous.peer == peer, previous.last >= first {
-                    problems.append("runs of \(owner)/\(peer) overlap at \(first)")
+                if positions.count > ArchiveRuns.maxEntries { problems.append("run \(owner)/\(first) too long") }
+                if let previous, previous.owner == owner, previous.last >= first {
+                    problems.append("runs of \(owner) overlap at \(first)")
                 }
-                previous = (owner, peer, last)
+                previous = (owner, last)
+                listed[owner, default: []] += positions
                 return true
             }
+            var stored: [Int64: [Int64]] = [:]
+            try db.forEachRow("SELECT owner, id FROM archive ORDER BY id", []) { row in
+                stored[row.int(0), default: []].append(row.int(1))
+                return true
+            }
+            if listed != stored { problems.append("the runs do not list the stored copies") }
             return problems
         }
         #expect(problems.isEmpty, "\(problems)")
@@ -142,7 +151,7 @@ import Testing
             for position in 1...(ArchiveRuns.extendBelow + 10) {
                 try await stores.append([record(Int64(position), owner: "a@x", peer: "b@x")])
             }
-            let runs = try await count(stores, "SELECT count(*) FROM archive_runs WHERE peer = 0")
+            let runs = try await count(stores, "SELECT count(*) FROM archive_runs")
             #expect(runs == 2)
             #expect(try await stores.archiveCount(owner: "a@x") == ArchiveRuns.extendBelow + 10)
             try await checkRuns(stores)
@@ -167,7 +176,7 @@ import Testing
         }
     }
 
-    /// Copies stored before step 15 get their runs on the upgrade, and the indexes go.
+    /// Copies stored before step 15 get their runs on the upgrade, and the index they replace goes.
     @Test func upgradeBuildsTheRuns() async throws {
         try await withTemporaryStores("sb-runs") { _, path in
             let older = path + "/older"
@@ -188,7 +197,8 @@ import Testing
             #expect(try await upgraded.query(ArchiveQuery(owner: "a@x", with: "b@x"))?.records.map(\.id) == [10, 30])
             #expect(try await upgraded.query(ArchiveQuery(owner: "b@x", fromEnd: true, limit: 1))?.records.map(\.id) == [31])
             #expect(try await upgraded.archiveCount(owner: "a@x") == 3)
-            #expect(try await count(upgraded, "SELECT count(*) FROM sqlite_master WHERE name IN ('archive_owner', 'archive_owner_peer')") == 0)
+            #expect(try await count(upgraded, "SELECT count(*) FROM sqlite_master WHERE name = 'archive_owner'") == 0)
+            #expect(try await count(upgraded, "SELECT count(*) FROM sqlite_master WHERE name = 'archive_owner_peer'") == 1)
             try await checkRuns(upgraded)
             // New copies go on from there.
             try await upgraded.append([record(40, owner: "a@x", peer: "b@x")])

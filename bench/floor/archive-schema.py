@@ -20,7 +20,7 @@ per row; compare runs, not absolute values). Standard library only.
     bench/floor/archive-schema.py --pairs               # fixed partners (the load generator's pattern)
 
 --runs models a log-structured owner index: each apply writes, per owner, one row holding the
-batch's positions of that owner's copies (and each copy's peer), varint-packed, instead of an
+batch's positions of that owner's copies, varint-packed, instead of an
 entry per copy in archive_owner and archive_owner_peer. --peer-runs adds one row per (owner, peer)
 per batch, so that "with" queries need not scan the owner's runs.
 """
@@ -49,6 +49,8 @@ CREATE INDEX archive_content ON archive (content) WHERE content IS NOT NULL;
 RUNS_SCHEMA = """
 CREATE TABLE archive_runs (owner INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, count INTEGER NOT NULL,
     entries BLOB NOT NULL, PRIMARY KEY (owner, first)) WITHOUT ROWID;
+CREATE TABLE audit_runs (user INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, count INTEGER NOT NULL,
+    first_time REAL NOT NULL, last_time REAL NOT NULL, entries BLOB NOT NULL, PRIMARY KEY (user, first)) WITHOUT ROWID;
 CREATE TABLE archive_peer_runs (owner INTEGER NOT NULL, peer INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
     count INTEGER NOT NULL, entries BLOB NOT NULL, PRIMARY KEY (owner, peer, first)) WITHOUT ROWID;
 """
@@ -68,7 +70,7 @@ def runs(copies, key, with_peer):
         groups.setdefault(key(copy), []).append(copy)
     rows = []
     for group_key, group in groups.items():
-        packed, previous = bytearray(), 0
+        packed, previous = bytearray(), group[0][0]  # as the server: differences from `first` (the first is 0)
         for copy in group:
             varint(copy[0] - previous, packed)
             previous = copy[0]
@@ -90,6 +92,11 @@ def main():
     parser.add_argument("--page-size", type=int, default=4096)
     parser.add_argument("--runs", action="store_true", help="per-owner runs instead of archive_owner and archive_owner_peer")
     parser.add_argument("--peer-runs", action="store_true", help="with --runs: per-(owner, peer) runs too")
+    parser.add_argument("--keep-peer-index", action="store_true",
+                        help="with --runs: keep archive_owner_peer for \"with\" queries (instead of --peer-runs)")
+    parser.add_argument("--extend", action="store_true",
+                        help="with --runs: grow a key's newest run in place while it holds < 128 positions (the server's way)")
+    parser.add_argument("--participant-runs", action="store_true", help="audit participants as per-user runs too")
     parser.add_argument("--pairs", action="store_true", help="every user writes to one fixed partner (the load generator)")
     parser.add_argument("--dir", default=None, help="where the database goes (default: a temporary directory)")
     args = parser.parse_args()
@@ -110,9 +117,10 @@ def main():
     db.execute("PRAGMA wal_autocheckpoint=65536")
     schema = SCHEMA
     drops = list(filter(None, args.drop.split(",")))
-    if args.runs:
-        drops += ["archive_owner", "archive_owner_peer"]
+    if args.runs or args.participant_runs:
         schema += RUNS_SCHEMA
+    if args.runs:
+        drops += ["archive_owner"] if args.keep_peer_index else ["archive_owner", "archive_owner_peer"]
     for name in drops:
         schema, found = re.subn(r"CREATE (UNIQUE )?INDEX %s ON[^;]*;" % re.escape(name), "", schema)
         if not found:
@@ -127,6 +135,7 @@ def main():
     suffixes = ["".join(random.choice("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
                         for _ in range(11)) for _ in range(4096)]
     position = [1_765_000_000_000_000]
+    tails = {}  # --extend: (table, key) → (first, last, count) of the key's newest run
     sql_seconds = [0.0]
 
     def batch(count):
@@ -150,15 +159,47 @@ def main():
         copies.sort(key=lambda row: row[1])
         started = time.process_time()
         if args.runs:  # packing is the server's work too: timed
-            owner_runs = runs(copies, lambda c: (c[1],), with_peer=True)
+            owner_runs = runs(copies, lambda c: (c[1],), with_peer=False)
             peer_runs = runs(copies, lambda c: (c[1], c[2]), with_peer=False) if args.peer_runs else []
+        if args.participant_runs:
+            # (user, time, id) rows → per user: (user, first, last, count, first_time, last_time, entries)
+            by_user = {}
+            for user, at, message in participants:
+                by_user.setdefault(user, []).append((message, at))
+            user_runs = []
+            for user, rows in by_user.items():
+                packed, previous = bytearray(), rows[0][0]
+                for message, _ in rows:
+                    varint(message - previous, packed)
+                    previous = message
+                user_runs.append((user, rows[0][0], rows[-1][0], len(rows), rows[0][1], rows[-1][1], bytes(packed)))
         db.execute("BEGIN")
         db.executemany("INSERT INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments)"
                        " VALUES (?,?,?,?,?,?,?,?)", audit)
-        db.executemany("INSERT INTO audit_participants VALUES (?,?,?)", participants)
+        if args.participant_runs:
+            db.executemany("INSERT INTO audit_runs VALUES (?,?,?,?,?,?,?)", user_runs)
+        else:
+            db.executemany("INSERT INTO audit_participants VALUES (?,?,?)", participants)
         db.executemany("INSERT INTO archive (id, owner, peer, outgoing, created_at, stanza, uid, content, uid_random)"
                        " VALUES (?,?,?,?,?,?,?,?,?)", copies)
-        if args.runs:
+        if args.runs and args.extend:
+            for table, rows, width in (("archive_runs", owner_runs, 1), ("archive_peer_runs", peer_runs, 2)):
+                where = " AND ".join(["owner = ?", "peer = ?"][:width])
+                for row in rows:
+                    key, (first, last, count, packed) = row[:width], row[width:]
+                    tail = tails.get((table, key))
+                    if tail and tail[2] < 128:
+                        # the batch's positions follow the tail: re-encode the first delta from its last
+                        grown = bytearray()
+                        varint(first - tail[1], grown)
+                        grown += packed[1:]  # the first delta (0) replaced by the distance from the tail
+                        db.execute(f"UPDATE {table} SET last = ?, count = ?, entries = CAST(entries || ? AS BLOB)"
+                                   f" WHERE {where} AND first = ?", (last, tail[2] + count, bytes(grown), *key, tail[0]))
+                        tails[(table, key)] = (tail[0], last, tail[2] + count)
+                    else:
+                        db.execute(f"INSERT INTO {table} VALUES ({','.join('?' * (width + 4))})", row)
+                        tails[(table, key)] = (first, last, count)
+        elif args.runs:
             db.executemany("INSERT INTO archive_runs VALUES (?,?,?,?,?)", owner_runs)
             db.executemany("INSERT INTO archive_peer_runs VALUES (?,?,?,?,?,?)", peer_runs)
         db.execute("COMMIT")
@@ -176,7 +217,7 @@ def main():
     started = time.process_time()
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     checkpoint = time.process_time() - started
-    print(f"prefill {args.prefill} drop [{args.drop}] runs {args.runs} peer-runs {args.peer_runs} pairs {args.pairs} batch {args.batch_size} text-uids {args.text_uids} text-jids {args.text_jids} page {args.page_size}: "
+    print(f"prefill {args.prefill} drop [{args.drop}] runs {args.runs} peer-runs {args.peer_runs} keep-peer-index {args.keep_peer_index} extend {args.extend} participant-runs {args.participant_runs} pairs {args.pairs} batch {args.batch_size} text-uids {args.text_uids} text-jids {args.text_jids} page {args.page_size}: "
           f"SQLite CPU {1e6 * sql_seconds[0] / messages:.1f} µs/msg, WAL {wal / messages:.0f} B/msg, "
           f"checkpoint CPU {1e6 * checkpoint / messages:.1f} µs/msg, database {os.path.getsize(path) / 1e6:.0f} MB")
     if not args.dir:
