@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What each archive index costs SQLite, without the server.
 
-Builds the archive and audit tables as Switchboard's schema has them (step 14), fills them
+Builds the archive and audit tables as Switchboard's schema 14 has them (schema 15 with
+`--runs --keep-peer-index --extend`), fills them
 with N messages between 1,000 users, then times batches (5,000 messages by default) inserted the way
 the journal's apply does (one transaction; audit rows, then participants user by user, then
 archive copies owner by owner) and reports, per message: SQLite's CPU, the WAL bytes written
@@ -20,9 +21,12 @@ per row; compare runs, not absolute values). Standard library only.
     bench/floor/archive-schema.py --pairs               # fixed partners (the load generator's pattern)
 
 --runs models a log-structured owner index: each apply writes, per owner, one row holding the
-batch's positions of that owner's copies, varint-packed, instead of an
-entry per copy in archive_owner and archive_owner_peer. --peer-runs adds one row per (owner, peer)
-per batch, so that "with" queries need not scan the owner's runs.
+batch's positions of that owner's copies, varint-packed, instead of an entry per copy in
+archive_owner and archive_owner_peer. --peer-runs adds one row per (owner, peer) per batch for
+"with" queries; --keep-peer-index keeps archive_owner_peer for them instead (schema step 15);
+--extend grows a key's newest run in place while it is short, as the server does.
+
+    bench/floor/archive-schema.py --prefill 300000 --batches 10 --runs --keep-peer-index --extend   # step 15
 """
 import argparse
 import os
