@@ -179,19 +179,14 @@ import Testing
     /// Copies stored before step 15 get their runs on the upgrade, and the index they replace goes.
     @Test func upgradeBuildsTheRuns() async throws {
         try await withTemporaryStores("sb-runs") { _, path in
-            let older = path + "/older"
-            try FileManager.default.createDirectory(atPath: older, withIntermediateDirectories: true)
-            do {
-                let connection = try Connection(path: older + "/switchboard.sqlite")
-                try Migrations.migrate(connection, to: 14)
-                try connection.execute(
-                    """
-                    INSERT INTO jid_keys (id, jid) VALUES (1, 'a@x'), (2, 'b@x'), (3, 'c@x');
-                    INSERT INTO archive (id, owner, peer, outgoing, created_at, stanza) VALUES
-                        (10, 1, 2, 1, 1, '<m>10</m>'), (11, 2, 1, 0, 1, '<m>11</m>'), (20, 1, 3, 1, 2, '<m>20</m>'),
-                        (30, 1, 2, 1, 3, '<m>30</m>'), (31, 2, 1, 0, 3, '<m>31</m>');
-                    """)
-            }
+            let older = try olderDatabase(
+                under: path, version: 14,
+                """
+                INSERT INTO jid_keys (id, jid) VALUES (1, 'a@x'), (2, 'b@x'), (3, 'c@x');
+                INSERT INTO archive (id, owner, peer, outgoing, created_at, stanza) VALUES
+                    (10, 1, 2, 1, 1, '<m>10</m>'), (11, 2, 1, 0, 1, '<m>11</m>'), (20, 1, 3, 1, 2, '<m>20</m>'),
+                    (30, 1, 2, 1, 3, '<m>30</m>'), (31, 2, 1, 0, 3, '<m>31</m>');
+                """)
             let upgraded = try SQLiteStores(directory: older)
             #expect(try await upgraded.query(ArchiveQuery(owner: "a@x"))?.records.map(\.id) == [10, 20, 30])
             #expect(try await upgraded.query(ArchiveQuery(owner: "a@x", with: "b@x"))?.records.map(\.id) == [10, 30])

@@ -179,19 +179,14 @@ import Vault
     /// Text ids stored before schema 13 are found after the upgrade, also one that looks made.
     @Test func upgradeKeepsTextIDsFindable() async throws {
         try await withStores { _, path in
-            let older = path + "/older"
-            try FileManager.default.createDirectory(atPath: older, withIntermediateDirectories: true)
             let looksMade = ArchiveUID(position: 1, random: 77).text
-            do {
-                let connection = try Connection(path: older + "/switchboard.sqlite")
-                try Migrations.migrate(connection, to: 12)
-                try connection.execute(
-                    """
-                    INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES
-                        (1, '\(looksMade)', 'a@x', 'b@x', 1, 3, '<m>first</m>'),
-                        (2, 'u2', 'a@x', 'b@x', 1, 4, '<m>second</m>');
-                    """)
-            }
+            let older = try olderDatabase(
+                under: path, version: 12,
+                """
+                INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES
+                    (1, '\(looksMade)', 'a@x', 'b@x', 1, 3, '<m>first</m>'),
+                    (2, 'u2', 'a@x', 'b@x', 1, 4, '<m>second</m>');
+                """)
             let upgraded = try SQLiteStores(directory: older)
             #expect(try await upgraded.record(owner: "a@x", uid: looksMade)?.stanza == "<m>first</m>")
             #expect(try await upgraded.record(owner: "a@x", uid: "u2")?.stanza == "<m>second</m>")
@@ -211,19 +206,14 @@ import Vault
     @Test func upgradeKeepsAuditParticipants() async throws {
         try await withStores { _, path in
             // A database as version 10 left it, with an audit record and its participants.
-            let older = path + "/older"
-            try FileManager.default.createDirectory(atPath: older, withIntermediateDirectories: true)
-            do {
-                let connection = try Connection(path: older + "/switchboard.sqlite")
-                try Migrations.migrate(connection, to: 10)
-                try connection.execute(
-                    """
-                    INSERT INTO audit_messages (id, created_at, sender, recipients, type, stanza, attachments)
-                        VALUES (7, 3, 'a@x', 'b@x', 'chat', CAST('<m>kept</m>' AS BLOB), x'');
-                    INSERT INTO audit_participants (user, created_at, message) VALUES ('a@x', 3, 7), ('b@x', 3, 7);
-                    INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES (1, 'u', 'a@x', 'b@x', 1, 3, '<m>kept</m>');
-                    """)
-            }
+            let older = try olderDatabase(
+                under: path, version: 10,
+                """
+                INSERT INTO audit_messages (id, created_at, sender, recipients, type, stanza, attachments)
+                    VALUES (7, 3, 'a@x', 'b@x', 'chat', CAST('<m>kept</m>' AS BLOB), x'');
+                INSERT INTO audit_participants (user, created_at, message) VALUES ('a@x', 3, 7), ('b@x', 3, 7);
+                INSERT INTO archive (id, uid, owner, peer, outgoing, created_at, stanza) VALUES (1, 'u', 'a@x', 'b@x', 1, 3, '<m>kept</m>');
+                """)
             let upgraded = try SQLiteStores(directory: older)
             let scope = AuditScope(users: ["b@x"], rooms: [], start: 0, end: 10)
             #expect(try await upgraded.auditRecords(in: scope, afterID: 0, limit: 10).map(\.stanza) == ["<m>kept</m>"])

@@ -1,5 +1,5 @@
 import Foundation
-import SQLiteStorage
+@testable import SQLiteStorage
 
 /// Runs `body` with stores in a fresh temporary directory (removed afterwards); the tests that
 /// exercise the SQLite stores without a server share it.
@@ -7,4 +7,15 @@ func withTemporaryStores(_ prefix: String, _ body: (SQLiteStores, String) async 
     let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)").path
     defer { try? FileManager.default.removeItem(atPath: path) }
     try await body(try SQLiteStores(directory: path), path)
+}
+
+/// A database as schema `version` left it, with `sql` run on it, in a directory of its own under
+/// `path` (returned): opening `SQLiteStores` there upgrades it.
+func olderDatabase(under path: String, version: Int, _ sql: String) throws -> String {
+    let older = path + "/older"
+    try FileManager.default.createDirectory(atPath: older, withIntermediateDirectories: true)
+    let connection = try Connection(path: older + "/switchboard.sqlite")
+    try Migrations.migrate(connection, to: version)
+    try connection.execute(sql)
+    return older
 }
