@@ -15,32 +15,47 @@
 /// order (they are taken from one clock, but two event loops may journal theirs in either order),
 /// so a new position at or below the owner's newest `last` merges the runs it overlaps. An
 /// owner's newest run shorter than `extendBelow` takes the next apply's positions in place, so
-/// that at low rates runs do not stay one copy long.
+/// that at low rates runs do not stay one copy long. Each run also keeps the earliest and the
+/// latest time of its copies (`min_time`, `max_time`: bounds, widened by merges), so that a
+/// query over a time range skips the runs outside it without reading their copies.
 enum ArchiveRuns {
     /// Positions per run at most: a query decodes at most one run more than it needs.
     static let maxEntries = 1024
     /// A newest run this short is extended in place rather than followed by another.
     static let extendBelow = 128
+    /// The columns `Run.init` reads.
+    static let runColumns = "first, last, count, entries, min_time, max_time"
+
     struct Run {
         var first: Int64
         var last: Int64
         var count: Int
         var entries: [UInt8]
+        var minTime: Double
+        var maxTime: Double
 
         init(_ row: Statement) {
             first = row.int(0)
             last = row.int(1)
             count = Int(row.int(2))
             entries = row.blob(3)
+            minTime = row.double(4)
+            maxTime = row.double(5)
         }
 
         var positions: [Int64] { ArchiveRuns.decode(entries, first: first) }
     }
 
+    /// A stored copy to list: its position and time.
+    struct Entry {
+        var position: Int64
+        var time: Double
+    }
+
     // MARK: - Encoding
 
     /// Appends `positions` (ascending, each above `previous`) as varint differences.
-    static func encode(_ positions: ArraySlice<Int64>, after previous: Int64, into bytes: inout [UInt8]) {
+    static func encode(_ positions: some Sequence<Int64>, after previous: Int64, into bytes: inout [UInt8]) {
         var previous = previous
         for position in positions {
             var delta = UInt64(bitPattern: position &- previous)
@@ -86,23 +101,23 @@ enum ArchiveRuns {
     // MARK: - Writing
 
     /// Indexes copies an apply stored in their owners' runs.
-    static func index(_ copies: [(owner: Int64, position: Int64)], in db: Connection) throws {
+    static func index(_ copies: [(owner: Int64, entry: Entry)], in db: Connection) throws {
         guard !copies.isEmpty else { return }
-        var byOwner: [Int64: [Int64]] = [:]
+        var byOwner: [Int64: [Entry]] = [:]
         var order: [Int64] = []
         for copy in copies {
-            if byOwner[copy.owner]?.append(copy.position) == nil {
-                byOwner[copy.owner] = [copy.position]
+            if byOwner[copy.owner]?.append(copy.entry) == nil {
+                byOwner[copy.owner] = [copy.entry]
                 order.append(copy.owner)
             }
         }
         for owner in order {
-            guard var positions = byOwner[owner] else { continue }
-            // Nearly sorted already (journal order); duplicates cannot occur (one copy per position).
-            if zip(positions, positions.dropFirst()).contains(where: { $0 >= $1 }) {
-                positions = Array(Set(positions)).sorted()
+            guard var entries = byOwner[owner] else { continue }
+            // Nearly sorted already (journal order); one copy per position.
+            if zip(entries, entries.dropFirst()).contains(where: { $0.position >= $1.position }) {
+                entries.sort { $0.position < $1.position }
             }
-            try add(positions, owner: owner, in: db)
+            try add(entries, owner: owner, in: db)
         }
     }
 
@@ -120,8 +135,8 @@ enum ArchiveRuns {
     /// follows it. The connection remembers the newest runs it wrote; only an account's
     /// deletion (another connection) removes runs, and then the growth changes no row and
     /// the owner's runs are read again.
-    static func add(_ positions: [Int64], owner: Int64, in db: Connection) throws {
-        guard let first = positions.first else { return }
+    static func add(_ entries: [Entry], owner: Int64, in db: Connection) throws {
+        guard let first = entries.first?.position else { return }
         let remembered = db.runTails[owner]
         let tail =
             try remembered
@@ -129,27 +144,35 @@ enum ArchiveRuns {
                 "SELECT first, last, count FROM archive_runs WHERE owner = ? ORDER BY first DESC LIMIT 1", [.int(owner)]
             ) { Tail(first: $0.int(0), last: $0.int(1), count: Int($0.int(2))) }.first
         guard let tail else {
-            try insert(positions[...], owner: owner, in: db)
+            try insert(entries[...], owner: owner, in: db)
             return
         }
         guard tail.last < first else {
-            try merge(positions, owner: owner, in: db)
+            try merge(entries, owner: owner, in: db)
             return
         }
-        var rest = positions[...]
+        var rest = entries[...]
         if tail.count < extendBelow {
             let taken = rest.prefix(maxEntries - tail.count)
             var appended: [UInt8] = []
-            encode(taken, after: tail.last, into: &appended)
-            let last = taken.last ?? tail.last
+            encode(taken.lazy.map(\.position), after: tail.last, into: &appended)
+            let last = taken.last?.position ?? tail.last
+            let times = bounds(taken)
+            // Only the run as remembered (its last and count too): a run changed or gone since
+            // (an account deleted on the other connection) is read again, never appended to.
             let grown = try db.run(
-                "UPDATE archive_runs SET last = ?, count = ?, entries = CAST(entries || ? AS BLOB) WHERE owner = ? AND first = ?",
-                [.int(last), .int(Int64(tail.count + taken.count)), .blob(appended), .int(owner), .int(tail.first)])
+                """
+                UPDATE archive_runs SET last = ?, count = ?, entries = CAST(entries || ? AS BLOB),
+                    min_time = min(min_time, ?), max_time = max(max_time, ?)
+                WHERE owner = ? AND first = ? AND last = ? AND count = ?
+                """,
+                [.int(last), .int(Int64(tail.count + taken.count)), .blob(appended), .double(times.lowerBound), .double(times.upperBound),
+                 .int(owner), .int(tail.first), .int(tail.last), .int(Int64(tail.count))])
             guard grown == 1 else {
-                // The remembered run is gone (its account was deleted meanwhile): read the owner's runs
-                // again (a run just read cannot be gone: new runs then, never a lost position).
+                // Read the owner's runs again (a run just read cannot have changed: new runs then,
+                // never a lost position).
                 db.runTails[owner] = nil
-                if remembered != nil { try add(positions, owner: owner, in: db) } else { try insert(positions[...], owner: owner, in: db) }
+                if remembered != nil { try add(entries, owner: owner, in: db) } else { try insert(entries[...], owner: owner, in: db) }
                 return
             }
             remember(Tail(first: tail.first, last: last, count: tail.count + taken.count), for: owner, in: db)
@@ -164,77 +187,121 @@ enum ArchiveRuns {
         db.runTails[owner] = tail
     }
 
-    /// New runs for ascending positions above every run of the owner.
-    static func insert(_ positions: ArraySlice<Int64>, owner: Int64, in db: Connection) throws {
-        var rest = positions
-        while let first = rest.first {
+    /// The earliest and latest time of `entries` (not empty).
+    private static func bounds(_ entries: ArraySlice<Entry>) -> ClosedRange<Double> {
+        var lower = Double.infinity
+        var upper = -Double.infinity
+        for entry in entries {
+            lower = min(lower, entry.time)
+            upper = max(upper, entry.time)
+        }
+        return lower <= upper ? lower...upper : 0...0
+    }
+
+    /// New runs for ascending positions above every run of the owner; `widen` widens every new
+    /// run's time bounds (a merge's, for positions whose own times it does not know).
+    static func insert(_ entries: ArraySlice<Entry>, owner: Int64, widen: ClosedRange<Double>? = nil, in db: Connection) throws {
+        var rest = entries
+        while let first = rest.first?.position {
             let chunk = rest.prefix(maxEntries)
             rest = rest.dropFirst(chunk.count)
-            var entries: [UInt8] = []
-            entries.reserveCapacity(chunk.count * 3)
-            encode(chunk, after: first, into: &entries)
-            let last = chunk.last ?? first
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(chunk.count * 3)
+            encode(chunk.lazy.map(\.position), after: first, into: &bytes)
+            let last = chunk.last?.position ?? first
+            var times = bounds(chunk)
+            if let widen { times = min(times.lowerBound, widen.lowerBound)...max(times.upperBound, widen.upperBound) }
             try db.run(
-                "INSERT INTO archive_runs (owner, first, last, count, entries) VALUES (?, ?, ?, ?, ?)",
-                [.int(owner), .int(first), .int(last), .int(Int64(chunk.count)), .blob(entries)])
+                "INSERT INTO archive_runs (owner, first, last, count, entries, min_time, max_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [.int(owner), .int(first), .int(last), .int(Int64(chunk.count)), .blob(bytes), .double(times.lowerBound), .double(times.upperBound)])
             remember(Tail(first: first, last: last, count: chunk.count), for: owner, in: db)
         }
     }
 
     /// Positions that do not all follow the owner's runs: the runs they overlap are read, merged
     /// with them and written again.
-    private static func merge(_ positions: [Int64], owner: Int64, in db: Connection) throws {
-        guard let first = positions.first else { return }
+    private static func merge(_ entries: [Entry], owner: Int64, in db: Connection) throws {
+        guard let first = entries.first?.position else { return }
         var overlapped: [Run] = []
         try db.forEachRow(
-            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? ORDER BY first DESC", [.int(owner)]
+            "SELECT \(runColumns) FROM archive_runs WHERE owner = ? ORDER BY first DESC", [.int(owner)]
         ) { row in
             let run = Run(row)
             guard run.last >= first else { return false }
             overlapped.append(run)
             return true
         }
-        var merged = Set(positions)
+        // The old runs' positions keep their runs' bounds: every new run gets them (wider than
+        // needed, never narrower).
+        var merged: [Int64: Entry] = [:]
+        var widen = bounds(entries[...])
         for run in overlapped {
-            merged.formUnion(run.positions)
+            widen = min(widen.lowerBound, run.minTime)...max(widen.upperBound, run.maxTime)
+            for position in run.positions { merged[position] = Entry(position: position, time: run.minTime) }
             try db.run("DELETE FROM archive_runs WHERE owner = ? AND first = ?", [.int(owner), .int(run.first)])
         }
-        try insert(merged.sorted()[...], owner: owner, in: db)
+        for entry in entries { merged[entry.position] = entry }
+        try insert(merged.values.sorted { $0.position < $1.position }[...], owner: owner, widen: widen, in: db)
     }
 
     /// Runs for every copy stored before step 15 (the upgrade), then the index they replace goes.
     static func build(in db: Connection) throws {
         var owner: Int64?
-        var positions: [Int64] = []
+        var entries: [Entry] = []
         func flush() throws {
             guard let owner else { return }
-            try insert(positions[...], owner: owner, in: db)
-            positions.removeAll(keepingCapacity: true)
+            try insert(entries[...], owner: owner, in: db)
+            entries.removeAll(keepingCapacity: true)
         }
         // One owner in memory at a time (the archive_owner index gives them in order).
-        try db.forEachRow("SELECT owner, id FROM archive ORDER BY owner, id", []) { row in
+        try db.forEachRow("SELECT owner, id, created_at FROM archive ORDER BY owner, id", []) { row in
             if row.int(0) != owner {
                 try flush()
                 owner = row.int(0)
             }
-            positions.append(row.int(1))
+            entries.append(Entry(position: row.int(1), time: row.double(2)))
             return true
         }
         try flush()
         try db.execute("DROP INDEX archive_owner")
+        db.runTails.removeAll()
+    }
+
+    /// Lists copies stored by a process that writes no runs: a server of an older version still
+    /// running while a newer command upgraded the database. Their positions are above every run
+    /// (they came after the upgrade), so the newest copies are checked downwards until one is
+    /// listed: one step when nothing is missing. Returns how many were listed now.
+    @discardableResult
+    static func catchUp(in db: Connection) throws -> Int {
+        var unlisted: [(owner: Int64, entry: Entry)] = []
+        try db.forEachRow("SELECT id, owner, created_at FROM archive ORDER BY id DESC", []) { row in
+            let (position, owner) = (row.int(0), row.int(1))
+            let newest = try db.query(
+                "SELECT last FROM archive_runs WHERE owner = ? ORDER BY first DESC LIMIT 1", [.int(owner)]
+            ) { $0.int(0) }.first
+            if let newest, newest >= position { return false }
+            unlisted.append((owner, Entry(position: position, time: row.double(2))))
+            return true
+        }
+        try index(unlisted.reversed(), in: db)
+        db.runTails.removeAll()
+        return unlisted.count
     }
 
     // MARK: - Reading
 
     /// Calls `body` with the owner's positions strictly between `lower` and `upper` (either may be
     /// nil: no bound), ascending or descending, until it returns false.
+    /// Runs whose copies all lie outside `start…end` (times; either may be nil) are skipped.
     static func forEach(
-        owner: Int64, after lower: Int64?, before upper: Int64?, descending: Bool, in db: Connection,
-        _ body: (Int64) throws -> Bool
+        owner: Int64, after lower: Int64?, before upper: Int64?, start: Double? = nil, end: Double? = nil, descending: Bool,
+        in db: Connection, _ body: (Int64) throws -> Bool
     ) throws {
         let lowest = lower ?? Int64.min
         let highest = upper ?? Int64.max
         func visit(_ run: Run) throws -> Bool {
+            if let start, run.maxTime < start { return true }
+            if let end, run.minTime > end { return true }
             let positions = run.positions
             for position in descending ? AnyCollection(positions.reversed()) : AnyCollection(positions)
             where position > lowest && position < highest {
@@ -245,7 +312,7 @@ enum ArchiveRuns {
         let keyValues: [SQLValue] = [.int(owner)]
         if descending {
             try db.forEachRow(
-                "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND first < ? ORDER BY first DESC",
+                "SELECT \(runColumns) FROM archive_runs WHERE owner = ? AND first < ? ORDER BY first DESC",
                 keyValues + [.int(highest)]
             ) { row in
                 let run = Run(row)
@@ -257,14 +324,14 @@ enum ArchiveRuns {
         // The run that holds `lower` (it may start before it), then those that start after.
         if let lower,
             let run = try db.query(
-                "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND first <= ? ORDER BY first DESC LIMIT 1",
+                "SELECT \(runColumns) FROM archive_runs WHERE owner = ? AND first <= ? ORDER BY first DESC LIMIT 1",
                 keyValues + [.int(lower)], Run.init
             ).first, run.last > lower
         {
             guard try visit(run) else { return }
         }
         try db.forEachRow(
-            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ? AND first > ? ORDER BY first ASC",
+            "SELECT \(runColumns) FROM archive_runs WHERE owner = ? AND first > ? ORDER BY first ASC",
             keyValues + [.int(lowest)]
         ) { row in
             let run = Run(row)
@@ -281,18 +348,10 @@ enum ArchiveRuns {
             ) { $0.int(0) }.first ?? 0)
     }
 
-    /// Deletes the owner's copies and runs.
+    /// Deletes the owner's copies and runs (the copies through `archive_owner_peer`'s leading
+    /// column, so copies no run lists go too).
     static func deleteArchive(owner: Int64, in db: Connection) throws {
-        var positions: [Int64] = []
-        try db.forEachRow(
-            "SELECT first, last, count, entries FROM archive_runs WHERE owner = ?", [.int(owner)]
-        ) { row in
-            positions += Run(row).positions
-            return true
-        }
-        for position in positions {
-            try db.run("DELETE FROM archive WHERE id = ? AND owner = ?", [.int(position), .int(owner)])
-        }
+        try db.run("DELETE FROM archive WHERE owner = ?", [.int(owner)])
         try db.run("DELETE FROM archive_runs WHERE owner = ?", [.int(owner)])
     }
 }

@@ -328,10 +328,30 @@ enum Migrations {
             last INTEGER NOT NULL,
             count INTEGER NOT NULL,
             entries BLOB NOT NULL,
+            min_time REAL NOT NULL,
+            max_time REAL NOT NULL,
             PRIMARY KEY (owner, first)
         ) WITHOUT ROWID;
         """,
     ]
+
+    /// Checks done at every opening, after the steps: a database at version 15 made by a
+    /// development build of step 15 (runs per (owner, peer), no time bounds) is refused by name
+    /// rather than failing every apply; copies a process that writes no runs stored (an older
+    /// server still running while a newer command upgraded the file) are listed.
+    static func verify(_ connection: Connection) throws {
+        let version = try connection.query("PRAGMA user_version") { Int($0.int(0)) }.first ?? 0
+        guard version >= 15 else { return }
+        let columns = Set(try connection.query("PRAGMA table_info(archive_runs)") { $0.text(1) ?? "" })
+        guard columns == ["owner", "first", "last", "count", "entries", "min_time", "max_time"] else {
+            throw StorageError.backend(
+                "archive_runs has columns \(columns.sorted()): this database was made by an unreleased development build; start from a new data directory")
+        }
+        let listed = try connection.transaction { try ArchiveRuns.catchUp(in: connection) }
+        if listed > 0 {
+            storageLogger.warning("archive copies stored without the archive's runs (an older server writing after the upgrade) are listed now", metadata: ["copies": "\(listed)"])
+        }
+    }
 
     /// Work a step needs beyond SQL, run after its SQL in the same transaction (`steps` index).
     static func program(after step: Int, _ connection: Connection) throws {

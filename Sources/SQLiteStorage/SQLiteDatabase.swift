@@ -48,6 +48,7 @@ public final class SQLiteDatabase: @unchecked Sendable {
         try connection.execute("PRAGMA wal_autocheckpoint=\(background ? 65536 : 262_144)")
         try connection.execute("PRAGMA journal_size_limit=67108864")
         try Migrations.migrate(connection)
+        try Migrations.verify(connection)
         // Files made by older versions.
         for file in [path, path + "-wal", path + "-shm"] { chmod(file, 0o600) }
     }

@@ -325,14 +325,21 @@ extension SQLiteStores: ArchiveStore {
         // the page the next row goes to. (Grouped, not sorted: no string comparisons; grouped by
         // the owners' JID keys, so each owner's text is hashed once, for its key.)
         try await archiveDatabase.transaction { db in
-            let owners = try records.map { try db.jidKey($0.owner) }
-            let copies = Self.groupedOrder(owners.count, by: { owners[$0] })
             // Accounts deleted (a CLI may delete while the server's journal still holds copies):
             // a copy owned by one, older than the deletion, is not stored. Rooms are not accounts.
             let deleted = records.isEmpty ? [:] : Dictionary(
                 try db.query("SELECT username, deleted_at FROM deleted_accounts") { ($0.text(0) ?? "", $0.double(1)) },
                 uniquingKeysWith: max)
             let rooms = deleted.isEmpty ? [] : Set(try db.query("SELECT jid FROM muc_rooms") { $0.text(0) ?? "" })
+            func dropped(_ record: ArchiveRecord) -> Bool {
+                guard !deleted.isEmpty, let at = record.owner.firstIndex(of: "@"), let gone = deleted[String(record.owner[..<at])] else {
+                    return false
+                }
+                return record.time <= gone && !rooms.contains(record.owner)
+            }
+            // A dropped copy's owner gets no key (-1: never used).
+            let owners = try records.map { try dropped($0) ? -1 : db.jidKey($0.owner) }
+            let copies = Self.groupedOrder(owners.count, by: { owners[$0] })
             var inserted = [Bool](repeating: false, count: audit.count)
             // Statements prepared once per batch, parameters bound one by one.
             let insertRecord = try db.prepare(
@@ -365,17 +372,13 @@ extension SQLiteStores: ArchiveStore {
             let insertCopy = try db.prepare(
                 "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content, uid_random) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
             // Copies this transaction stored (not those an apply again finds stored), for the runs.
-            var stored: [(owner: Int64, position: Int64)] = []
+            var stored: [(owner: Int64, entry: ArchiveRuns.Entry)] = []
             stored.reserveCapacity(records.count)
             // Consecutive copies of one owner mostly share their peer: its key is looked up once.
             var lastPeer: (jid: String, key: Int64)?
             for index in copies {
                 let record = records[index]
-                if !deleted.isEmpty, let at = record.owner.firstIndex(of: "@"), let gone = deleted[String(record.owner[..<at])],
-                    record.time <= gone, !rooms.contains(record.owner)
-                {
-                    continue
-                }
+                if owners[index] < 0 { continue }
                 try insertCopy.bind(1, record.id)
                 // An id made from this position is kept as its random half (no id index entry).
                 if let uid = ArchiveUID(record.uid), uid.position == record.id {
@@ -404,7 +407,7 @@ extension SQLiteStores: ArchiveStore {
                     try insertCopy.bind(7, try self.sealed(record.stanza, context: "archive"))
                     try insertCopy.bind(8, .null)
                 }
-                if try insertCopy.execute() > 0 { stored.append((owner, record.id)) }
+                if try insertCopy.execute() > 0 { stored.append((owner, ArchiveRuns.Entry(position: record.id, time: record.time))) }
             }
             try ArchiveRuns.index(stored, in: db)
         }
@@ -536,7 +539,9 @@ extension SQLiteStores: ArchiveStore {
             } else {
                 // All the owner's copies: its runs.
                 let timed = query.start != nil || query.end != nil
-                try ArchiveRuns.forEach(owner: owner, after: after, before: before, descending: backwards, in: db) { position in
+                try ArchiveRuns.forEach(
+                    owner: owner, after: after, before: before, start: query.start, end: query.end, descending: backwards, in: db
+                ) { position in
                     if timed {
                         // The time alone first: copies outside the range are not opened.
                         guard

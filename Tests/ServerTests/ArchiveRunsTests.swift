@@ -29,14 +29,19 @@ import Testing
             outgoing: position % 2 == 0, time: Double(position) / 10, stanza: "<m>\(position)</m>")
     }
 
-    /// Every owner's runs are in order and do not overlap, their counts add up, and together
-    /// they list exactly the owner's stored copies.
+    /// Every owner's runs are in order and do not overlap, their counts add up, their time
+    /// bounds hold their copies' times, and together they list exactly the owner's stored copies.
     private func checkRuns(_ stores: SQLiteStores) async throws {
         let problems = try await stores.archiveDatabase.run { db -> [String] in
             var problems: [String] = []
             var previous: (owner: Int64, last: Int64)?
             var listed: [Int64: [Int64]] = [:]
-            try db.forEachRow("SELECT owner, first, last, count, entries FROM archive_runs ORDER BY owner, first", []) { row in
+            var times: [Int64: Double] = [:]
+            try db.forEachRow("SELECT id, created_at FROM archive", []) { row in
+                times[row.int(0)] = row.double(1)
+                return true
+            }
+            try db.forEachRow("SELECT owner, first, last, count, entries, min_time, max_time FROM archive_runs ORDER BY owner, first", []) { row in
                 let (owner, first, last) = (row.int(0), row.int(1), row.int(2))
                 let positions = ArchiveRuns.decode(row.blob(4), first: first)
                 if positions.count != Int(row.int(3)) || positions.first != first || positions.last != last {
@@ -48,6 +53,10 @@ import Testing
                 }
                 previous = (owner, last)
                 listed[owner, default: []] += positions
+                let bounds = row.double(5)...row.double(6)
+                if let outside = positions.first(where: { times[$0].map { !bounds.contains($0) } ?? false }) {
+                    problems.append("run \(owner)/\(first): copy \(outside) at \(times[outside] ?? 0) outside \(bounds)")
+                }
                 return true
             }
             var stored: [Int64: [Int64]] = [:]
@@ -173,6 +182,32 @@ import Testing
             #expect(try await stores.query(ArchiveQuery(owner: "a@x"))?.records.map(\.id) == [3])
             #expect(try await stores.query(ArchiveQuery(owner: "a@x", with: "b@x"))?.records.map(\.id) == [3])
             try await checkRuns(stores)
+        }
+    }
+
+    /// Copies a process that writes no runs stored (an older server still running after a newer
+    /// command upgraded the database) are listed when the database is next opened; deleting the
+    /// account takes them too.
+    @Test func copiesWithoutRunsAreListedAtTheNextOpening() async throws {
+        try await withTemporaryStores("sb-runs") { stores, path in
+            try await stores.append([record(10, owner: "a@x", peer: "b@x"), record(11, owner: "b@x", peer: "a@x")])
+            try await stores.archiveDatabase.run { db in
+                try db.execute(
+                    """
+                    INSERT INTO archive (id, owner, peer, outgoing, created_at, stanza)
+                        SELECT 20, id, (SELECT id FROM jid_keys WHERE jid = 'b@x'), 1, 2, '<m>20</m>' FROM jid_keys WHERE jid = 'a@x';
+                    INSERT INTO archive (id, owner, peer, outgoing, created_at, stanza)
+                        SELECT 21, id, (SELECT id FROM jid_keys WHERE jid = 'b@x'), 1, 2.1, '<m>21</m>' FROM jid_keys WHERE jid = 'a@x';
+                    """)
+            }
+            #expect(try await stores.query(ArchiveQuery(owner: "a@x"))?.records.map(\.id) == [10])
+            let reopened = try SQLiteStores(directory: path)
+            #expect(try await reopened.query(ArchiveQuery(owner: "a@x"))?.records.map(\.id) == [10, 20, 21])
+            #expect(try await reopened.query(ArchiveQuery(owner: "a@x", start: 2.05))?.records.map(\.id) == [21])
+            #expect(try await reopened.archiveCount(owner: "a@x") == 3)
+            try await checkRuns(reopened)
+            _ = try await reopened.deleteAccount("a")
+            #expect(try await count(reopened, "SELECT count(*) FROM archive WHERE owner = (SELECT id FROM jid_keys WHERE jid = 'a@x')") == 0)
         }
     }
 
