@@ -303,17 +303,17 @@ enum ArchiveRuns {
             if let start, run.maxTime < start { return true }
             if let end, run.minTime > end { return true }
             let positions = run.positions
-            for position in descending ? AnyCollection(positions.reversed()) : AnyCollection(positions)
-            where position > lowest && position < highest {
+            for offset in positions.indices {
+                let position = positions[descending ? positions.count - 1 - offset : offset]
+                guard position > lowest, position < highest else { continue }
                 guard try body(position) else { return false }
             }
             return true
         }
-        let keyValues: [SQLValue] = [.int(owner)]
         if descending {
             try db.forEachRow(
                 "SELECT \(runColumns) FROM archive_runs WHERE owner = ? AND first < ? ORDER BY first DESC",
-                keyValues + [.int(highest)]
+                [.int(owner), .int(highest)]
             ) { row in
                 let run = Run(row)
                 guard run.last > lowest else { return false }
@@ -325,14 +325,14 @@ enum ArchiveRuns {
         if let lower,
             let run = try db.query(
                 "SELECT \(runColumns) FROM archive_runs WHERE owner = ? AND first <= ? ORDER BY first DESC LIMIT 1",
-                keyValues + [.int(lower)], Run.init
+                [.int(owner), .int(lower)], Run.init
             ).first, run.last > lower
         {
             guard try visit(run) else { return }
         }
         try db.forEachRow(
             "SELECT \(runColumns) FROM archive_runs WHERE owner = ? AND first > ? ORDER BY first ASC",
-            keyValues + [.int(lowest)]
+            [.int(owner), .int(lowest)]
         ) { row in
             let run = Run(row)
             guard run.first < highest else { return false }

@@ -753,7 +753,7 @@ extension Connection {
     func jidKey(_ jid: String) throws -> Int64 {
         if let key = jidKeys[jid] { return key }
         let key: Int64
-        if let known = try query("SELECT id FROM jid_keys WHERE jid = ?", [.text(jid)], { $0.int(0) }).first {
+        if let known = try existingJidKey(jid) {
             key = known
         } else {
             try run("INSERT INTO jid_keys (jid) VALUES (?)", [.text(jid)])

@@ -132,15 +132,13 @@ extension TestServer {
     /// (it polls the version; the tree IQ answers with the version it serves), asking through `client`.
     public func waitForDirectory(_ client: TestClient, timeout: Duration = .seconds(30)) async throws {
         let version = try await stores.directoryVersion()
-        let deadline = ContinuousClock.now + timeout
         var attempt = 0
-        while ContinuousClock.now < deadline {
+        let reached = try await eventually(timeout: timeout, every: .milliseconds(50)) {
             attempt += 1
             try await client.send("<iq type='get' id='dv\(attempt)' to='\(domain)'><units xmlns='urn:switchboard:org:0'/></iq>")
             let result = try await client.next { $0.id == "dv\(attempt)" }
-            if let seen = result.child("units")?[attribute: "version"].flatMap(Int64.init), seen >= version { return }
-            try await Task.sleep(for: .milliseconds(50))
+            return result.child("units")?[attribute: "version"].flatMap(Int64.init).map { $0 >= version } ?? false
         }
-        throw TestClientError("the server never reached directory version \(version)")
+        guard reached else { throw TestClientError("the server never reached directory version \(version)") }
     }
 }
