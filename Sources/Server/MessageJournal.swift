@@ -492,7 +492,7 @@ public final class MessageJournal: @unchecked Sendable {
 
     /// Inserts entries into their stores (idempotently: recovery may repeat an applied entry).
     /// (A sequence: the apply passes its batch without copying every entry into a new array first.)
-    static func store(_ entries: some Sequence<JournalEntry>, count: Int? = nil, in stores: Stores) async throws {
+    package static func store(_ entries: some Sequence<JournalEntry>, count: Int? = nil, in stores: Stores) async throws {
         var archive: [ArchiveRecord] = []
         var audit: [AuditRecord] = []
         archive.reserveCapacity(count ?? entries.underestimatedCount)
@@ -547,20 +547,7 @@ public final class MessageJournal: @unchecked Sendable {
             target = segment + 1
             try openSegment(target)
         }
-        var body = ByteBuffer()
-        body.reserveCapacity(batch.count * 512)
-        var previousText: String?
-        for entry in batch { entry.encode(into: &body, previousText: &previousText) }
-        var payload = Array(body.readableBytesView)
-        let cipher = stores?.cipher
-        if let cipher { payload = try cipher.seal(payload, context: "journal") }
-        var frame: [UInt8] = []
-        frame.reserveCapacity(payload.count + 12)
-        frame.appendInteger(cipher == nil ? Self.plainFrame : Self.sealedFrame)
-        frame.appendInteger(UInt32(payload.count))
-        // A sealed payload is authenticated by its GCM tag, which also tells a torn frame.
-        frame.appendInteger(cipher == nil ? CRC32.checksum(payload) : 0)
-        frame.append(contentsOf: payload)
+        let frame = try Self.frame(batch, cipher: stores?.cipher)
         do {
             try frame.withUnsafeBytes { bytes in
                 guard let base = bytes.baseAddress else { return }
@@ -583,6 +570,24 @@ public final class MessageJournal: @unchecked Sendable {
         }
         segmentSize += frame.count
         return target
+    }
+
+    /// A batch as one frame: header, then the entries (sealed with the data key when there is one).
+    package static func frame(_ batch: [JournalEntry], cipher: (any FieldCipher)?) throws -> [UInt8] {
+        var body = ByteBuffer()
+        body.reserveCapacity(batch.count * 512)
+        var previousText: String?
+        for entry in batch { entry.encode(into: &body, previousText: &previousText) }
+        var payload = Array(body.readableBytesView)
+        if let cipher { payload = try cipher.seal(payload, context: "journal") }
+        var frame: [UInt8] = []
+        frame.reserveCapacity(payload.count + 12)
+        frame.appendInteger(cipher == nil ? Self.plainFrame : Self.sealedFrame)
+        frame.appendInteger(UInt32(payload.count))
+        // A sealed payload is authenticated by its GCM tag, which also tells a torn frame.
+        frame.appendInteger(cipher == nil ? CRC32.checksum(payload) : 0)
+        frame.append(contentsOf: payload)
+        return frame
     }
 
     /// The entries on disk in a journal directory, oldest first (inspection and tests).

@@ -36,7 +36,7 @@ struct Switchboard: AsyncParsableCommand {
               switchboard ca init && switchboard ca issue alice
             """,
         version: VersionModule.version,
-        subcommands: [Serve.self, User.self, Org.self, LDAPCommand.self, Keys.self, Audit.self, CACommand.self]
+        subcommands: [Serve.self, User.self, Org.self, LDAPCommand.self, Keys.self, Audit.self, CACommand.self, Bench.self]
     )
 }
 
