@@ -74,31 +74,52 @@ extension SQLiteStores: AuditArchiveStore {
     }
 
     /// An audit record's column values (sealed) and its participants.
-    func auditRow(_ record: AuditRecord) throws -> (values: [SQLValue], participants: [String]) {
-        let values: [SQLValue] = [
-            record.id == 0 ? .null : .int(record.id),
-            .double(record.time), .text(record.sender), .text(record.recipients.count == 1 ? record.recipients[0] : record.recipients.joined(separator: "\n")), .text(record.type),
-            .optional(record.room), try sealed(record.stanza, context: "audit"),
+    /// An audit record's sealed columns (sealed before the transaction, off the database's thread).
+    struct SealedAuditRow {
+        var stanza: SQLValue
+        var attachments: SQLValue
+    }
+
+    func sealedAuditRow(_ record: AuditRecord) throws -> SealedAuditRow {
+        SealedAuditRow(
+            stanza: try sealed(record.stanza, context: "audit"),
             // Nothing to hide in an empty list: skip the cipher (it costs a key schedule per call).
-            record.attachments.isEmpty ? .blob([]) : try sealed(record.attachments.joined(separator: "\n"), context: "audit.attachments"),
-        ]
-        return (values, Self.participants(sender: record.sender, recipients: record.recipients, room: record.room))
+            attachments: record.attachments.isEmpty ? .blob([]) : try sealed(record.attachments.joined(separator: "\n"), context: "audit.attachments"))
+    }
+
+    /// Binds an audit record's row to `INSERT … audit_messages (id, created_at, sender,
+    /// recipients, type, room, stanza, attachments)`, parameter by parameter.
+    static func bindAuditRow(_ record: AuditRecord, _ sealed: SealedAuditRow, to statement: Statement) throws {
+        try statement.bind(1, record.id == 0 ? .null : .int(record.id))
+        try statement.bind(2, record.time)
+        try statement.bind(3, record.sender)
+        try statement.bind(4, record.recipients.count == 1 ? record.recipients[0] : record.recipients.joined(separator: "\n"))
+        try statement.bind(5, record.type)
+        try statement.bind(6, .optional(record.room))
+        try statement.bind(7, sealed.stanza)
+        try statement.bind(8, sealed.attachments)
     }
 
     /// Everyone an audit record is indexed under: sender, recipients and room, once each.
     static func participants(sender: String, recipients: [String], room: String?) -> [String] {
-        var participants = [sender] + recipients
-        if let room { participants.append(room) }
-        // A 1:1 message has two: comparing beats hashing them into a set (the audit rows' sealing
-        // task spent a tenth of its time here).
-        guard participants.count > 8 else {
-            var unique: [String] = []
-            unique.reserveCapacity(participants.count)
-            for name in participants where !unique.contains(name) { unique.append(name) }
-            return unique
+        var unique: [String] = []
+        unique.reserveCapacity(recipients.count + 2)
+        forEachParticipant(sender: sender, recipients: recipients, room: room) { unique.append($0) }
+        return unique
+    }
+
+    /// Calls `body` with each of `participants(sender:recipients:room:)`, in that order, without
+    /// collecting them (a 1:1 message has two: comparing beats hashing them into a set).
+    static func forEachParticipant(sender: String, recipients: [String], room: String?, _ body: (String) throws -> Void) rethrows {
+        try body(sender)
+        guard recipients.count <= 8 else {
+            var seen: Set<String> = [sender]
+            for name in recipients where seen.insert(name).inserted { try body(name) }
+            if let room, seen.insert(room).inserted { try body(room) }
+            return
         }
-        var seen = Set<String>()
-        return participants.filter { seen.insert($0).inserted }
+        for (index, name) in recipients.enumerated() where name != sender && !recipients[..<index].contains(name) { try body(name) }
+        if let room, room != sender, !recipients.contains(room) { try body(room) }
     }
 
     public func auditRecords(in scope: AuditScope, afterID: Int64, limit: Int) async throws -> [AuditRecord] {

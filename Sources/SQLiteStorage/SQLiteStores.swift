@@ -45,7 +45,7 @@ public final class SQLiteStores: Sendable {
     /// A value to store: sealed when a cipher is set, UTF-8 text otherwise.
     func sealed(_ text: String, context: String) throws -> SQLValue {
         guard let cipher else { return .text(text) }
-        return .blob(try cipher.seal(Array(text.utf8), context: context))
+        return .blob(try cipher.seal(text: text, context: context))
     }
 
     /// Reads a value written by `sealed` (or before encryption was on).
@@ -305,7 +305,7 @@ extension SQLiteStores: ArchiveStore {
         guard !records.isEmpty || !audit.isEmpty else { return }
         // Seal the audit records outside the database queue; archive copies are sealed on it
         // (only those that turn out to need their own text).
-        let auditRows = try audit.map(auditRow)
+        let auditRows = try audit.map(sealedAuditRow)
         // A message's copies and its audit record are made from one text value (the router's
         // serialisation, a room's message serialised once, a journal frame's text read once):
         // found by that value's storage, then confirmed byte for byte. (A table keyed by the
@@ -345,17 +345,21 @@ extension SQLiteStores: ArchiveStore {
             let insertRecord = try db.prepare(
                 "INSERT OR IGNORE INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
             let insertParticipant = try db.prepare("INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)")
-            var participants: [(user: String, time: Double, id: Int64)] = []
+            // Keyed as they are found, so the grouping below hashes integers, not texts.
+            var participants: [(user: Int64, time: Double, id: Int64)] = []
             participants.reserveCapacity(auditRows.count * 2)
-            for (index, row) in auditRows.enumerated() {
-                try insertRecord.bind(row.values)
+            for index in audit.indices {
+                try Self.bindAuditRow(audit[index], auditRows[index], to: insertRecord)
                 guard try insertRecord.execute() > 0 else { continue }
                 inserted[index] = true
                 let id = db.lastInsertRowID
-                for user in row.participants { participants.append((user, audit[index].time, id)) }
+                let time = audit[index].time
+                try Self.forEachParticipant(sender: audit[index].sender, recipients: audit[index].recipients, room: audit[index].room) { user in
+                    participants.append((try db.jidKey(user), time, id))
+                }
             }
             for index in Self.groupedOrder(participants.count, by: { participants[$0].user }) {
-                try insertParticipant.bind(1, try db.jidKey(participants[index].user))
+                try insertParticipant.bind(1, participants[index].user)
                 try insertParticipant.bind(2, participants[index].time)
                 try insertParticipant.bind(3, participants[index].id)
                 try insertParticipant.execute()
@@ -376,38 +380,41 @@ extension SQLiteStores: ArchiveStore {
             stored.reserveCapacity(records.count)
             // Consecutive copies of one owner mostly share their peer: its key is looked up once.
             var lastPeer: (jid: String, key: Int64)?
-            for index in copies {
-                let record = records[index]
-                if owners[index] < 0 { continue }
-                try insertCopy.bind(1, record.id)
-                // An id made from this position is kept as its random half (no id index entry).
-                if let uid = ArchiveUID(record.uid), uid.position == record.id {
-                    try insertCopy.bind(2, .null)
-                    try insertCopy.bind(9, Int64(bitPattern: uid.random))
-                } else {
-                    try insertCopy.bind(2, record.uid)
-                    try insertCopy.bind(9, .null)
+            // Fields are read in place: a copy of each record would retain and release its texts.
+            try records.withUnsafeBufferPointer { records in
+                for index in copies where owners[index] >= 0 {
+                    let id = records[index].id
+                    try insertCopy.bind(1, id)
+                    // An id made from this position is kept as its random half (no id index entry).
+                    if let uid = ArchiveUID(records[index].uid), uid.position == id {
+                        try insertCopy.bind(2, .null)
+                        try insertCopy.bind(9, Int64(bitPattern: uid.random))
+                    } else {
+                        try insertCopy.bind(2, records[index].uid)
+                        try insertCopy.bind(9, .null)
+                    }
+                    let owner = owners[index]
+                    let peer: Int64
+                    if let lastPeer, lastPeer.jid == records[index].peer {
+                        peer = lastPeer.key
+                    } else {
+                        peer = try db.jidKey(records[index].peer)
+                        lastPeer = (records[index].peer, peer)
+                    }
+                    try insertCopy.bind(3, owner)
+                    try insertCopy.bind(4, peer)
+                    try insertCopy.bind(5, Int64(records[index].outgoing ? 1 : 0))
+                    let time = records[index].time
+                    try insertCopy.bind(6, time)
+                    if let shared = sharedRecord(records[index].stanza) {
+                        try insertCopy.bind(7, [UInt8]())
+                        try insertCopy.bind(8, shared)
+                    } else {
+                        try insertCopy.bind(7, try self.sealed(records[index].stanza, context: "archive"))
+                        try insertCopy.bind(8, .null)
+                    }
+                    if try insertCopy.execute() > 0 { stored.append((owner, ArchiveRuns.Entry(position: id, time: time))) }
                 }
-                let owner = owners[index]
-                let peer: Int64
-                if let lastPeer, lastPeer.jid == record.peer {
-                    peer = lastPeer.key
-                } else {
-                    peer = try db.jidKey(record.peer)
-                    lastPeer = (record.peer, peer)
-                }
-                try insertCopy.bind(3, owner)
-                try insertCopy.bind(4, peer)
-                try insertCopy.bind(5, Int64(record.outgoing ? 1 : 0))
-                try insertCopy.bind(6, record.time)
-                if let shared = sharedRecord(record.stanza) {
-                    try insertCopy.bind(7, [UInt8]())
-                    try insertCopy.bind(8, shared)
-                } else {
-                    try insertCopy.bind(7, try self.sealed(record.stanza, context: "archive"))
-                    try insertCopy.bind(8, .null)
-                }
-                if try insertCopy.execute() > 0 { stored.append((owner, ArchiveRuns.Entry(position: record.id, time: record.time))) }
             }
             try ArchiveRuns.index(stored, in: db)
         }

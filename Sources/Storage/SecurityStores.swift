@@ -4,11 +4,17 @@ public protocol FieldCipher: Sendable {
     /// Seals `plaintext`; `context` (e.g. the table) is authenticated, so a value copied to
     /// another place does not decrypt there.
     func seal(_ plaintext: [UInt8], context: String) throws -> [UInt8]
+    /// Seals a text's UTF-8 bytes: the same as `seal(Array(text.utf8), context:)`.
+    func seal(text: String, context: String) throws -> [UInt8]
     func open(_ sealed: [UInt8], context: String) throws -> [UInt8]
     /// Whether this value was sealed (stores keep reading rows written before encryption was on).
     func isSealed(_ value: [UInt8]) -> Bool
     /// Whether re-encryption should rewrite this value (plaintext, or sealed with an older key).
     func needsResealing(_ value: [UInt8]) -> Bool
+}
+
+extension FieldCipher {
+    public func seal(text: String, context: String) throws -> [UInt8] { try seal(Array(text.utf8), context: context) }
 }
 
 /// A data-encryption key as stored: wrapped (encrypted) by a master key.

@@ -163,25 +163,65 @@ public final class KeyRing: FieldCipher, Sendable {
     }
 
     public func seal(_ plaintext: [UInt8], context: String) throws -> [UInt8] {
+        try plaintext.withUnsafeBytes { try seal(bytes: $0, context: context) }
+    }
+
+    /// Seals a text's UTF-8 bytes (the same value as `seal(Array(text.utf8), …)`), without
+    /// copying them into an array first.
+    public func seal(text: String, context: String) throws -> [UInt8] {
+        if let sealed = try text.utf8.withContiguousStorageIfAvailable({ try seal(bytes: UnsafeRawBufferPointer($0), context: context) }) {
+            return sealed
+        }
+        return try seal(Array(text.utf8), context: context)
+    }
+
+    /// magic ‖ key id (UInt32, big-endian) ‖ nonce ‖ ciphertext ‖ tag.
+    private func seal(bytes: UnsafeRawBufferPointer, context: String) throws -> [UInt8] {
         guard let key = activeKey else { throw VaultError("no active data key") }
         // A fresh random nonce from the kernel for every value (one read of its generator; not
         // from a buffer in process memory, which a cloned or restored VM would hand out twice).
         var storage = (UInt64(0), UInt32(0))  // 12 bytes on the stack
-        let box = try withUnsafeMutableBytes(of: &storage) { raw in
+        return try withUnsafeMutableBytes(of: &storage) { raw in
             let nonce = UnsafeMutableRawBufferPointer(rebasing: raw[..<12])
             RandomBytes.fresh(nonce)
-            return try AES.GCM.seal(
-                plaintext, using: key, nonce: AES.GCM.Nonce(data: UnsafeRawBufferPointer(nonce)),
-                authenticating: Self.authenticated(context, activeKeyID))
+            let box = try Self.withAuthenticated(context, activeKeyID) { authenticated in
+                try AES.GCM.seal(bytes, using: key, nonce: AES.GCM.Nonce(data: UnsafeRawBufferPointer(nonce)), authenticating: authenticated)
+            }
+            // Written from the box's parts: its `combined` would be one more copy of the value.
+            var out = [UInt8]()
+            out.reserveCapacity(8 + 12 + bytes.count + 16)
+            out.append(contentsOf: Self.magic)
+            let id = UInt32(truncatingIfNeeded: activeKeyID)
+            out.append(UInt8(id >> 24))
+            out.append(UInt8(id >> 16 & 0xff))
+            out.append(UInt8(id >> 8 & 0xff))
+            out.append(UInt8(id & 0xff))
+            out.append(contentsOf: UnsafeRawBufferPointer(nonce))
+            box.ciphertext.withUnsafeBytes { out.append(contentsOf: $0) }
+            box.tag.withUnsafeBytes { out.append(contentsOf: $0) }
+            return out
         }
-        guard let combined = box.combined else { throw VaultError("cannot seal") }  // nonce ‖ ciphertext ‖ tag
-        var out = [UInt8]()
-        out.reserveCapacity(8 + combined.count)
-        out.append(contentsOf: Self.magic)
-        let id = UInt32(truncatingIfNeeded: activeKeyID)
-        out.append(contentsOf: [UInt8(id >> 24), UInt8(id >> 16 & 0xff), UInt8(id >> 8 & 0xff), UInt8(id & 0xff)])
-        out.append(contentsOf: combined)
-        return out
+    }
+
+    /// `authenticated(context, keyID)` in a stack buffer (no allocation per sealed value).
+    private static func withAuthenticated<T>(_ context: String, _ keyID: Int64, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        let digits = String(keyID)
+        let count = context.utf8.count + 1 + digits.utf8.count
+        guard count <= 256 else { return try authenticated(context, keyID).withUnsafeBytes(body) }
+        return try withUnsafeTemporaryAllocation(byteCount: count, alignment: 1) { buffer in
+            var offset = 0
+            for byte in context.utf8 {
+                buffer[offset] = byte
+                offset += 1
+            }
+            buffer[offset] = 0
+            offset += 1
+            for byte in digits.utf8 {
+                buffer[offset] = byte
+                offset += 1
+            }
+            return try body(UnsafeRawBufferPointer(buffer))
+        }
     }
 
     public func open(_ sealed: [UInt8], context: String) throws -> [UInt8] {

@@ -74,14 +74,16 @@ struct Bench: ParsableCommand {
                 var generator = SystemRandomNumberGenerator()
                 let body = String(repeating: "x", count: bodySize)
                 let domain = "bench.test"
+                // One text per user, as a session's bare JID is (the router hands the same text out).
+                let jids = (0..<users).map { "bench\($0)@\(domain)" }
                 func round() -> [JournalEntry] {
                     var entries: [JournalEntry] = []
                     entries.reserveCapacity(apply * 3)
                     for index in 0..<apply {
                         let from = Int.random(in: 0..<users, using: &generator)
                         let to = random ? (from + Int.random(in: 1..<users, using: &generator)) % users : from ^ 1 == users ? from - 1 : from ^ 1
-                        let sender = "bench\(from)@\(domain)"
-                        let recipient = "bench\(to)@\(domain)"
+                        let sender = jids[from]
+                        let recipient = jids[to]
                         let incoming = ArchiveIDGenerator.shared.next()
                         let outgoing = ArchiveIDGenerator.shared.next()
                         let uid = ArchiveIDGenerator.uid(position: incoming)
