@@ -43,7 +43,10 @@ public struct ArchiveModule: ServerModule {
             // A stanza-id claiming to be ours but set by the sender is a forgery (XEP-0359 §3.3).
             message.stanza.removeChildren { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == by }
             // The recipient's copy will be stored at `incoming`: its id is made from it.
-            message.stanza.append(XMLElement("stanza-id", xmlns: Self.stanzaID, ["id": ArchiveIDGenerator.uid(position: incoming), "by": by]))
+            message.stanza.append(
+                XMLElement(
+                    name: "stanza-id", namespace: Self.stanzaID,
+                    attributes: [XMLAttribute(name: "by", value: by), XMLAttribute(name: "id", value: ArchiveIDGenerator.uid(position: incoming))]))
         }
 
         registry.onMessageRouted(.high) { event in
@@ -61,7 +64,7 @@ public struct ArchiveModule: ServerModule {
                 // The recipient's copy keeps the recipient's own stanza-id (it is the MAM id).
                 let owner = recipient
                 let position = event.marks.incomingPosition ?? ids.next()
-                let uid = stanza.elements.first { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
+                let uid = stanza.firstElement { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
                     .flatMap { $0[attribute: "id"] } ?? ArchiveIDGenerator.uid(position: position)
                 event.journalEntries.append(
                     .archive(
@@ -121,7 +124,7 @@ public struct ArchiveModule: ServerModule {
         guard stanza.name == "message" else { return false }
         let type = stanza.stanzaType ?? "normal"
         guard type == "chat" || type == "normal" else { return false }
-        return stanza.elements.contains { $0.name == "body" || archivedPayloads.contains($0.namespace) }
+        return stanza.containsElement { $0.name == "body" || archivedPayloads.contains($0.namespace) }
     }
 
     /// Answers a XEP-0313 query on `owner`'s archive (a user's, or a room's): the results go

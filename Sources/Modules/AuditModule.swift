@@ -103,14 +103,15 @@ public struct AuditModule: ServerModule {
 
     /// Whether a message carries content worth auditing (not a bare chat state or receipt).
     static func hasContent(_ stanza: XMLElement) -> Bool {
-        stanza.elements.contains {
+        stanza.containsElement {
             $0.name == "body" || $0.name == "subject" || $0.namespace == "jabber:x:oob" || $0.namespace == "urn:xmpp:message-retract:1"
                 || $0.namespace == "urn:xmpp:message-moderate:1"
         }
     }
 
     static func attachments(_ stanza: XMLElement) -> [String] {
-        stanza.elements.filter { $0.namespace == "jabber:x:oob" }.compactMap { $0.child("url")?.text }
+        guard stanza.containsElement(where: { $0.namespace == "jabber:x:oob" }) else { return [] }
+        return stanza.elements.filter { $0.namespace == "jabber:x:oob" }.compactMap { $0.child("url")?.text }
     }
 
     /// - Parameters:

@@ -26,7 +26,7 @@ public struct CarbonsModule: ServerModule {
             let router = event.server.router
             // Sent carbons: the sender's other devices see what it sent.
             if let sender = event.sender {
-                let devices = router.sessions(of: sender.bareKey).filter { $0 != sender && $0.presence.carbons }
+                let devices = router.sessions(of: sender.bareKey).filter { $0 != sender && $0.readPresence { $0.carbons } }
                 if !devices.isEmpty {
                     // The sender's devices see the sender's own archive id, never the recipient's.
                     var sent = event.stanza
@@ -40,7 +40,7 @@ public struct CarbonsModule: ServerModule {
             // Received carbons: the recipient's devices that did not get the message.
             guard event.server.isLocal(event.to), event.to.localpart != nil, !event.recipients.isEmpty else { return }
             for session in router.sessions(of: event.toBareKey)
-            where session.presence.carbons && !event.recipients.contains(session) && session != event.sender {
+            where session.readPresence({ $0.carbons }) && !event.recipients.contains(session) && session != event.sender {
                 session.deliver(Self.wrap(event.stanza, "received", for: session))
             }
         }

@@ -173,7 +173,7 @@ public struct PEPModule: ServerModule {
                     }
                 case .everyone:
                     recipients += server.router.allSessions().filter {
-                        $0.presence.available && $0.bareKey != node.owner && !seen.contains($0.bareKey)
+                        $0.readPresence({ $0.available }) && $0.bareKey != node.owner && !seen.contains($0.bareKey)
                     }
                 }
             }

@@ -115,7 +115,7 @@ public struct PresenceModule: ServerModule {
                 }
             case .everyone:
                 for target in server.router.allSessions() where target.bareKey != user && !sentTo.contains(target.bareKey) {
-                    guard target.presence.available else { continue }
+                    guard target.readPresence({ $0.available }) else { continue }
                     var copy = stanza
                     copy[attribute: "to"] = target.jid.description
                     server.deliverPresence(copy, to: target.jid)

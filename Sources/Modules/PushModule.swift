@@ -53,7 +53,7 @@ public struct PushModule: ServerModule {
             let server = event.server
             guard server.isLocal(event.to), event.to.localpart != nil, Self.notable(event.stanza) else { return }
             // Push when nobody got it live: stored offline, or only detached sessions took it.
-            guard event.recipients.allSatisfy({ $0.presence.detached }) else { return }
+            guard event.recipients.allSatisfy({ $0.readPresence { $0.detached } }) else { return }
             let sender = event.stanza[attribute: "from"].flatMap { try? JID($0) }?.bare.description ?? ""
             let user = event.to.bare
             // XEP-0357 §5: the number of messages waiting since the user was last online.

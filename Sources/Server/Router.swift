@@ -85,7 +85,7 @@ public final class Router: Sendable {
 
     /// Sessions with available presence.
     public func availableSessions(of bare: String) -> [SessionHandle] {
-        sessions(of: bare).filter { $0.presence.available }
+        sessions(of: bare).filter { $0.readPresence { $0.available } }
     }
 
     /// Number of bound sessions (metrics).

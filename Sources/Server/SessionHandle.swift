@@ -105,6 +105,9 @@ public final class SessionHandle: Sendable, Hashable, CustomStringConvertible {
 
     public var presence: PresenceState { state.withLockedValue { $0 } }
 
+    /// One part of the presence state, read without copying the rest (its stanza, its sets).
+    public func readPresence<T>(_ body: (borrowing PresenceState) -> T) -> T { state.withLockedValue { body($0) } }
+
     /// Mutates the presence state atomically and returns what `body` returns.
     @discardableResult
     public func updatePresence<T>(_ body: (inout PresenceState) -> T) -> T {

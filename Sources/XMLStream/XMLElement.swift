@@ -37,8 +37,10 @@ public struct XMLElement: Sendable, Hashable {
     /// The value of an un-namespaced attribute.
     public subscript(attribute name: String) -> String? {
         get {
-            for attribute in attributes where attribute.name == name && attribute.namespace.isEmpty {
-                return attribute.value
+            // By index, not `for attribute in`: the iterator copies each attribute (three texts
+            // retained and released) just to compare its name.
+            for index in attributes.indices where attributes[index].name == name && attributes[index].namespace.isEmpty {
+                return attributes[index].value
             }
             return nil
         }
@@ -70,19 +72,36 @@ public struct XMLElement: Sendable, Hashable {
 
     /// The first child element with this name and namespace (namespace `nil` matches any).
     public func child(_ name: String, namespace: String? = nil) -> XMLElement? {
-        for case .element(let element) in children
-        where element.name == name && (namespace == nil || element.namespace == namespace) {
-            return element
-        }
-        return nil
+        firstElement { $0.name == name && (namespace == nil || $0.namespace == namespace) }
     }
 
     /// The first child element in this namespace.
     public func child(namespace: String) -> XMLElement? {
-        for case .element(let element) in children where element.namespace == namespace {
-            return element
+        firstElement { $0.namespace == namespace }
+    }
+
+    /// Whether a child element satisfies `predicate`. The children are looked at where they
+    /// are (`elements` hands out a copy of each, retaining its texts and arrays).
+    public func containsElement(where predicate: (borrowing XMLElement) throws -> Bool) rethrows -> Bool {
+        try firstElementIndex(where: predicate) != nil
+    }
+
+    /// The first child element satisfying `predicate` (only that one is copied).
+    public func firstElement(where predicate: (borrowing XMLElement) throws -> Bool) rethrows -> XMLElement? {
+        guard let index = try firstElementIndex(where: predicate), case .element(let element) = children[index] else { return nil }
+        return element
+    }
+
+    private func firstElementIndex(where predicate: (borrowing XMLElement) throws -> Bool) rethrows -> Int? {
+        try children.withUnsafeBufferPointer { nodes in
+            for index in nodes.indices {
+                switch nodes[index] {
+                case .element(let element): if try predicate(element) { return index }
+                case .text: continue
+                }
+            }
+            return nil
         }
-        return nil
     }
 
     /// The first child element.

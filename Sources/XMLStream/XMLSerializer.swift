@@ -26,6 +26,20 @@ public enum XMLSerializer {
     /// the string's own storage, exactly sized. (Through a `ByteBuffer` it was two more
     /// allocations, a copy, and a capacity check per piece written.)
     public static func string(_ element: XMLElement, defaultNamespace: String = "") -> String {
+        // Most stanzas fit a page on the stack: one pass over the element, then one copy into
+        // the string (a pass over the tree retains and releases its texts; copying bytes does not).
+        let small = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { storage -> String? in
+            var writer = BoundedWriter(storage)
+            writeElement(element, into: &writer, defaultNamespace: defaultNamespace, streamPrefixDeclared: false)
+            guard !writer.overflowed else { return nil }
+            let written = UnsafeBufferPointer(rebasing: storage[..<writer.count])
+            return String(unsafeUninitializedCapacity: written.count) { target in
+                guard let source = written.baseAddress, let destination = target.baseAddress else { return 0 }
+                destination.update(from: source, count: written.count)
+                return written.count
+            }
+        }
+        if let small { return small }
         if let text = exactString(element, defaultNamespace: defaultNamespace) { return text }
         // Not expected (both passes run the same code): the buffered way, never a short text.
         var buffer = ByteBufferAllocator().buffer(capacity: 1024)
@@ -74,34 +88,43 @@ public enum XMLSerializer {
             childDefault = element.namespace
         }
         var extraPrefix = 0
-        for attribute in element.attributes {
-            buffer.putStatic(" ")
-            if !attribute.namespace.isEmpty {
-                if attribute.namespace == XMLNamespace.xml {
-                    buffer.putStatic("xml:")
-                } else {
-                    extraPrefix += 1
-                    buffer.putString("xmlns:a\(extraPrefix)=\"")
-                    escape(attribute.namespace, into: &buffer, attribute: true)
-                    buffer.putString("\" a\(extraPrefix):")
+        // Attributes and children are read where they are (through the arrays' buffers):
+        // iterating the arrays copies each one, retaining and releasing what it holds.
+        element.attributes.withUnsafeBufferPointer { attributes in
+            guard let attributes = attributes.baseAddress else { return }
+            for index in 0..<element.attributes.count {
+                let attribute = attributes + index
+                buffer.putStatic(" ")
+                if !attribute.pointee.namespace.isEmpty {
+                    if attribute.pointee.namespace == XMLNamespace.xml {
+                        buffer.putStatic("xml:")
+                    } else {
+                        extraPrefix += 1
+                        buffer.putString("xmlns:a\(extraPrefix)=\"")
+                        escape(attribute.pointee.namespace, into: &buffer, attribute: true)
+                        buffer.putString("\" a\(extraPrefix):")
+                    }
                 }
+                buffer.putString(attribute.pointee.name)
+                buffer.putStatic("=\"")
+                escape(attribute.pointee.value, into: &buffer, attribute: true)
+                buffer.putStatic("\"")
             }
-            buffer.putString(attribute.name)
-            buffer.putStatic("=\"")
-            escape(attribute.value, into: &buffer, attribute: true)
-            buffer.putStatic("\"")
         }
         if element.children.isEmpty {
             buffer.putStatic("/>")
             return
         }
         buffer.putStatic(">")
-        for child in element.children {
-            switch child {
-            case .element(let childElement):
-                writeElement(childElement, into: &buffer, defaultNamespace: childDefault, streamPrefixDeclared: childStreamDeclared)
-            case .text(let text):
-                escape(text, into: &buffer, attribute: false)
+        element.children.withUnsafeBufferPointer { children in
+            guard let children = children.baseAddress else { return }
+            for index in 0..<element.children.count {
+                switch children[index] {
+                case .element(let childElement):
+                    writeElement(childElement, into: &buffer, defaultNamespace: childDefault, streamPrefixDeclared: childStreamDeclared)
+                case .text(let text):
+                    escape(text, into: &buffer, attribute: false)
+                }
             }
         }
         buffer.putStatic("</")
@@ -118,37 +141,43 @@ public enum XMLSerializer {
     }
 
     private static func escape<Sink: XMLByteSink>(_ string: String, into buffer: inout Sink, attribute: Bool) {
-        var string = string
-        string.withUTF8 { bytes in
-            var runStart = 0
-            var index = 0
-            let count = bytes.count
-            while index < count {
-                let byte = bytes[index]
-                let replacement: StaticString?
-                switch byte {
-                case UInt8(ascii: "&"): replacement = "&amp;"
-                case UInt8(ascii: "<"): replacement = "&lt;"
-                case UInt8(ascii: ">"): replacement = "&gt;"
-                case UInt8(ascii: "\"") where attribute: replacement = "&quot;"
-                case UInt8(ascii: "'") where attribute: replacement = "&apos;"
-                case 0x0D: replacement = "&#13;"
-                case 0x09 where attribute: replacement = "&#9;"
-                case 0x0A where attribute: replacement = "&#10;"
-                default: replacement = nil
-                }
-                if let replacement {
-                    if index > runStart {
-                        buffer.putBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<index]))
-                    }
-                    buffer.putStatic(replacement)
-                    runStart = index + 1
-                }
-                index += 1
+        // Native strings (all the parser and the server make) are read in place; a bridged or
+        // lazily decoded one is copied first.
+        if string.utf8.withContiguousStorageIfAvailable({ escape($0, into: &buffer, attribute: attribute) }) == nil {
+            var string = string
+            string.withUTF8 { escape($0, into: &buffer, attribute: attribute) }
+        }
+    }
+
+    private static func escape<Sink: XMLByteSink>(_ bytes: UnsafeBufferPointer<UInt8>, into buffer: inout Sink, attribute: Bool) {
+        var runStart = 0
+        var index = 0
+        let count = bytes.count
+        while index < count {
+            let byte = bytes[index]
+            let replacement: StaticString?
+            switch byte {
+            case UInt8(ascii: "&"): replacement = "&amp;"
+            case UInt8(ascii: "<"): replacement = "&lt;"
+            case UInt8(ascii: ">"): replacement = "&gt;"
+            case UInt8(ascii: "\"") where attribute: replacement = "&quot;"
+            case UInt8(ascii: "'") where attribute: replacement = "&apos;"
+            case 0x0D: replacement = "&#13;"
+            case 0x09 where attribute: replacement = "&#9;"
+            case 0x0A where attribute: replacement = "&#10;"
+            default: replacement = nil
             }
-            if count > runStart {
-                buffer.putBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<count]))
+            if let replacement {
+                if index > runStart {
+                    buffer.putBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<index]))
+                }
+                buffer.putStatic(replacement)
+                runStart = index + 1
             }
+            index += 1
+        }
+        if count > runStart {
+            buffer.putBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(bytes)[runStart..<count]))
         }
     }
 }
@@ -200,7 +229,9 @@ struct BoundedWriter: XMLByteSink {
     }
 
     mutating func putString(_ string: String) {
-        var string = string
-        string.withUTF8 { putBytes(UnsafeRawBufferPointer($0)) }
+        if string.utf8.withContiguousStorageIfAvailable({ putBytes(UnsafeRawBufferPointer($0)) }) == nil {
+            var string = string
+            string.withUTF8 { putBytes(UnsafeRawBufferPointer($0)) }
+        }
     }
 }

@@ -387,15 +387,19 @@ public final class XMLStreamParser {
         if depth > limits.maxDepth {
             throw XMLStreamError(.policyViolation, "elements nested deeper than \(limits.maxDepth)")
         }
-        var scope = Scope(defaultNamespace: scopes.last?.defaultNamespace ?? "", prefixes: [])
+        // (Arrays read by index here: iterating them copies each element, retaining its texts.)
+        var scope = Scope(defaultNamespace: scopes.isEmpty ? "" : scopes[scopes.count - 1].defaultNamespace, prefixes: [])
         // Namespace declarations first (a prefixed attribute may come before the declaration of
         // its prefix in the same tag), then the other attributes straight into the element.
         var plainCount = 0
-        for (attributeName, value) in attributes {
-            if attributeName == "xmlns" {
-                scope.defaultNamespace = value
-            } else if attributeName.hasPrefix("xmlns:") {
-                let prefix = String(attributeName.dropFirst(6))
+        for index in attributes.indices {
+            let kind = Self.declarationKind(attributes[index].qname)
+            if kind == .defaultNamespace {
+                scope.defaultNamespace = attributes[index].value
+            } else if kind == .prefix {
+                let value = attributes[index].value
+                let qname = attributes[index].qname
+                let prefix = String(qname[qname.utf8.index(qname.utf8.startIndex, offsetBy: 6)...])
                 guard !prefix.isEmpty, !prefix.contains(":"), !value.isEmpty, prefix != "xmlns",
                     prefix != "xml" || value == XMLNamespace.xml
                 else {
@@ -408,17 +412,16 @@ public final class XMLStreamParser {
         }
         scopes.append(scope)
         let (prefix, local) = try split(qname)
-        var element = XMLElement(name: String(local), namespace: try resolve(prefix, element: true))
+        var element = XMLElement(name: local, namespace: try resolve(prefix, element: true))
         if plainCount > 0 {
             element.attributes.reserveCapacity(plainCount)
-            for (attributeName, value) in attributes where attributeName != "xmlns" && !attributeName.hasPrefix("xmlns:") {
-                let (attributePrefix, attributeLocal) = try split(attributeName)
+            for index in attributes.indices where Self.declarationKind(attributes[index].qname) == .none {
+                let (attributePrefix, name) = try split(attributes[index].qname)
                 let namespace = attributePrefix == nil ? "" : try resolve(attributePrefix, element: false)
-                let name = String(attributeLocal)
-                if element.attributes.contains(where: { $0.name == name && $0.namespace == namespace }) {
+                for other in element.attributes.indices where element.attributes[other].name == name && element.attributes[other].namespace == namespace {
                     throw XMLStreamError(.notWellFormed, "duplicate attribute")
                 }
-                element.attributes.append(XMLAttribute(name: name, namespace: namespace, value: value))
+                element.attributes.append(XMLAttribute(name: name, namespace: namespace, value: attributes[index].value))
             }
         }
         openNames.append(qname)
@@ -468,14 +471,27 @@ public final class XMLStreamParser {
         }
     }
 
-    private func split(_ qname: String) throws -> (Substring?, Substring) {
-        guard let colon = qname.firstIndex(of: ":") else { return (nil, qname[...]) }
+    /// A qualified name's prefix, if any, and its local part (the name itself when unprefixed:
+    /// no new string). Found by byte: XML names are code points, not grapheme clusters.
+    private func split(_ qname: String) throws -> (Substring?, String) {
+        let bytes = qname.utf8
+        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")) else { return (nil, qname) }
         let prefix = qname[..<colon]
-        let local = qname[qname.index(after: colon)...]
-        guard !prefix.isEmpty, !local.isEmpty, !local.contains(":") else {
+        let local = qname[bytes.index(after: colon)...]
+        guard !prefix.isEmpty, !local.isEmpty, !local.utf8.contains(UInt8(ascii: ":")) else {
             throw XMLStreamError(.notWellFormed, "malformed qualified name")
         }
-        return (prefix, local)
+        return (prefix, String(local))
+    }
+
+    private enum DeclarationKind { case none, defaultNamespace, prefix }
+
+    /// `xmlns` declares the default namespace, `xmlns:p` a prefix (compared as bytes).
+    private static func declarationKind(_ name: String) -> DeclarationKind {
+        let bytes = name.utf8
+        guard bytes.count >= 5, bytes.starts(with: "xmlns".utf8) else { return .none }
+        if bytes.count == 5 { return .defaultNamespace }
+        return bytes[bytes.index(bytes.startIndex, offsetBy: 5)] == UInt8(ascii: ":") ? .prefix : .none
     }
 
     private func resolve(_ prefix: Substring?, element: Bool) throws -> String {
