@@ -405,8 +405,10 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
 
     // MARK: - Stream events
 
-    private func handle(_ event: XMLStreamEvent) {
-        switch event {
+    /// - Parameter event: consumed: the stanza it carries goes on without another reference to
+    ///   it, so the router's changes (`from`, a stanza-id) are made in place.
+    private func handle(_ event: consuming XMLStreamEvent) {
+        switch consume event {
         case .streamOpened(let root):
             openStream(root)
         case .streamClosed:
@@ -539,7 +541,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     }
 
     /// Handles one top-level element; returns a future when the work continues asynchronously.
-    private func process(_ element: XMLElement) -> EventLoopFuture<Void>? {
+    private func process(_ element: consuming XMLElement) -> EventLoopFuture<Void>? {
         switch element.namespace {
         case NS.tls:
             startTLS(element)
@@ -562,7 +564,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             return nil
         }
         if let session {
-            return handleStanza(element, session: session)
+            return handleStanza(element, session: session)  // its last use: handed over
         }
         if username != nil, element.name == "iq" {
             return handlePreBindIQ(element)
@@ -1001,13 +1003,15 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
 
     // MARK: - Stanzas of a bound session
 
-    private func handleStanza(_ element: XMLElement, session: SessionHandle) -> EventLoopFuture<Void>? {
+    /// - Parameter element: consumed, so that stamping `from` changes it in place (a copy of
+    ///   a shared element would copy its attributes).
+    private func handleStanza(_ element: consuming XMLElement, session: SessionHandle) -> EventLoopFuture<Void>? {
         server.metrics.stanzasIn.increment()
         if sm.enabled { sm.handledInbound &+= 1 }
         var stanza = element
         stanza[attribute: "from"] = session.fullKey
         var to: JID?
-        if let toString = element[attribute: "to"] {
+        if let toString = stanza[attribute: "to"] {
             do {
                 to = try JID(toString)
             } catch {
@@ -1027,7 +1031,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         if let to, let component = server.component(for: to.domainpart) {
             return toComponent(component, stanza, to: to, session: session)
         }
-        switch element.name {
+        switch stanza.name {
         case "message":
             return routeMessage(stanza, to: to ?? session.jid.bare, session: session)
         case "presence":
@@ -1077,7 +1081,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         send(error.reply(to: stanza))
     }
 
-    private func routeMessage(_ message: XMLElement, to: JID, session: SessionHandle) -> EventLoopFuture<Void>? {
+    private func routeMessage(_ message: consuming XMLElement, to: JID, session: SessionHandle) -> EventLoopFuture<Void>? {
         let prepared = server.prepareMessage(message, to: to)
         let stanza = prepared.stanza
         switch server.deliverMessage(stanza, to: to, text: prepared.text, bareKey: prepared.toBareKey) {

@@ -121,7 +121,8 @@ public final class ServerContext: Sendable {
     }
 
     /// Runs the message-preparation hooks (archive ids …).
-    func prepareMessage(_ stanza: XMLElement, to: JID) -> PreparedMessage {
+    /// - Parameter stanza: consumed, so that the preparation hooks change it in place.
+    func prepareMessage(_ stanza: consuming XMLElement, to: JID) -> PreparedMessage {
         var prepared = PreparedMessage(stanza: stanza)
         prepared.toBareKey = to.bare.description
         for hook in preparationHooks { hook(&prepared, to, self) }

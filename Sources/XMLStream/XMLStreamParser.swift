@@ -74,14 +74,14 @@ public final class XMLStreamParser {
 
     /// Parses `buffer`'s readable bytes and calls `body` for each event completed by them.
     /// - Throws: `XMLStreamError` on the first violation; the parser is unusable afterwards.
-    public func feed(_ buffer: ByteBuffer, _ body: (XMLStreamEvent) throws -> Void) throws {
+    public func feed(_ buffer: ByteBuffer, _ body: (consuming XMLStreamEvent) throws -> Void) throws {
         try buffer.withUnsafeReadableBytes { bytes in
             try feed(bytes, body)
         }
     }
 
     /// Parses raw bytes; see `feed(_:_:)`.
-    public func feed(_ bytes: UnsafeRawBufferPointer, _ body: (XMLStreamEvent) throws -> Void) throws {
+    public func feed(_ bytes: UnsafeRawBufferPointer, _ body: (consuming XMLStreamEvent) throws -> Void) throws {
         if let failure { throw failure }
         // Bounded slices: no single call can build an element far past the size limit.
         let slice = 16_384
@@ -99,9 +99,13 @@ public final class XMLStreamParser {
                 throw error
             }
             if !events.isEmpty {
-                let ready = events
-                events.removeAll(keepingCapacity: true)
-                for event in ready { try body(event) }
+                // Handed over, not copied (a copy would retain what each element holds, and
+                // emptying the shared array would allocate a new one); the capacity comes back.
+                var ready: [XMLStreamEvent] = []
+                swap(&ready, &events)
+                ready.reverse()
+                while let event = ready.popLast() { try body(event) }
+                if events.isEmpty { swap(&ready, &events) }
             }
             offset = end
         } while offset < bytes.count
@@ -413,8 +417,14 @@ public final class XMLStreamParser {
         scopes.append(scope)
         let (prefix, local) = try split(qname)
         var element = XMLElement(name: local, namespace: try resolve(prefix, element: true))
+        // A stanza gets room for what the router adds (`from`; a stanza-id), so it is added in place.
+        let isStanza = depth == 2
+        if isStanza {
+            element.attributes.reserveCapacity(plainCount + 1)
+            element.children.reserveCapacity(4)
+        }
         if plainCount > 0 {
-            element.attributes.reserveCapacity(plainCount)
+            if !isStanza { element.attributes.reserveCapacity(plainCount) }
             for index in attributes.indices where Self.declarationKind(attributes[index].qname) == .none {
                 let (attributePrefix, name) = try split(attributes[index].qname)
                 let namespace = attributePrefix == nil ? "" : try resolve(attributePrefix, element: false)
@@ -431,7 +441,7 @@ public final class XMLStreamParser {
             if selfClosing { try close(at: endIndex) }
             return
         }
-        if depth == 2 { boundary = consumed + Int64(start) }
+        if isStanza { boundary = consumed + Int64(start) }
         stack.append(element)
         if selfClosing { try close(at: endIndex) }
     }
