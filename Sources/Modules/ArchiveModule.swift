@@ -43,16 +43,17 @@ public struct ArchiveModule: ServerModule {
             // A stanza-id claiming to be ours but set by the sender is a forgery (XEP-0359 §3.3).
             message.stanza.removeChildren { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == by }
             // The recipient's copy will be stored at `incoming`: its id is made from it.
+            let uid = ArchiveIDGenerator.uid(position: incoming)
+            message.marks.incomingArchiveID = uid
             message.stanza.append(
-                XMLElement(
-                    name: "stanza-id", namespace: Self.stanzaID,
-                    attributes: [XMLAttribute(name: "by", value: by), XMLAttribute(name: "id", value: ArchiveIDGenerator.uid(position: incoming))]))
+                XMLElement(name: "stanza-id", namespace: Self.stanzaID, attributes: [XMLAttribute(name: "by", value: by), XMLAttribute(name: "id", value: uid)]))
         }
 
         registry.onMessageRouted(.high) { event in
             let stanza = event.stanza
             // A local sender's JID is the `from` its session stamped: no need to parse it again.
-            guard Self.archivable(stanza), let from = event.sender?.jid ?? stanza[attribute: "from"].flatMap({ try? JID($0) }) else { return }
+            // (A position taken in preparation means the message was found archivable there.)
+            guard event.marks.incomingPosition != nil || Self.archivable(stanza), let from = event.sender?.jid ?? stanza[attribute: "from"].flatMap({ try? JID($0) }) else { return }
             let server = event.server
             let now = Date().timeIntervalSince1970
             // Each bare JID as text once (a local session has its own already).
@@ -64,7 +65,8 @@ public struct ArchiveModule: ServerModule {
                 // The recipient's copy keeps the recipient's own stanza-id (it is the MAM id).
                 let owner = recipient
                 let position = event.marks.incomingPosition ?? ids.next()
-                let uid = stanza.firstElement { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
+                let uid = event.marks.incomingArchiveID
+                    ?? stanza.firstElement { $0.name == "stanza-id" && $0.namespace == Self.stanzaID && $0[attribute: "by"] == owner }
                     .flatMap { $0[attribute: "id"] } ?? ArchiveIDGenerator.uid(position: position)
                 event.journalEntries.append(
                     .archive(

@@ -72,7 +72,8 @@ final class ArchivePreferenceTable: Sendable {
     private let table = NIOLockedValueBox<[String: ArchivePreferences]>([:])
 
     func archives(owner: String, peer: String) -> Bool {
-        table.withLockedValue { $0[owner] }?.archives(peer: peer) ?? true
+        // Decided under the lock (no copy of the preferences); nobody has any, usually.
+        table.withLockedValue { $0.isEmpty ? true : $0[owner]?.archives(peer: peer) ?? true }
     }
 
     func preferences(of owner: String) -> ArchivePreferences {

@@ -317,6 +317,12 @@ public final class Statement {
         return Int(sqlite3_changes(sqlite3_db_handle(raw)))
     }
 
+    /// Steps to the end, calling `body` with each row (e.g. an `INSERT … RETURNING`); then resets.
+    public func execute(eachRow body: (Statement) throws -> Void) throws {
+        defer { sqlite3_reset(raw) }
+        while try step() { try body(self) }
+    }
+
     private func check(_ rc: Int32) throws {
         guard rc == SQLITE_OK else { throw StorageError.backend(connection.errorMessage) }
     }

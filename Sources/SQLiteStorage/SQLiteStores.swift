@@ -344,7 +344,12 @@ extension SQLiteStores: ArchiveStore {
             // Statements prepared once per batch, parameters bound one by one.
             let insertRecord = try db.prepare(
                 "INSERT OR IGNORE INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            // Participants and copies go in several rows per statement (`rowsPerInsert`): a
+            // statement's own work (starting, halting, resetting it) is then paid once per group.
             let insertParticipant = try db.prepare("INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)")
+            let insertParticipants = try db.prepare(
+                "INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES "
+                    + repeatElement("(?, ?, ?)", count: Self.rowsPerInsert).joined(separator: ", "))
             // Keyed as they are found, so the grouping below hashes integers, not texts.
             var participants: [(user: Int64, time: Double, id: Int64)] = []
             participants.reserveCapacity(auditRows.count * 2)
@@ -358,11 +363,20 @@ extension SQLiteStores: ArchiveStore {
                     participants.append((try db.jidKey(user), time, id))
                 }
             }
-            for index in Self.groupedOrder(participants.count, by: { participants[$0].user }) {
-                try insertParticipant.bind(1, participants[index].user)
-                try insertParticipant.bind(2, participants[index].time)
-                try insertParticipant.bind(3, participants[index].id)
-                try insertParticipant.execute()
+            let participantOrder = Self.groupedOrder(participants.count, by: { participants[$0].user })
+            var next = 0
+            while next < participantOrder.count {
+                let group = participantOrder.count - next >= Self.rowsPerInsert ? Self.rowsPerInsert : 1
+                let statement = group == 1 ? insertParticipant : insertParticipants
+                for row in 0..<group {
+                    let participant = participants[participantOrder[next + row]]
+                    let base = Int32(row * 3)
+                    try statement.bind(base + 1, participant.user)
+                    try statement.bind(base + 2, participant.time)
+                    try statement.bind(base + 3, participant.id)
+                }
+                try statement.execute()
+                next += group
             }
             // Only a record this transaction inserted: a position already taken could be
             // another message's (an entry applied again finds its own copy stored anyway).
@@ -373,27 +387,35 @@ extension SQLiteStores: ArchiveStore {
                 else { return nil }
                 return audit[index].id
             }
-            let insertCopy = try db.prepare(
-                "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content, uid_random) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-            // Copies this transaction stored (not those an apply again finds stored), for the runs.
+            // A copy at a position past every stored one, with an id made from it, and not
+            // twice in this batch, cannot be there already: such copies go in several rows per
+            // statement. The others (an apply again after a crash, a straggler from another
+            // event loop) go one by one, and RETURNING says whether each was stored.
+            let copyColumns = "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content, uid_random) VALUES "
+            let insertCopy = try db.prepare(copyColumns + "(?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
+            let insertCopies = try db.prepare(copyColumns + repeatElement("(?, ?, ?, ?, ?, ?, ?, ?, ?)", count: Self.rowsPerInsert).joined(separator: ", "))
+            let lastStored = try db.query("SELECT max(id) FROM archive") { $0.isNull(0) ? Int64.min : $0.int(0) }.first ?? Int64.min
+            // Copies this transaction stored, for the runs.
             var stored: [(owner: Int64, entry: ArchiveRuns.Entry)] = []
             stored.reserveCapacity(records.count)
             // Consecutive copies of one owner mostly share their peer: its key is looked up once.
             var lastPeer: (jid: String, key: Int64)?
+            var fresh: [Int] = []
+            fresh.reserveCapacity(Self.rowsPerInsert)
+            var seen = Set<Int64>(minimumCapacity: records.count)
             // Fields are read in place: a copy of each record would retain and release its texts.
             try records.withUnsafeBufferPointer { records in
-                for index in copies where owners[index] >= 0 {
-                    let id = records[index].id
-                    try insertCopy.bind(1, id)
+                func bindCopy(_ index: Int, row: Int, to statement: Statement, uid: ArchiveUID?) throws {
+                    let base = Int32(row * 9)
+                    try statement.bind(base + 1, records[index].id)
                     // An id made from this position is kept as its random half (no id index entry).
-                    if let uid = ArchiveUID(records[index].uid), uid.position == id {
-                        try insertCopy.bind(2, .null)
-                        try insertCopy.bind(9, Int64(bitPattern: uid.random))
+                    if let uid {
+                        try statement.bind(base + 2, .null)
+                        try statement.bind(base + 9, Int64(bitPattern: uid.random))
                     } else {
-                        try insertCopy.bind(2, records[index].uid)
-                        try insertCopy.bind(9, .null)
+                        try statement.bind(base + 2, records[index].uid)
+                        try statement.bind(base + 9, .null)
                     }
-                    let owner = owners[index]
                     let peer: Int64
                     if let lastPeer, lastPeer.jid == records[index].peer {
                         peer = lastPeer.key
@@ -401,24 +423,58 @@ extension SQLiteStores: ArchiveStore {
                         peer = try db.jidKey(records[index].peer)
                         lastPeer = (records[index].peer, peer)
                     }
-                    try insertCopy.bind(3, owner)
-                    try insertCopy.bind(4, peer)
-                    try insertCopy.bind(5, Int64(records[index].outgoing ? 1 : 0))
-                    let time = records[index].time
-                    try insertCopy.bind(6, time)
+                    try statement.bind(base + 3, owners[index])
+                    try statement.bind(base + 4, peer)
+                    try statement.bind(base + 5, Int64(records[index].outgoing ? 1 : 0))
+                    try statement.bind(base + 6, records[index].time)
                     if let shared = sharedRecord(records[index].stanza) {
-                        try insertCopy.bind(7, [UInt8]())
-                        try insertCopy.bind(8, shared)
+                        try statement.bind(base + 7, [UInt8]())
+                        try statement.bind(base + 8, shared)
                     } else {
-                        try insertCopy.bind(7, try self.sealed(records[index].stanza, context: "archive"))
-                        try insertCopy.bind(8, .null)
+                        try statement.bind(base + 7, try self.sealed(records[index].stanza, context: "archive"))
+                        try statement.bind(base + 8, .null)
                     }
-                    if try insertCopy.execute() > 0 { stored.append((owner, ArchiveRuns.Entry(position: id, time: time))) }
+                }
+                func note(_ index: Int) {
+                    stored.append((owners[index], ArchiveRuns.Entry(position: records[index].id, time: records[index].time)))
+                }
+                func insertFresh() throws {
+                    for (row, index) in fresh.enumerated() {
+                        try bindCopy(index, row: row, to: insertCopies, uid: ArchiveUID(records[index].uid))
+                    }
+                    guard try insertCopies.execute() == fresh.count else {
+                        throw StorageError.backend("archive copies at new positions were not all stored")
+                    }
+                    for index in fresh { note(index) }
+                    fresh.removeAll(keepingCapacity: true)
+                }
+                for index in copies where owners[index] >= 0 {
+                    let id = records[index].id
+                    let uid = ArchiveUID(records[index].uid).flatMap { $0.position == id ? $0 : nil }
+                    if uid != nil, id > lastStored, seen.insert(id).inserted {
+                        fresh.append(index)
+                        if fresh.count == Self.rowsPerInsert { try insertFresh() }
+                        continue
+                    }
+                    try bindCopy(index, row: 0, to: insertCopy, uid: uid)
+                    var wasStored = false
+                    try insertCopy.execute { _ in wasStored = true }
+                    if wasStored { note(index) }
+                }
+                // The last few one by one.
+                for index in fresh {
+                    try bindCopy(index, row: 0, to: insertCopy, uid: ArchiveUID(records[index].uid))
+                    var wasStored = false
+                    try insertCopy.execute { _ in wasStored = true }
+                    if wasStored { note(index) }
                 }
             }
             try ArchiveRuns.index(stored, in: db)
         }
     }
+
+    /// Rows per multi-row `INSERT` in the apply (the rest of a batch goes one by one).
+    static let rowsPerInsert = 8
 
     /// Positions 0..<count ordered so that equal keys are together, in first-seen order of the
     /// keys and in position order within a key (a counting sort over the keys' first sightings).

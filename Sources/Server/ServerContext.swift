@@ -17,7 +17,8 @@ public final class ServerContext: Sendable {
     // The registry's per-stanza fields, stored apart: read through `modules`, each access
     // copied the whole registry (some thirty arrays and dictionaries retained and released).
     private let preparationHooks: [MessagePreparationHook]
-    private let routedHooks: [(HookPriority, MessageHook)]
+    /// In priority order (the registry sorts them).
+    private let routedHooks: [MessageHook]
     let deliveryFilters: [DeliveryFilter]
     private let components: [String: ServiceComponent]
     public let logger: Logger
@@ -46,7 +47,7 @@ public final class ServerContext: Sendable {
         for module in modules { registry.register(module) }
         self.modules = registry
         self.preparationHooks = registry.messagePreparationHooks
-        self.routedHooks = registry.messageRoutedHooks
+        self.routedHooks = registry.messageRoutedHooks.map(\.1)
         self.deliveryFilters = registry.deliveryFilters
         self.components = registry.components
         self.logger = logger
@@ -125,7 +126,7 @@ public final class ServerContext: Sendable {
     func prepareMessage(_ stanza: consuming XMLElement, to: JID) -> PreparedMessage {
         var prepared = PreparedMessage(stanza: stanza)
         prepared.toBareKey = to.bare.description
-        for hook in preparationHooks { hook(&prepared, to, self) }
+        for index in preparationHooks.indices { preparationHooks[index](&prepared, to, self) }
         // Serialised once: the same bytes go to the recipient and into the archive.
         prepared.text = XMLSerializer.string(prepared.stanza)
         return prepared
@@ -218,7 +219,7 @@ public final class ServerContext: Sendable {
             // Made by the router for what it routes; serialised here for what a service delivered.
             text: message.text ?? XMLSerializer.string(message.stanza))
         event.journalEntries.reserveCapacity(3)
-        for (_, hook) in hooks { hook(&event) }
+        for index in hooks.indices { hooks[index](&event) }
         journal.append(event.journalEntries)
     }
 

@@ -99,6 +99,9 @@ public struct MessageMarks: Sendable {
     public var outgoingPosition: Int64?
     /// The id of the sender's archive copy (the stanza-id a sent carbon carries).
     public var senderArchiveID: String?
+    /// The stanza-id the recipient's copy carries (set with it, so the archive need not look
+    /// for it in the stanza again).
+    public var incomingArchiveID: String?
 
     public init() {}
 }

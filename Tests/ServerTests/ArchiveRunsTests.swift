@@ -167,6 +167,30 @@ import Testing
         }
     }
 
+    /// Copies at new positions go in several rows per statement, the others one by one: a
+    /// position twice in one apply, positions already stored mixed with new ones, a text id
+    /// and a straggler below the newest stored position are each stored exactly once.
+    @Test func groupedInsertsStoreEachCopyOnce() async throws {
+        try await withTemporaryStores("sb-runs") { stores, _ in
+            let first = (1...20).map { record(Int64($0 * 10), owner: "a@x", peer: "b@x") }
+            try await stores.append(first + [first[3]])
+            #expect(try await stores.archiveCount(owner: "a@x") == 20)
+            var textID = record(205, owner: "a@x", peer: "c@x")
+            textID.uid = "client-chosen-id"
+            let straggler = record(15, owner: "a@x", peer: "b@x")
+            let more = (21...37).map { record(Int64($0 * 10), owner: "a@x", peer: "b@x") }
+            try await stores.append(Array(first[10...]) + more + [textID, straggler, more[0]])
+            #expect(try await stores.archiveCount(owner: "a@x") == 20 + 17 + 2)
+            #expect(try await count(stores, "SELECT count(*) FROM archive") == 39)
+            let page = try await stores.query(ArchiveQuery(owner: "a@x", limit: 100))
+            let tens: [Int64] = (1...37).map { Int64($0 * 10) }
+            let expected: [Int64] = ([15, 205] + tens).sorted()
+            #expect(page?.records.map(\.id) == expected)
+            #expect(page?.records.first { $0.id == 205 }?.uid == "client-chosen-id")
+            try await checkRuns(stores)
+        }
+    }
+
     /// The archive connection remembers each key's newest run; deleting an account (on the
     /// other connection) removes runs it remembers, and the next copies still get indexed.
     @Test func aDeletedAccountsRememberedRunsAreReadAgain() async throws {
