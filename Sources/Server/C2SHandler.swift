@@ -118,8 +118,11 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
         logger[metadataKey: "xmpp.remote"] = "\(context.channel.remoteAddress?.description ?? "?")"
         server.metrics.connectionOpened()
         let seconds = Int64(server.configuration.limits.loginTimeoutSeconds)
-        loginTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(seconds)) { [weak self] in
-            guard let self, self.session == nil, !self.closing else { return }
+        // Closures here hold the handler strongly (until they run or are cancelled): a weak
+        // reference would give the handler a side table for life, and every retain and release
+        // of it — several per routed message — would take the runtime's slow path.
+        loginTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(seconds)) { [self] in
+            guard session == nil, !closing else { return }
             self.server.metrics.limitHit(.loginTimeout)
             self.terminate(StreamError(.connectionTimeout, text: "login took too long"))
         }
@@ -322,8 +325,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     private func scheduleFlush() {
         guard !flushScheduled, let context else { return }
         flushScheduled = true
-        context.eventLoop.assumeIsolated().execute { [weak self] in
-            guard let self else { return }
+        context.eventLoop.assumeIsolated().execute { [self] in
             self.flushScheduled = false
             self.context?.flush()
         }
@@ -468,8 +470,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
             let element = pending.removeFirst()
             if let future = process(element) {
                 busy = true
-                future.assumeIsolated().whenComplete { [weak self] _ in
-                    guard let self else { return }
+                future.assumeIsolated().whenComplete { [self] _ in
                     self.busy = false
                     self.drain()
                 }
@@ -532,8 +533,7 @@ final class C2SHandler: ChannelInboundHandler, StanzaSink {
     private func hold(for pause: TimeAmount) {
         guard let context else { return }
         pauseReading(context)
-        rateHold = context.eventLoop.assumeIsolated().scheduleTask(in: pause) { [weak self] in
-            guard let self else { return }
+        rateHold = context.eventLoop.assumeIsolated().scheduleTask(in: pause) { [self] in
             self.rateHold = nil
             self.lastResume = .now()
             self.drain()
