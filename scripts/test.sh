@@ -38,6 +38,8 @@ if [ -x bench/compare.sh ]; then
     say "benchmark smoke run (seconds, debug build; figures are printed, nothing is asserted on timing)"
     SWITCHBOARD_BIN="$ROOT/.build/debug/switchboard" SWITCHBOARD_BENCH_BIN="$ROOT/.build/debug/switchboard-bench" \
         bench/compare.sh --quick --no-build --servers switchboard
+    say "storage benchmark smoke run (switchboard bench store, debug build)"
+    "$ROOT/.build/debug/switchboard" bench store --users 50 --apply 300 --rounds 2
     say "directory benchmark smoke run (2,000 LDAP users, debug build)"
     bench/directory.sh --users 2000 --department 50 --searchers 20 --quick --debug
 fi

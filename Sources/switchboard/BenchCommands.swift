@@ -24,10 +24,10 @@ struct Bench: ParsableCommand {
                 Builds the journal entries the router makes for 1:1 messages between local users \
                 (two archive copies and an audit record each), then, in rounds, writes them as \
                 journal frames (encoding and sealing, without the file write) and applies them to a \
-                fresh database in a temporary directory with encryption on, as the server's journal \
-                does. Prints the process CPU time per message of each part, every round and the \
-                minimum over the rounds after the first (the least disturbed by other processes). \
-                Encryption on, like the default configuration.
+                fresh database in a temporary directory with encryption on (the default \
+                configuration), as the server's journal does. Prints the process CPU time per \
+                message of each part, every round and the minimum over the rounds after the first \
+                (the least disturbed by other processes).
 
                 Example: switchboard bench store --users 1000 --apply 21845 --rounds 8
                 """)
