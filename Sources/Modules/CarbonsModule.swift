@@ -22,27 +22,28 @@ public struct CarbonsModule: ServerModule {
             return nil
         }
         registry.onMessageRouted { event in
-            guard Self.eligible(event.stanza) else { return }
             let router = event.server.router
+            // Who would get a carbon is looked at first: nobody, for a user with one session
+            // (most messages), and then the message itself need not be examined.
             // Sent carbons: the sender's other devices see what it sent.
-            if let sender = event.sender {
-                let devices = router.sessions(of: sender.bareKey).filter { $0 != sender && $0.readPresence { $0.carbons } }
-                if !devices.isEmpty {
-                    // The sender's devices see the sender's own archive id, never the recipient's.
-                    var sent = event.stanza
-                    sent.removeChildren { $0.name == "stanza-id" && $0.namespace == "urn:xmpp:sid:0" }
-                    if let own = event.marks.senderArchiveID {
-                        sent.append(XMLElement("stanza-id", xmlns: "urn:xmpp:sid:0", ["id": own, "by": sender.bareKey]))
-                    }
-                    for session in devices { session.deliver(Self.wrap(sent, "sent", for: session)) }
-                }
-            }
+            let sentTo = event.sender.map { sender in router.sessions(of: sender.bareKey).filter { $0 != sender && $0.readPresence { $0.carbons } } } ?? []
             // Received carbons: the recipient's devices that did not get the message.
-            guard event.server.isLocal(event.to), event.to.localpart != nil, !event.recipients.isEmpty else { return }
-            for session in router.sessions(of: event.toBareKey)
-            where session.readPresence({ $0.carbons }) && !event.recipients.contains(session) && session != event.sender {
-                session.deliver(Self.wrap(event.stanza, "received", for: session))
+            let receivedBy =
+                event.server.isLocal(event.to) && event.to.localpart != nil && !event.recipients.isEmpty
+                ? router.sessions(of: event.toBareKey).filter {
+                    $0.readPresence({ $0.carbons }) && !event.recipients.contains($0) && $0 != event.sender
+                } : []
+            guard !sentTo.isEmpty || !receivedBy.isEmpty, Self.eligible(event.stanza) else { return }
+            if let sender = event.sender, !sentTo.isEmpty {
+                // The sender's devices see the sender's own archive id, never the recipient's.
+                var sent = event.stanza
+                sent.removeChildren { $0.name == "stanza-id" && $0.namespace == "urn:xmpp:sid:0" }
+                if let own = event.marks.senderArchiveID {
+                    sent.append(XMLElement("stanza-id", xmlns: "urn:xmpp:sid:0", ["id": own, "by": sender.bareKey]))
+                }
+                for session in sentTo { session.deliver(Self.wrap(sent, "sent", for: session)) }
             }
+            for session in receivedBy { session.deliver(Self.wrap(event.stanza, "received", for: session)) }
         }
     }
 

@@ -51,9 +51,10 @@ public struct PushModule: ServerModule {
         registry.onSessionAvailable { session, _ in pending.withLockedValue { _ = $0.removeValue(forKey: session.bareKey) } }
         registry.onMessageRouted { event in
             let server = event.server
-            guard server.isLocal(event.to), event.to.localpart != nil, Self.notable(event.stanza) else { return }
-            // Push when nobody got it live: stored offline, or only detached sessions took it.
+            // Push when nobody got it live: stored offline, or only detached sessions took it
+            // (looked at first: a message delivered live needs no further look).
             guard event.recipients.allSatisfy({ $0.readPresence { $0.detached } }) else { return }
+            guard server.isLocal(event.to), event.to.localpart != nil, Self.notable(event.stanza) else { return }
             let sender = event.stanza[attribute: "from"].flatMap { try? JID($0) }?.bare.description ?? ""
             let user = event.to.bare
             // XEP-0357 §5: the number of messages waiting since the user was last online.
