@@ -400,7 +400,7 @@ extension SQLiteStores: ArchiveStore {
             stored.reserveCapacity(records.count)
             // Consecutive copies of one owner mostly share their peer: its key is looked up once.
             var lastPeer: (jid: String, key: Int64)?
-            var fresh: [Int] = []
+            var fresh: [(index: Int, uid: ArchiveUID)] = []
             fresh.reserveCapacity(Self.rowsPerInsert)
             var seen = Set<Int64>(minimumCapacity: records.count)
             // Fields are read in place: a copy of each record would retain and release its texts.
@@ -439,20 +439,18 @@ extension SQLiteStores: ArchiveStore {
                     stored.append((owners[index], ArchiveRuns.Entry(position: records[index].id, time: records[index].time)))
                 }
                 func insertFresh() throws {
-                    for (row, index) in fresh.enumerated() {
-                        try bindCopy(index, row: row, to: insertCopies, uid: ArchiveUID(records[index].uid))
-                    }
+                    for (row, copy) in fresh.enumerated() { try bindCopy(copy.index, row: row, to: insertCopies, uid: copy.uid) }
                     guard try insertCopies.execute() == fresh.count else {
                         throw StorageError.backend("archive copies at new positions were not all stored")
                     }
-                    for index in fresh { note(index) }
+                    for copy in fresh { note(copy.index) }
                     fresh.removeAll(keepingCapacity: true)
                 }
                 for index in copies where owners[index] >= 0 {
                     let id = records[index].id
                     let uid = ArchiveUID(records[index].uid).flatMap { $0.position == id ? $0 : nil }
-                    if uid != nil, id > lastStored, seen.insert(id).inserted {
-                        fresh.append(index)
+                    if let uid, id > lastStored, seen.insert(id).inserted {
+                        fresh.append((index, uid))
                         if fresh.count == Self.rowsPerInsert { try insertFresh() }
                         continue
                     }
@@ -462,11 +460,11 @@ extension SQLiteStores: ArchiveStore {
                     if wasStored { note(index) }
                 }
                 // The last few one by one.
-                for index in fresh {
-                    try bindCopy(index, row: 0, to: insertCopy, uid: ArchiveUID(records[index].uid))
+                for copy in fresh {
+                    try bindCopy(copy.index, row: 0, to: insertCopy, uid: copy.uid)
                     var wasStored = false
                     try insertCopy.execute { _ in wasStored = true }
-                    if wasStored { note(index) }
+                    if wasStored { note(copy.index) }
                 }
             }
             try ArchiveRuns.index(stored, in: db)
