@@ -17,7 +17,14 @@ public final class SQLiteDatabase: @unchecked Sendable {
     /// Opens (creating if needed) the database at `path` and migrates it to the current schema.
     /// - Parameter background: run this connection's work on a thread of its own at a lower
     ///   CPU priority (nice 10), so bulk writes yield the core to the event loops at once.
+    /// The oldest SQLite the stores work with: the archive's apply uses `INSERT … RETURNING` (3.35).
+    public static let minimumSQLiteVersion: Int32 = 3_035_000
+
     public init(path: String, background: Bool = false) throws {
+        guard sqlite3_libversion_number() >= Self.minimumSQLiteVersion else {
+            throw StorageError.backend(
+                "SQLite \(String(cString: sqlite3_libversion())) is too old: Switchboard needs 3.35 or newer (Debian 12 and Ubuntu 22.04 ship it)")
+        }
         queue = DispatchQueue(label: "switchboard.sqlite")
         worker = background ? BackgroundWorker(name: "sb-archive-db", nice: 10) : nil
         // A new database file is created 0600 before SQLite opens it: SQLite gives the -wal

@@ -446,26 +446,34 @@ extension SQLiteStores: ArchiveStore {
                     for copy in fresh { note(copy.index) }
                     fresh.removeAll(keepingCapacity: true)
                 }
-                for index in copies where owners[index] >= 0 {
-                    let id = records[index].id
-                    let uid = ArchiveUID(records[index].uid).flatMap { $0.position == id ? $0 : nil }
-                    if let uid, id > lastStored, seen.insert(id).inserted {
-                        fresh.append((index, uid))
-                        if fresh.count == Self.rowsPerInsert { try insertFresh() }
-                        continue
-                    }
+                func insertOne(_ index: Int, uid: ArchiveUID?) throws {
                     try bindCopy(index, row: 0, to: insertCopy, uid: uid)
                     var wasStored = false
                     try insertCopy.execute { _ in wasStored = true }
                     if wasStored { note(index) }
                 }
-                // The last few one by one.
-                for copy in fresh {
-                    try bindCopy(copy.index, row: 0, to: insertCopy, uid: copy.uid)
-                    var wasStored = false
-                    try insertCopy.execute { _ in wasStored = true }
-                    if wasStored { note(copy.index) }
+                // What waits for a group, one by one (the last few, or before a copy that may
+                // hold one of their positions).
+                func insertWaitingOneByOne() throws {
+                    for copy in fresh { try insertOne(copy.index, uid: copy.uid) }
+                    fresh.removeAll(keepingCapacity: true)
                 }
+                for index in copies where owners[index] >= 0 {
+                    let id = records[index].id
+                    let uid = ArchiveUID(records[index].uid).flatMap { $0.position == id ? $0 : nil }
+                    // Every position is noted, whichever way it goes in.
+                    let firstTime = seen.insert(id).inserted
+                    if let uid, id > lastStored, firstTime {
+                        fresh.append((index, uid))
+                        if fresh.count == Self.rowsPerInsert { try insertFresh() }
+                        continue
+                    }
+                    // A position seen before in this batch may be waiting in `fresh`: that copy
+                    // goes in first, as it came first.
+                    if !firstTime { try insertWaitingOneByOne() }
+                    try insertOne(index, uid: uid)
+                }
+                try insertWaitingOneByOne()
             }
             try ArchiveRuns.index(stored, in: db)
         }

@@ -181,7 +181,17 @@ import Testing
             let more = (21...37).map { record(Int64($0 * 10), owner: "a@x", peer: "b@x") }
             try await stores.append(Array(first[10...]) + more + [textID, straggler, more[0]])
             #expect(try await stores.archiveCount(owner: "a@x") == 20 + 17 + 2)
-            #expect(try await count(stores, "SELECT count(*) FROM archive") == 39)
+            #expect(try await count(stores, "SELECT count(*) FROM archive where owner = (SELECT id FROM jid_keys WHERE jid = 'a@x')") == 39)
+            // A position twice while its first copy still waits for a group of eight; a text id
+            // first and the same position with a made id later: each stored once, the first.
+            let twice = [record(400, owner: "d@x", peer: "b@x"), record(400, owner: "d@x", peer: "b@x")]
+                + (41...47).map { record(Int64($0 * 10), owner: "d@x", peer: "b@x") }
+            var textFirst = record(500, owner: "d@x", peer: "b@x")
+            textFirst.uid = "text-500"
+            try await stores.append(twice + [textFirst] + (51...57).map { record(Int64($0 * 10), owner: "d@x", peer: "b@x") }
+                + [record(500, owner: "d@x", peer: "b@x")])
+            #expect(try await stores.archiveCount(owner: "d@x") == 16)
+            #expect(try await stores.query(ArchiveQuery(owner: "d@x", limit: 100))?.records.first { $0.id == 500 }?.uid == "text-500")
             let page = try await stores.query(ArchiveQuery(owner: "a@x", limit: 100))
             let tens: [Int64] = (1...37).map { Int64($0 * 10) }
             let expected: [Int64] = ([15, 205] + tens).sorted()
