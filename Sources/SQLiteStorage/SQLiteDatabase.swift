@@ -14,12 +14,12 @@ public final class SQLiteDatabase: @unchecked Sendable {
     private let worker: BackgroundWorker?
     private var connection: Connection
 
-    /// Opens (creating if needed) the database at `path` and migrates it to the current schema.
-    /// - Parameter background: run this connection's work on a thread of its own at a lower
-    ///   CPU priority (nice 10), so bulk writes yield the core to the event loops at once.
     /// The oldest SQLite the stores work with: the archive's apply uses `INSERT … RETURNING` (3.35).
     public static let minimumSQLiteVersion: Int32 = 3_035_000
 
+    /// Opens (creating if needed) the database at `path` and migrates it to the current schema.
+    /// - Parameter background: run this connection's work on a thread of its own at a lower
+    ///   CPU priority (nice 10), so bulk writes yield the core to the event loops at once.
     public init(path: String, background: Bool = false) throws {
         guard sqlite3_libversion_number() >= Self.minimumSQLiteVersion else {
             throw StorageError.backend(

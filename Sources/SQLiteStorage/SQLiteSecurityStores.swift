@@ -73,7 +73,6 @@ extension SQLiteStores: AuditArchiveStore {
         try await append([], audit: records)
     }
 
-    /// An audit record's column values (sealed) and its participants.
     /// An audit record's sealed columns (sealed before the transaction, off the database's thread).
     struct SealedAuditRow {
         var stanza: SQLValue

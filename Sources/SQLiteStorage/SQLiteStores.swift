@@ -348,8 +348,7 @@ extension SQLiteStores: ArchiveStore {
             // statement's own work (starting, halting, resetting it) is then paid once per group.
             let insertParticipant = try db.prepare("INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)")
             let insertParticipants = try db.prepare(
-                "INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES "
-                    + repeatElement("(?, ?, ?)", count: Self.rowsPerInsert).joined(separator: ", "))
+                "INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES " + Self.rowsOfParameters(3, count: Self.rowsPerInsert))
             // Keyed as they are found, so the grouping below hashes integers, not texts.
             var participants: [(user: Int64, time: Double, id: Int64)] = []
             participants.reserveCapacity(auditRows.count * 2)
@@ -392,8 +391,8 @@ extension SQLiteStores: ArchiveStore {
             // statement. The others (an apply again after a crash, a straggler from another
             // event loop) go one by one, and RETURNING says whether each was stored.
             let copyColumns = "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content, uid_random) VALUES "
-            let insertCopy = try db.prepare(copyColumns + "(?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
-            let insertCopies = try db.prepare(copyColumns + repeatElement("(?, ?, ?, ?, ?, ?, ?, ?, ?)", count: Self.rowsPerInsert).joined(separator: ", "))
+            let insertCopy = try db.prepare(copyColumns + Self.rowsOfParameters(9, count: 1) + " RETURNING id")
+            let insertCopies = try db.prepare(copyColumns + Self.rowsOfParameters(9, count: Self.rowsPerInsert))
             let lastStored = try db.query("SELECT max(id) FROM archive") { $0.isNull(0) ? Int64.min : $0.int(0) }.first ?? Int64.min
             // Copies this transaction stored, for the runs.
             var stored: [(owner: Int64, entry: ArchiveRuns.Entry)] = []
@@ -481,6 +480,12 @@ extension SQLiteStores: ArchiveStore {
 
     /// Rows per multi-row `INSERT` in the apply (the rest of a batch goes one by one).
     static let rowsPerInsert = 8
+
+    /// `(?, ?, ?), (?, ?, ?)` for `count` rows of `columns` parameters each.
+    static func rowsOfParameters(_ columns: Int, count: Int) -> String {
+        let row = "(" + repeatElement("?", count: columns).joined(separator: ", ") + ")"
+        return repeatElement(row, count: count).joined(separator: ", ")
+    }
 
     /// Positions 0..<count ordered so that equal keys are together, in first-seen order of the
     /// keys and in position order within a key (a counting sort over the keys' first sightings).

@@ -22,12 +22,12 @@ public enum XMLSerializer {
 
     /// Serialises to a `String` (tests, logs, storage; the router makes one per message).
     ///
-    /// Two passes over the element: one counts the bytes, the other writes them straight into
-    /// the string's own storage, exactly sized. (Through a `ByteBuffer` it was two more
-    /// allocations, a copy, and a capacity check per piece written.)
+    /// One pass into a page on the stack, then one copy into the string; a stanza larger than
+    /// the page takes two passes (`exactString`: count, then write into the string's storage).
+    /// (Through a `ByteBuffer` it was two more allocations, a copy, and a capacity check per
+    /// piece written.)
     public static func string(_ element: XMLElement, defaultNamespace: String = "") -> String {
-        // Most stanzas fit a page on the stack: one pass over the element, then one copy into
-        // the string (a pass over the tree retains and releases its texts; copying bytes does not).
+        // (A pass over the tree retains and releases its texts; copying bytes does not.)
         let small = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { storage -> String? in
             var writer = BoundedWriter(storage)
             writeElement(element, into: &writer, defaultNamespace: defaultNamespace, streamPrefixDeclared: false)

@@ -112,7 +112,7 @@ struct Bench: ParsableCommand {
                 for number in 1...rounds {
                     let entries = round()
                     let perFrame = frame * 3
-                    let framing = try processCPU {
+                    let framing = try await processCPU {
                         var start = 0
                         while start < entries.count {
                             let end = min(start + perFrame, entries.count)
@@ -150,12 +150,6 @@ struct Bench: ParsableCommand {
 private func processCPU(_ body: () async throws -> Void) async rethrows -> Double {
     let before = processCPUSeconds()
     try await body()
-    return processCPUSeconds() - before
-}
-
-private func processCPU(_ body: () throws -> Void) rethrows -> Double {
-    let before = processCPUSeconds()
-    try body()
     return processCPUSeconds() - before
 }
 
