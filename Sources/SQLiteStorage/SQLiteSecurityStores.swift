@@ -79,11 +79,11 @@ extension SQLiteStores: AuditArchiveStore {
         var attachments: SQLValue
     }
 
-    func sealedAuditRow(_ record: AuditRecord) throws -> SealedAuditRow {
+    func sealedAuditRow(stanza: String, attachments: [String]) throws -> SealedAuditRow {
         SealedAuditRow(
-            stanza: try sealed(record.stanza, context: "audit"),
+            stanza: try sealed(stanza, context: "audit"),
             // Nothing to hide in an empty list: skip the cipher (it costs a key schedule per call).
-            attachments: record.attachments.isEmpty ? .blob([]) : try sealed(record.attachments.joined(separator: "\n"), context: "audit.attachments"))
+            attachments: attachments.isEmpty ? .blob([]) : try sealed(attachments.joined(separator: "\n"), context: "audit.attachments"))
     }
 
     /// Binds an audit record's row to `INSERT … audit_messages (id, created_at, sender,

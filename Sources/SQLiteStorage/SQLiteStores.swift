@@ -305,7 +305,10 @@ extension SQLiteStores: ArchiveStore {
         guard !records.isEmpty || !audit.isEmpty else { return }
         // Seal the audit records outside the database queue; archive copies are sealed on it
         // (only those that turn out to need their own text).
-        let auditRows = try audit.map(sealedAuditRow)
+        // (Lists read in place throughout: a copy of a record retains and releases its texts.)
+        let auditRows = try audit.withUnsafeBufferPointer { audit in
+            try audit.indices.map { try sealedAuditRow(stanza: audit[$0].stanza, attachments: audit[$0].attachments) }
+        }
         // A message's copies and its audit record are made from one text value (the router's
         // serialisation, a room's message serialised once, a journal frame's text read once):
         // found by that value's storage, then confirmed byte for byte. (A table keyed by the
@@ -314,8 +317,10 @@ extension SQLiteStores: ArchiveStore {
         var byStorage: [UInt: Int] = [:]
         if !records.isEmpty {
             byStorage.reserveCapacity(audit.count)
-            for (index, record) in audit.enumerated() where record.id != 0 {
-                if let identity = record.stanza.storageIdentity { byStorage[identity] = index }
+            audit.withUnsafeBufferPointer { audit in
+                for index in audit.indices where audit[index].id != 0 {
+                    if let identity = audit[index].stanza.storageIdentity { byStorage[identity] = index }
+                }
             }
         }
         let sharable = byStorage
@@ -325,157 +330,166 @@ extension SQLiteStores: ArchiveStore {
         // the page the next row goes to. (Grouped, not sorted: no string comparisons; grouped by
         // the owners' JID keys, so each owner's text is hashed once, for its key.)
         try await archiveDatabase.transaction { db in
-            // Accounts deleted (a CLI may delete while the server's journal still holds copies):
-            // a copy owned by one, older than the deletion, is not stored. Rooms are not accounts.
-            let deleted = records.isEmpty ? [:] : Dictionary(
-                try db.query("SELECT username, deleted_at FROM deleted_accounts") { ($0.text(0) ?? "", $0.double(1)) },
-                uniquingKeysWith: max)
-            let rooms = deleted.isEmpty ? [] : Set(try db.query("SELECT jid FROM muc_rooms") { $0.text(0) ?? "" })
-            func dropped(_ record: ArchiveRecord) -> Bool {
-                guard !deleted.isEmpty, let at = record.owner.firstIndex(of: "@"), let gone = deleted[String(record.owner[..<at])] else {
-                    return false
-                }
-                return record.time <= gone && !rooms.contains(record.owner)
-            }
-            // A dropped copy's owner gets no key (-1: never used).
-            let owners = try records.map { try dropped($0) ? -1 : db.jidKey($0.owner) }
-            let copies = Self.groupedOrder(owners.count, by: { owners[$0] })
-            var inserted = [Bool](repeating: false, count: audit.count)
-            // Statements prepared once per batch, parameters bound one by one.
-            let insertRecord = try db.prepare(
-                "INSERT OR IGNORE INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-            // Participants and copies go in several rows per statement (`rowsPerInsert`): a
-            // statement's own work (starting, halting, resetting it) is then paid once per group.
-            let insertParticipant = try db.prepare("INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)")
-            let insertParticipants = try db.prepare(
-                "INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES " + Self.rowsOfParameters(3, count: Self.rowsPerInsert))
-            // Keyed as they are found, so the grouping below hashes integers, not texts.
-            var participants: [(user: Int64, time: Double, id: Int64)] = []
-            participants.reserveCapacity(auditRows.count * 2)
-            for index in audit.indices {
-                try Self.bindAuditRow(audit[index], auditRows[index], to: insertRecord)
-                guard try insertRecord.execute() > 0 else { continue }
-                inserted[index] = true
-                let id = db.lastInsertRowID
-                let time = audit[index].time
-                try Self.forEachParticipant(sender: audit[index].sender, recipients: audit[index].recipients, room: audit[index].room) { user in
-                    participants.append((try db.jidKey(user), time, id))
-                }
-            }
-            let participantOrder = Self.groupedOrder(participants.count, by: { participants[$0].user })
-            var next = 0
-            while next < participantOrder.count {
-                let group = participantOrder.count - next >= Self.rowsPerInsert ? Self.rowsPerInsert : 1
-                let statement = group == 1 ? insertParticipant : insertParticipants
-                for row in 0..<group {
-                    let participant = participants[participantOrder[next + row]]
-                    let base = Int32(row * 3)
-                    try statement.bind(base + 1, participant.user)
-                    try statement.bind(base + 2, participant.time)
-                    try statement.bind(base + 3, participant.id)
-                }
-                try statement.execute()
-                next += group
-            }
-            // Only a record this transaction inserted: a position already taken could be
-            // another message's (an entry applied again finds its own copy stored anyway).
-            // Byte for byte (String's == also matches canonically equivalent texts).
-            func sharedRecord(_ text: String) -> Int64? {
-                guard let identity = text.storageIdentity, let index = sharable[identity], inserted[index],
-                    audit[index].stanza.hasSameBytes(as: text)
-                else { return nil }
-                return audit[index].id
-            }
-            // A copy at a position past every stored one, with an id made from it, and not
-            // twice in this batch, cannot be there already: such copies go in several rows per
-            // statement. The others (an apply again after a crash, a straggler from another
-            // event loop) go one by one, and RETURNING says whether each was stored.
-            let copyColumns = "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content, uid_random) VALUES "
-            let insertCopy = try db.prepare(copyColumns + Self.rowsOfParameters(9, count: 1) + " RETURNING id")
-            let insertCopies = try db.prepare(copyColumns + Self.rowsOfParameters(9, count: Self.rowsPerInsert))
-            let lastStored = try db.query("SELECT max(id) FROM archive") { $0.isNull(0) ? Int64.min : $0.int(0) }.first ?? Int64.min
-            // Copies this transaction stored, for the runs.
-            var stored: [(owner: Int64, entry: ArchiveRuns.Entry)] = []
-            stored.reserveCapacity(records.count)
-            // Consecutive copies of one owner mostly share their peer: its key is looked up once.
-            var lastPeer: (jid: String, key: Int64)?
-            var fresh: [(index: Int, uid: ArchiveUID)] = []
-            fresh.reserveCapacity(Self.rowsPerInsert)
-            var seen = Set<Int64>(minimumCapacity: records.count)
-            // Fields are read in place: a copy of each record would retain and release its texts.
             try records.withUnsafeBufferPointer { records in
-                func bindCopy(_ index: Int, row: Int, to statement: Statement, uid: ArchiveUID?) throws {
-                    let base = Int32(row * 9)
-                    try statement.bind(base + 1, records[index].id)
-                    // An id made from this position is kept as its random half (no id index entry).
-                    if let uid {
-                        try statement.bind(base + 2, .null)
-                        try statement.bind(base + 9, Int64(bitPattern: uid.random))
-                    } else {
-                        try statement.bind(base + 2, records[index].uid)
-                        try statement.bind(base + 9, .null)
-                    }
-                    let peer: Int64
-                    if let lastPeer, lastPeer.jid == records[index].peer {
-                        peer = lastPeer.key
-                    } else {
-                        peer = try db.jidKey(records[index].peer)
-                        lastPeer = (records[index].peer, peer)
-                    }
-                    try statement.bind(base + 3, owners[index])
-                    try statement.bind(base + 4, peer)
-                    try statement.bind(base + 5, Int64(records[index].outgoing ? 1 : 0))
-                    try statement.bind(base + 6, records[index].time)
-                    if let shared = sharedRecord(records[index].stanza) {
-                        try statement.bind(base + 7, [UInt8]())
-                        try statement.bind(base + 8, shared)
-                    } else {
-                        try statement.bind(base + 7, try self.sealed(records[index].stanza, context: "archive"))
-                        try statement.bind(base + 8, .null)
-                    }
+                try audit.withUnsafeBufferPointer { audit in
+                    try self.insert(records, audit: audit, auditRows: auditRows, sharable: sharable, in: db)
                 }
-                func note(_ index: Int) {
-                    stored.append((owners[index], ArchiveRuns.Entry(position: records[index].id, time: records[index].time)))
-                }
-                func insertFresh() throws {
-                    for (row, copy) in fresh.enumerated() { try bindCopy(copy.index, row: row, to: insertCopies, uid: copy.uid) }
-                    guard try insertCopies.execute() == fresh.count else {
-                        throw StorageError.backend("archive copies at new positions were not all stored")
-                    }
-                    for copy in fresh { note(copy.index) }
-                    fresh.removeAll(keepingCapacity: true)
-                }
-                func insertOne(_ index: Int, uid: ArchiveUID?) throws {
-                    try bindCopy(index, row: 0, to: insertCopy, uid: uid)
-                    var wasStored = false
-                    try insertCopy.execute { _ in wasStored = true }
-                    if wasStored { note(index) }
-                }
-                // What waits for a group, one by one (the last few, or before a copy that may
-                // hold one of their positions).
-                func insertWaitingOneByOne() throws {
-                    for copy in fresh { try insertOne(copy.index, uid: copy.uid) }
-                    fresh.removeAll(keepingCapacity: true)
-                }
-                for index in copies where owners[index] >= 0 {
-                    let id = records[index].id
-                    let uid = ArchiveUID(records[index].uid).flatMap { $0.position == id ? $0 : nil }
-                    // Every position is noted, whichever way it goes in.
-                    let firstTime = seen.insert(id).inserted
-                    if let uid, id > lastStored, firstTime {
-                        fresh.append((index, uid))
-                        if fresh.count == Self.rowsPerInsert { try insertFresh() }
-                        continue
-                    }
-                    // A position seen before in this batch may be waiting in `fresh`: that copy
-                    // goes in first, as it came first.
-                    if !firstTime { try insertWaitingOneByOne() }
-                    try insertOne(index, uid: uid)
-                }
-                try insertWaitingOneByOne()
             }
-            try ArchiveRuns.index(stored, in: db)
         }
+    }
+
+    /// The body of `append`'s transaction.
+    private func insert(
+        _ records: UnsafeBufferPointer<ArchiveRecord>, audit: UnsafeBufferPointer<AuditRecord>, auditRows: [SealedAuditRow],
+        sharable: [UInt: Int], in db: Connection
+    ) throws {
+        // Accounts deleted (a CLI may delete while the server's journal still holds copies):
+        // a copy owned by one, older than the deletion, is not stored. Rooms are not accounts.
+        let deleted = records.isEmpty ? [:] : Dictionary(
+            try db.query("SELECT username, deleted_at FROM deleted_accounts") { ($0.text(0) ?? "", $0.double(1)) },
+            uniquingKeysWith: max)
+        let rooms = deleted.isEmpty ? [] : Set(try db.query("SELECT jid FROM muc_rooms") { $0.text(0) ?? "" })
+        func dropped(_ index: Int) -> Bool {
+            guard !deleted.isEmpty else { return false }
+            let owner = records[index].owner
+            guard let at = owner.firstIndex(of: "@"), let gone = deleted[String(owner[..<at])] else { return false }
+            return records[index].time <= gone && !rooms.contains(owner)
+        }
+        // A dropped copy's owner gets no key (-1: never used).
+        let owners = try records.indices.map { try dropped($0) ? -1 : db.jidKey(records[$0].owner) }
+        let copies = Self.groupedOrder(owners.count, by: { owners[$0] })
+        var inserted = [Bool](repeating: false, count: audit.count)
+        // Statements prepared once per batch, parameters bound one by one.
+        let insertRecord = try db.prepare(
+            "INSERT OR IGNORE INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        // Participants and copies go in several rows per statement (`rowsPerInsert`): a
+        // statement's own work (starting, halting, resetting it) is then paid once per group.
+        let insertParticipant = try db.prepare("INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)")
+        let insertParticipants = try db.prepare(
+            "INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES " + Self.rowsOfParameters(3, count: Self.rowsPerInsert))
+        // Keyed as they are found, so the grouping below hashes integers, not texts.
+        var participants: [(user: Int64, time: Double, id: Int64)] = []
+        participants.reserveCapacity(auditRows.count * 2)
+        for index in audit.indices {
+            try Self.bindAuditRow(audit[index], auditRows[index], to: insertRecord)
+            guard try insertRecord.execute() > 0 else { continue }
+            inserted[index] = true
+            let id = db.lastInsertRowID
+            let time = audit[index].time
+            try Self.forEachParticipant(sender: audit[index].sender, recipients: audit[index].recipients, room: audit[index].room) { user in
+                participants.append((try db.jidKey(user), time, id))
+            }
+        }
+        let participantOrder = Self.groupedOrder(participants.count, by: { participants[$0].user })
+        var next = 0
+        while next < participantOrder.count {
+            let group = participantOrder.count - next >= Self.rowsPerInsert ? Self.rowsPerInsert : 1
+            let statement = group == 1 ? insertParticipant : insertParticipants
+            for row in 0..<group {
+                let participant = participants[participantOrder[next + row]]
+                let base = Int32(row * 3)
+                try statement.bind(base + 1, participant.user)
+                try statement.bind(base + 2, participant.time)
+                try statement.bind(base + 3, participant.id)
+            }
+            try statement.execute()
+            next += group
+        }
+        // Only a record this transaction inserted: a position already taken could be
+        // another message's (an entry applied again finds its own copy stored anyway).
+        // Byte for byte (String's == also matches canonically equivalent texts).
+        func sharedRecord(_ text: String) -> Int64? {
+            guard let identity = text.storageIdentity, let index = sharable[identity], inserted[index],
+                audit[index].stanza.hasSameBytes(as: text)
+            else { return nil }
+            return audit[index].id
+        }
+        // A copy at a position past every stored one, with an id made from it, and not
+        // twice in this batch, cannot be there already: such copies go in several rows per
+        // statement. The others (an apply again after a crash, a straggler from another
+        // event loop) go one by one, and RETURNING says whether each was stored.
+        let copyColumns = "INSERT OR IGNORE INTO archive (id, uid, owner, peer, outgoing, created_at, stanza, content, uid_random) VALUES "
+        let insertCopy = try db.prepare(copyColumns + Self.rowsOfParameters(9, count: 1) + " RETURNING id")
+        let insertCopies = try db.prepare(copyColumns + Self.rowsOfParameters(9, count: Self.rowsPerInsert))
+        let lastStored = try db.query("SELECT max(id) FROM archive") { $0.isNull(0) ? Int64.min : $0.int(0) }.first ?? Int64.min
+        // Copies this transaction stored, for the runs.
+        var stored: [(owner: Int64, entry: ArchiveRuns.Entry)] = []
+        stored.reserveCapacity(records.count)
+        // Consecutive copies of one owner mostly share their peer: its key is looked up once.
+        var lastPeer: (jid: String, key: Int64)?
+        var fresh: [(index: Int, uid: ArchiveUID)] = []
+        fresh.reserveCapacity(Self.rowsPerInsert)
+        var seen = Set<Int64>(minimumCapacity: records.count)
+        func bindCopy(_ index: Int, row: Int, to statement: Statement, uid: ArchiveUID?) throws {
+            let base = Int32(row * 9)
+            try statement.bind(base + 1, records[index].id)
+            // An id made from this position is kept as its random half (no id index entry).
+            if let uid {
+                try statement.bind(base + 2, .null)
+                try statement.bind(base + 9, Int64(bitPattern: uid.random))
+            } else {
+                try statement.bind(base + 2, records[index].uid)
+                try statement.bind(base + 9, .null)
+            }
+            let peer: Int64
+            if let lastPeer, lastPeer.jid == records[index].peer {
+                peer = lastPeer.key
+            } else {
+                peer = try db.jidKey(records[index].peer)
+                lastPeer = (records[index].peer, peer)
+            }
+            try statement.bind(base + 3, owners[index])
+            try statement.bind(base + 4, peer)
+            try statement.bind(base + 5, Int64(records[index].outgoing ? 1 : 0))
+            try statement.bind(base + 6, records[index].time)
+            if let shared = sharedRecord(records[index].stanza) {
+                try statement.bind(base + 7, [UInt8]())
+                try statement.bind(base + 8, shared)
+            } else {
+                try statement.bind(base + 7, try self.sealed(records[index].stanza, context: "archive"))
+                try statement.bind(base + 8, .null)
+            }
+        }
+        func note(_ index: Int) {
+            stored.append((owners[index], ArchiveRuns.Entry(position: records[index].id, time: records[index].time)))
+        }
+        func insertFresh() throws {
+            for (row, copy) in fresh.enumerated() { try bindCopy(copy.index, row: row, to: insertCopies, uid: copy.uid) }
+            guard try insertCopies.execute() == fresh.count else {
+                throw StorageError.backend("archive copies at new positions were not all stored")
+            }
+            for copy in fresh { note(copy.index) }
+            fresh.removeAll(keepingCapacity: true)
+        }
+        func insertOne(_ index: Int, uid: ArchiveUID?) throws {
+            try bindCopy(index, row: 0, to: insertCopy, uid: uid)
+            var wasStored = false
+            try insertCopy.execute { _ in wasStored = true }
+            if wasStored { note(index) }
+        }
+        // What waits for a group, one by one (the last few, or before a copy that may
+        // hold one of their positions).
+        func insertWaitingOneByOne() throws {
+            for copy in fresh { try insertOne(copy.index, uid: copy.uid) }
+            fresh.removeAll(keepingCapacity: true)
+        }
+        for index in copies where owners[index] >= 0 {
+            let id = records[index].id
+            let uid = ArchiveUID(records[index].uid).flatMap { $0.position == id ? $0 : nil }
+            // Every position is noted, whichever way it goes in.
+            let firstTime = seen.insert(id).inserted
+            if let uid, id > lastStored, firstTime {
+                fresh.append((index, uid))
+                if fresh.count == Self.rowsPerInsert { try insertFresh() }
+                continue
+            }
+            // A position seen before in this batch may be waiting in `fresh`: that copy
+            // goes in first, as it came first.
+            if !firstTime { try insertWaitingOneByOne() }
+            try insertOne(index, uid: uid)
+        }
+        try insertWaitingOneByOne()
+        try ArchiveRuns.index(stored, in: db)
     }
 
     /// Rows per multi-row `INSERT` in the apply (the rest of a batch goes one by one).

@@ -10,6 +10,12 @@ public enum JournalEntry: Sendable, Hashable {
     case archive(ArchiveRecord)
     /// A message for the audit record.
     case audit(AuditRecord)
+
+    /// What is left in an array's place when an entry is moved out of it (the journal moves
+    /// entries from list to list: a copy retains every text an entry holds, and a batch's
+    /// entries are out of the CPU's caches by the time it is applied). Holds no storage: empty
+    /// texts are stored inline.
+    static let placeholder = JournalEntry.archive(ArchiveRecord(id: 0, uid: "", owner: "", peer: "", outgoing: false, time: 0, stanza: ""))
 }
 
 /// The durable log in front of the message archive and the audit record.
@@ -233,15 +239,23 @@ public final class MessageJournal: @unchecked Sendable {
         return waiters
     }
 
-    /// Adds entries to the next batch. Never blocks on disk.
-    public func append(_ entries: [JournalEntry]) {
+    /// Adds entries to the next batch. Never blocks on disk. (Moved in, not copied, when the
+    /// caller passes its last use.)
+    public func append(_ entries: consuming [JournalEntry]) {
         guard !entries.isEmpty else { return }
         let bytes = entries.reduce(0) { $0 + $1.byteCount }
+        let count = entries.count
         let refused = condition.withLock { () -> Bool in
             // After `close()` nothing writes any more (shutdown waited for the sessions' work).
             guard state.threadRunning || !state.closing else { return true }
-            state.pending.append(contentsOf: entries)
-            state.appended += UInt64(entries.count)
+            entries.withUnsafeMutableBufferPointer { buffer in
+                guard let base = buffer.baseAddress else { return }
+                for index in buffer.indices {
+                    state.pending.append((base + index).move())
+                    (base + index).initialize(to: .placeholder)
+                }
+            }
+            state.appended += UInt64(count)
             state.waitingBytes += bytes
             // Only ever raised here; it is lowered (and held sessions called back) by the thread.
             if !state.backedUp,
@@ -251,11 +265,11 @@ public final class MessageJournal: @unchecked Sendable {
                 state.backedUp = true
                 backlog.withLockedValue { $0 = true }
             }
-            if state.pending.count == entries.count || state.pending.count >= options.lingerBelow { condition.signal() }
+            if state.pending.count == count || state.pending.count >= options.lingerBelow { condition.signal() }
             return false
         }
         if refused {
-            logger.error("message journal already closed: entries not stored", metadata: ["journal.entries": "\(entries.count)"])
+            logger.error("message journal already closed: entries not stored", metadata: ["journal.entries": "\(count)"])
         }
     }
 
@@ -423,7 +437,7 @@ public final class MessageJournal: @unchecked Sendable {
     // MARK: - Applying
 
     private func applyOnce() async {
-        let (batch, upTo, taken) = condition.withLock { () -> ([Chunk], UInt64, Int) in
+        var (batch, upTo, taken) = condition.withLock { () -> ([Chunk], UInt64, Int) in
             // At most `applyAbove` entries at a time: under overload, sessions held back by the
             // backlog limit wait for one such batch, not for everything that piled up.
             var batch: [Chunk] = []
@@ -453,12 +467,22 @@ public final class MessageJournal: @unchecked Sendable {
             state.rotate = true
             return (batch, state.unappliedUpTo - UInt64(state.unappliedCount), taken)
         }
+        // The entries are moved out of their chunks (each chunk remembers how many of each
+        // kind it gave, to be rebuilt if the apply fails).
+        var lists = StoreLists(capacity: taken)
+        var given: [(archive: Range<Int>, audit: Range<Int>)] = []
+        given.reserveCapacity(batch.count)
+        for index in batch.indices {
+            let (archiveStart, auditStart) = (lists.archive.count, lists.audit.count)
+            lists.take(&batch[index].entries)
+            given.append((archiveStart..<lists.archive.count, auditStart..<lists.audit.count))
+        }
         do {
             guard let stores else { throw ConfigurationError("the journal is not open") }
-            try await Self.store(batch.lazy.flatMap(\.entries), count: taken, in: stores)
+            try await lists.store(in: stores)
             let ready = condition.withLock { () -> ([CheckedContinuation<Void, Never>], [@Sendable () -> Void]) in
-                for chunk in batch {
-                    state.segments[chunk.segment]?.applied += chunk.entries.count
+                for (chunk, kinds) in zip(batch, given) {
+                    state.segments[chunk.segment]?.applied += kinds.archive.count + kinds.audit.count
                     state.waitingBytes -= chunk.bytes
                 }
                 deleteAppliedSegments()
@@ -474,6 +498,9 @@ public final class MessageJournal: @unchecked Sendable {
             for waiter in ready.0 { waiter.resume() }
             for resume in ready.1 { resume() }
         } catch {
+            for index in batch.indices {
+                batch[index].entries = lists.entries(archive: given[index].archive, audit: given[index].audit)
+            }
             let failures = condition.withLock { () -> Int in
                 state.unapplied.insert(contentsOf: batch, at: 0)
                 state.unappliedCount += batch.reduce(0) { $0 + $1.entries.count }
@@ -491,19 +518,57 @@ public final class MessageJournal: @unchecked Sendable {
     }
 
     /// Inserts entries into their stores (idempotently: recovery may repeat an applied entry).
-    /// (A sequence: the apply passes its batch without copying every entry into a new array first.)
-    package static func store(_ entries: some Sequence<JournalEntry>, count: Int? = nil, in stores: Stores) async throws {
+    /// (Moved in: the entries are not copied when the caller passes its last use.)
+    package static func store(_ entries: consuming [JournalEntry], in stores: Stores) async throws {
+        var taken = entries
+        var records = StoreLists(capacity: taken.count)
+        records.take(&taken)
+        try await records.store(in: stores)
+    }
+
+    /// A batch's entries as the stores take them: archive copies and audit records apart.
+    /// Entries are moved in, not copied: a copy retains every text an entry holds, and by the
+    /// time a batch is applied its entries are out of the CPU's caches, so each of those
+    /// reference counts is a memory access.
+    struct StoreLists {
         var archive: [ArchiveRecord] = []
         var audit: [AuditRecord] = []
-        archive.reserveCapacity(count ?? entries.underestimatedCount)
-        for entry in entries {
-            switch entry {
-            case .archive(let record): archive.append(record)
-            case .audit(let record): audit.append(record)
-            }
+
+        init(capacity: Int) {
+            archive.reserveCapacity(capacity)
+            audit.reserveCapacity(capacity / 2)
         }
-        // One transaction: an archive copy then shares its audit record's stored text.
-        if !archive.isEmpty || !audit.isEmpty { try await stores.archive.append(archive, audit: audit) }
+
+        /// Moves `entries` in (leaving it empty).
+        mutating func take(_ entries: inout [JournalEntry]) {
+            entries.withUnsafeMutableBufferPointer { buffer in
+                guard let base = buffer.baseAddress else { return }
+                for index in buffer.indices {
+                    let entry = (base + index).move()
+                    (base + index).initialize(to: .placeholder)
+                    switch consume entry {
+                    case .archive(let record): archive.append(record)
+                    case .audit(let record): audit.append(record)
+                    }
+                }
+            }
+            entries.removeAll()
+        }
+
+        /// The entries again, archive copies first (what a failed apply puts back; the stores
+        /// split them again, so their order between the two kinds does not matter).
+        func entries(archive archiveRange: Range<Int>, audit auditRange: Range<Int>) -> [JournalEntry] {
+            var entries: [JournalEntry] = []
+            entries.reserveCapacity(archiveRange.count + auditRange.count)
+            for index in archiveRange { entries.append(.archive(archive[index])) }
+            for index in auditRange { entries.append(.audit(audit[index])) }
+            return entries
+        }
+
+        /// One transaction: an archive copy then shares its audit record's stored text.
+        func store(in stores: Stores) async throws {
+            if !archive.isEmpty || !audit.isEmpty { try await stores.archive.append(archive, audit: audit) }
+        }
     }
 
     // MARK: - Segment files
@@ -854,3 +919,4 @@ final class ConditionVariable: @unchecked Sendable {
         return try body()
     }
 }
+

@@ -206,7 +206,7 @@ public final class ServerContext: Sendable {
             for hook in hooks { hook(&event) }
             entries.append(contentsOf: event.journalEntries)
         }
-        journal.append(entries)
+        journal.append(consume entries)
     }
 
     /// Runs the synchronous message hooks (carbons, later the archive) for a routed message.
@@ -220,7 +220,10 @@ public final class ServerContext: Sendable {
             text: message.text ?? XMLSerializer.string(message.stanza))
         event.journalEntries.reserveCapacity(3)
         for index in hooks.indices { hooks[index](&event) }
-        journal.append(event.journalEntries)
+        // Taken out of the event, so that the journal moves them in rather than copying them.
+        var entries: [JournalEntry] = []
+        swap(&entries, &event.journalEntries)
+        journal.append(consume entries)
     }
 
     func handleUndeliverable(_ stanza: XMLElement, to bare: JID, session: SessionHandle?) async -> StanzaError? {

@@ -45,6 +45,14 @@ public final class XMPPServer: Service, Sendable {
         self.statusFile = statusFile
     }
 
+    /// Returns once every event loop has finished what it was running when called, and what
+    /// was queued on it before. A client that has seen a routed message cannot tell whether the
+    /// sender's loop has finished routing it (journaling its archive copies comes after the
+    /// delivery): after this it has.
+    public func settle() async {
+        for loop in group.makeIterator() { try? await loop.submit {}.get() }
+    }
+
     /// CPUs this process may run on (`taskset`, cgroup cpusets), at least 1. One event loop per
     /// usable core: more loops than cores only adds cross-thread hops between sessions.
     static func usableCores() -> Int {

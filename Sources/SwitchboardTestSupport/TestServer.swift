@@ -76,7 +76,12 @@ public final class TestServer: Sendable {
 
     /// Waits until every message accepted so far is in the stores (the message journal applies
     /// in the background; tests that read `stores` directly call this first).
-    public func applied() async { await server.context.journal.applied() }
+    public func applied() async {
+        // A message a client received may still be in its sender's loop, its entries not yet
+        // journaled.
+        await server.settle()
+        await server.context.journal.applied()
+    }
 
     /// The message-journal entries on disk now: durable, whether applied or not.
     public func journalEntries() throws -> [JournalEntry] {

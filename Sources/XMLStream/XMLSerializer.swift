@@ -22,13 +22,13 @@ public enum XMLSerializer {
 
     /// Serialises to a `String` (tests, logs, storage; the router makes one per message).
     ///
-    /// One pass into a page on the stack, then one copy into the string; a stanza larger than
-    /// the page takes two passes (`exactString`: count, then write into the string's storage).
+    /// One pass into a buffer on the stack, then one copy into the string; a stanza larger than
+    /// the buffer takes two passes (`exactString`: count, then write into the string's storage).
     /// (Through a `ByteBuffer` it was two more allocations, a copy, and a capacity check per
     /// piece written.)
     public static func string(_ element: XMLElement, defaultNamespace: String = "") -> String {
         // (A pass over the tree retains and releases its texts; copying bytes does not.)
-        let small = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { storage -> String? in
+        let small = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: stackBytes) { storage -> String? in
             var writer = BoundedWriter(storage)
             writeElement(element, into: &writer, defaultNamespace: defaultNamespace, streamPrefixDeclared: false)
             guard !writer.overflowed else { return nil }
@@ -46,6 +46,12 @@ public enum XMLSerializer {
         write(element, into: &buffer, defaultNamespace: defaultNamespace, streamPrefixDeclared: false)
         return buffer.readString(length: buffer.readableBytes) ?? ""
     }
+
+    /// The one-pass buffer's size. Swift places a temporary allocation on the stack only up to
+    /// 1,024 bytes; above that (on Linux) it is a `posix_memalign` and a `free` per call, which
+    /// cost more than a second pass (measured: a 4 KiB buffer was one large-bin allocation per
+    /// routed message, a sixth of the event loop's time in malloc).
+    static let stackBytes = 1024
 
     /// The two-pass string; nil if the passes disagreed on the length.
     static func exactString(_ element: XMLElement, defaultNamespace: String) -> String? {
