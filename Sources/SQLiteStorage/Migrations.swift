@@ -333,6 +333,16 @@ enum Migrations {
             PRIMARY KEY (owner, first)
         ) WITHOUT ROWID;
         """,
+        // 16: an audit record lists the archive copies that share its text (`ArchiveSharing`)
+        // instead of an index of the copies' `content` (an entry per copy, read only by
+        // retention). `program(after:)` lists them from the index and drops it. The table is
+        // renamed so that a server of an older version still running after a newer command
+        // upgraded the file fails its applies (its journal keeps the entries, and the newer
+        // server stores them when it starts) rather than store copies no record lists.
+        """
+        ALTER TABLE audit_messages RENAME TO audit_records;
+        ALTER TABLE audit_records ADD COLUMN copies BLOB;
+        """,
     ]
 
     /// Checks done at every opening, after the steps: a database at version 15 made by a
@@ -357,6 +367,7 @@ enum Migrations {
     static func program(after step: Int, _ connection: Connection) throws {
         switch step {
         case 14: try ArchiveRuns.build(in: connection)
+        case 15: try ArchiveSharing.build(in: connection)
         default: break
         }
     }

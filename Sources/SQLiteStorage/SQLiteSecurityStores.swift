@@ -86,8 +86,8 @@ extension SQLiteStores: AuditArchiveStore {
             attachments: attachments.isEmpty ? .blob([]) : try sealed(attachments.joined(separator: "\n"), context: "audit.attachments"))
     }
 
-    /// Binds an audit record's row to `INSERT … audit_messages (id, created_at, sender,
-    /// recipients, type, room, stanza, attachments)`, parameter by parameter.
+    /// Binds an audit record's row to `INSERT … audit_records (id, created_at, sender,
+    /// recipients, type, room, stanza, attachments, …)`, parameter by parameter.
     static func bindAuditRow(_ record: AuditRecord, _ sealed: SealedAuditRow, to statement: Statement) throws {
         try statement.bind(1, record.id == 0 ? .null : .int(record.id))
         try statement.bind(2, record.time)
@@ -130,7 +130,7 @@ extension SQLiteStores: AuditArchiveStore {
             return try db.query(
                 """
                 SELECT m.id, m.created_at, m.sender, m.recipients, m.type, m.room, m.stanza, m.attachments
-                FROM audit_messages m WHERE m.id IN (
+                FROM audit_records m WHERE m.id IN (
                     SELECT message FROM audit_participants
                     WHERE user IN (SELECT id FROM jid_keys WHERE jid IN (\(placeholders))) AND created_at >= ? AND created_at <= ?)
                 AND m.id > ? ORDER BY m.id LIMIT ?
@@ -170,13 +170,21 @@ extension SQLiteStores: AuditArchiveStore {
             let from = after
             let (removed, skipped, seen, last) = try await archiveDatabase.transaction { db -> (Int, Int, Int, Int64?) in
                 let rows = try db.query(
-                    "SELECT id, created_at, sender, recipients, room, stanza FROM audit_messages WHERE \(chosen) AND id > ? ORDER BY id LIMIT 2000",
+                    "SELECT id, created_at, sender, recipients, room, stanza, copies FROM audit_records WHERE \(chosen) AND id > ? ORDER BY id LIMIT 2000",
                     bound + [.int(from)]
-                ) { ($0.int(0), $0.double(1), $0.text(2) ?? "", $0.text(3) ?? "", $0.text(4), $0.blob(5)) }
+                ) { ($0.int(0), $0.double(1), $0.text(2) ?? "", $0.text(3) ?? "", $0.text(4), $0.blob(5), $0.blob(6)) }
                 var removed = 0
                 var skipped = 0
-                for (id, time, sender, recipients, room, stanza) in rows {
-                    let sharing = try db.query("SELECT id FROM archive WHERE content = ?", [.int(id)]) { $0.int(0) }
+                let stillSharing = try db.prepare("SELECT 1 FROM archive WHERE id = ? AND content = ?")
+                for (id, time, sender, recipients, room, stanza, copies) in rows {
+                    // The copies the record lists that still name it (`ArchiveSharing`).
+                    let sharing = try ArchiveSharing.decode(copies, record: id).filter { copy in
+                        try stillSharing.bind(1, copy)
+                        try stillSharing.bind(2, id)
+                        var found = false
+                        try stillSharing.execute { _ in found = true }
+                        return found
+                    }
                     if !sharing.isEmpty {
                         guard let text = self.openedIfReadable(stanza, context: "audit") else {
                             skipped += 1
@@ -193,7 +201,7 @@ extension SQLiteStores: AuditArchiveStore {
                             "DELETE FROM audit_participants WHERE user = \(SQLiteStores.jidKeyOf) AND created_at = ? AND message = ?",
                             [.text(user), .double(time), .int(id)])
                     }
-                    try db.run("DELETE FROM audit_messages WHERE id = ?", [.int(id)])
+                    try db.run("DELETE FROM audit_records WHERE id = ?", [.int(id)])
                     removed += 1
                 }
                 return (removed, skipped, rows.count, rows.last?.0)
@@ -220,7 +228,7 @@ extension SQLiteStores: AuditArchiveStore {
     }
 
     public func auditCount() async throws -> Int {
-        try await archiveDatabase.run { db in Int(try db.query("SELECT count(*) FROM audit_messages") { $0.int(0) }.first ?? 0) }
+        try await archiveDatabase.run { db in Int(try db.query("SELECT count(*) FROM audit_records") { $0.int(0) }.first ?? 0) }
     }
 }
 
@@ -269,7 +277,7 @@ extension SQLiteStores {
     /// The sealed columns: (table, key column, value column, context).
     static let sealedColumns: [(String, String, String, String)] = [
         ("archive", "id", "stanza", "archive"), ("offline_messages", "id", "stanza", "offline"),
-        ("audit_messages", "id", "stanza", "audit"), ("audit_messages", "id", "attachments", "audit.attachments"),
+        ("audit_records", "id", "stanza", "audit"), ("audit_records", "id", "attachments", "audit.attachments"),
     ]
 
     /// Rewrites every sealed column value that is plaintext or sealed with an older key, in

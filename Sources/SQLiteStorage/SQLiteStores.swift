@@ -359,9 +359,28 @@ extension SQLiteStores: ArchiveStore {
         let owners = try records.indices.map { try dropped($0) ? -1 : db.jidKey(records[$0].owner) }
         let copies = Self.groupedOrder(owners.count, by: { owners[$0] })
         var inserted = [Bool](repeating: false, count: audit.count)
+        // The copies that can share a record's text, each record's as a list through `nextCopy`
+        // from `firstCopy` (no array per record). Confirmed byte for byte (String's == also
+        // matches canonically equivalent texts). A copy shares only a record this transaction
+        // inserts: a position already taken could be another message's (an entry applied again
+        // finds its own copy stored anyway).
+        var shareOf = [Int](repeating: -1, count: records.count)
+        var firstCopy = [Int](repeating: -1, count: sharable.isEmpty ? 0 : audit.count)
+        var nextCopy = [Int](repeating: -1, count: sharable.isEmpty ? 0 : records.count)
+        if !sharable.isEmpty {
+            for index in records.indices where owners[index] >= 0 {
+                guard let identity = records[index].stanza.storageIdentity, let share = sharable[identity],
+                    audit[share].stanza.hasSameBytes(as: records[index].stanza)
+                else { continue }
+                shareOf[index] = share
+                nextCopy[index] = firstCopy[share]
+                firstCopy[share] = index
+            }
+        }
+        var list: [UInt8] = []
         // Statements prepared once per batch, parameters bound one by one.
         let insertRecord = try db.prepare(
-            "INSERT OR IGNORE INTO audit_messages (id, created_at, sender, recipients, type, room, stanza, attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            "INSERT OR IGNORE INTO audit_records (id, created_at, sender, recipients, type, room, stanza, attachments, copies) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
         // Participants and copies go in several rows per statement (`rowsPerInsert`): a
         // statement's own work (starting, halting, resetting it) is then paid once per group.
         let insertParticipant = try db.prepare("INSERT OR IGNORE INTO audit_participants (user, created_at, message) VALUES (?, ?, ?)")
@@ -372,6 +391,14 @@ extension SQLiteStores: ArchiveStore {
         participants.reserveCapacity(auditRows.count * 2)
         for index in audit.indices {
             try Self.bindAuditRow(audit[index], auditRows[index], to: insertRecord)
+            if firstCopy.isEmpty || firstCopy[index] < 0 {
+                try insertRecord.bind(9, .null)
+            } else {
+                list.removeAll(keepingCapacity: true)
+                let copies = sequence(first: firstCopy[index]) { nextCopy[$0] >= 0 ? nextCopy[$0] : nil }
+                ArchiveSharing.encode(copies.lazy.map { records[$0].id }, record: audit[index].id, into: &list)
+                try insertRecord.bind(9, list)
+            }
             guard try insertRecord.execute() > 0 else { continue }
             inserted[index] = true
             let id = db.lastInsertRowID
@@ -394,15 +421,6 @@ extension SQLiteStores: ArchiveStore {
             }
             try statement.execute()
             next += group
-        }
-        // Only a record this transaction inserted: a position already taken could be
-        // another message's (an entry applied again finds its own copy stored anyway).
-        // Byte for byte (String's == also matches canonically equivalent texts).
-        func sharedRecord(_ text: String) -> Int64? {
-            guard let identity = text.storageIdentity, let index = sharable[identity], inserted[index],
-                audit[index].stanza.hasSameBytes(as: text)
-            else { return nil }
-            return audit[index].id
         }
         // A copy at a position past every stored one, with an id made from it, and not
         // twice in this batch, cannot be there already: such copies go in several rows per
@@ -442,9 +460,9 @@ extension SQLiteStores: ArchiveStore {
             try statement.bind(base + 4, peer)
             try statement.bind(base + 5, Int64(records[index].outgoing ? 1 : 0))
             try statement.bind(base + 6, records[index].time)
-            if let shared = sharedRecord(records[index].stanza) {
+            if shareOf[index] >= 0, inserted[shareOf[index]] {
                 try statement.bind(base + 7, [UInt8]())
-                try statement.bind(base + 8, shared)
+                try statement.bind(base + 8, audit[shareOf[index]].id)
             } else {
                 try statement.bind(base + 7, try self.sealed(records[index].stanza, context: "archive"))
                 try statement.bind(base + 8, .null)
@@ -537,7 +555,7 @@ extension SQLiteStores: ArchiveStore {
     /// when the copy has none.
     private static let archiveColumns = """
         a.id, a.uid, (SELECT jid FROM jid_keys WHERE id = a.owner), (SELECT jid FROM jid_keys WHERE id = a.peer), \
-        a.outgoing, a.created_at, a.stanza, a.content, m.stanza, a.uid_random FROM archive a LEFT JOIN audit_messages m ON m.id = a.content
+        a.outgoing, a.created_at, a.stanza, a.content, m.stanza, a.uid_random FROM archive a LEFT JOIN audit_records m ON m.id = a.content
         """
 
     /// An SQL expression for the key of the JID bound to its parameter (NULL, matching nothing,
@@ -672,7 +690,7 @@ extension SQLiteStores: ArchiveStore {
     public func lastPosition() async throws -> Int64 {
         try await archiveDatabase.run { db in
             try db.query(
-                "SELECT max(coalesce((SELECT max(id) FROM archive), 0), coalesce((SELECT max(id) FROM audit_messages), 0))"
+                "SELECT max(coalesce((SELECT max(id) FROM archive), 0), coalesce((SELECT max(id) FROM audit_records), 0))"
             ) { $0.int(0) }.first ?? 0
         }
     }

@@ -36,6 +36,12 @@ import Vault
             try await stores.append(copies, audit: [audit])
             #expect(try await count(stores, "SELECT count(*) FROM archive") == 3)
             #expect(try await count(stores, "SELECT count(*) FROM archive WHERE content = 1000 AND length(stanza) = 0") == 2)
+            // The record lists them (and only them), written once.
+            let listed = try await stores.archiveDatabase.run { db in
+                try db.query("SELECT copies FROM audit_records WHERE id = 1000") { ArchiveSharing.decode($0.blob(0), record: 1000) }.first
+            }
+            #expect(listed.map { Set($0) } == [998, 999])
+            #expect(listed?.count == 2)
             #expect(try await count(stores, "SELECT count(*) FROM audit_participants") == 2)
             #expect(try await stores.record(owner: "a@x", uid: "A1")?.stanza == text)
             #expect(try await stores.record(owner: "b@x", uid: "B1")?.stanza == text)
@@ -201,6 +207,51 @@ import Vault
                 }
             }
         }
+    }
+
+    /// Schema 16: the records list the copies that share their text (from the index it drops),
+    /// and retention still gives those copies their own text.
+    @Test func upgradeListsTheCopiesSharingARecordsText() async throws {
+        try await withStores { _, path in
+            let older = try olderDatabase(
+                under: path, version: 15,
+                """
+                INSERT INTO jid_keys (id, jid) VALUES (1, 'a@x'), (2, 'b@x');
+                INSERT INTO audit_messages (id, created_at, sender, recipients, type, stanza, attachments)
+                    VALUES (100, 3, 'a@x', 'b@x', 'chat', CAST('<m>shared</m>' AS BLOB), x''),
+                           (200, 4, 'b@x', 'a@x', 'chat', CAST('<m>alone</m>' AS BLOB), x'');
+                INSERT INTO audit_participants (user, created_at, message) VALUES (1, 3, 100), (2, 3, 100), (1, 4, 200), (2, 4, 200);
+                INSERT INTO archive (id, owner, peer, outgoing, created_at, stanza, uid, content) VALUES
+                    (98, 1, 2, 1, 3, x'', 'u98', 100), (99, 2, 1, 0, 3, x'', 'u99', 100),
+                    (198, 2, 1, 1, 4, CAST('<m>alone</m>' AS BLOB), 'u198', NULL);
+                INSERT INTO archive_runs (owner, first, last, count, entries, min_time, max_time) VALUES
+                    (1, 98, 98, 1, x'00', 3, 3), (2, 99, 198, 2, x'0063', 3, 4);
+                """)
+            let upgraded = try SQLiteStores(directory: older)
+            #expect(try await count(upgraded, "SELECT count(*) FROM sqlite_master WHERE name = 'archive_content'") == 0)
+            let lists = try await upgraded.archiveDatabase.run { db in
+                try db.query("SELECT id, copies FROM audit_records ORDER BY id") { ($0.int(0), ArchiveSharing.decode($0.blob(1), record: $0.int(0))) }
+            }
+            #expect(lists.map(\.0) == [100, 200])
+            #expect(lists.map(\.1) == [[98, 99], []])
+            #expect(try await upgraded.record(owner: "b@x", uid: "u99")?.stanza == "<m>shared</m>")
+            #expect(try await upgraded.purgeAudit(before: 10, users: nil) == 2)
+            #expect(try await count(upgraded, "SELECT count(*) FROM archive WHERE content IS NOT NULL") == 0)
+            #expect(try await upgraded.record(owner: "a@x", uid: "u98")?.stanza == "<m>shared</m>")
+            #expect(try await upgraded.record(owner: "b@x", uid: "u99")?.stanza == "<m>shared</m>")
+            #expect(try await upgraded.record(owner: "b@x", uid: "u198")?.stanza == "<m>alone</m>")
+        }
+    }
+
+    /// Lists round-trip, positions on either side of the record's, near and far.
+    @Test func sharingListsRoundTrip() {
+        let record: Int64 = 1_765_000_000_000_000
+        for positions: [Int64] in [[], [record - 1, record - 2], [record + 5, record - 70_000, 0, Int64.max, Int64.min]] {
+            #expect(ArchiveSharing.decode(ArchiveSharing.encode(positions, record: record), record: record) == positions)
+        }
+        #expect(ArchiveSharing.encode([record - 1, record - 2], record: record).count == 2)
+        // A truncated list ends where its last complete position does.
+        #expect(ArchiveSharing.decode(Array(ArchiveSharing.encode([record - 1, record + 300], record: record).dropLast()), record: record) == [record - 1])
     }
 
     @Test func upgradeKeepsAuditParticipants() async throws {

@@ -159,7 +159,7 @@ import XMPPCore
         await again.applied()
         let later = try await again.stores.archiveDatabase.run { db in
             try db.query(
-                "SELECT (SELECT count(*) FROM archive WHERE id > ?1), (SELECT count(*) FROM audit_messages WHERE id > ?1)", [.int(ahead)]
+                "SELECT (SELECT count(*) FROM archive WHERE id > ?1), (SELECT count(*) FROM audit_records WHERE id > ?1)", [.int(ahead)]
             ) { [$0.int(0), $0.int(1)] }.first
         }
         #expect(later == [2, 1])

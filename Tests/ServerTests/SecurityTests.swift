@@ -83,7 +83,7 @@ import XMPPCore
             #expect(try await second.resealAll() == 4)  // two offline rows, the audit stanza and its attachments
             #expect(try await second.resealAll() == 0)
             let values = try await plain.database.run { db in
-                try db.query("SELECT stanza FROM offline_messages") { $0.blob(0) } + (try db.query("SELECT stanza FROM audit_messages") { $0.blob(0) })
+                try db.query("SELECT stanza FROM offline_messages") { $0.blob(0) } + (try db.query("SELECT stanza FROM audit_records") { $0.blob(0) })
             }
             #expect(values.allSatisfy { ring.keyID(of: $0) == ring.activeKeyID })
             #expect(try await second.messages(for: "a@x").map(\.stanza) == [
