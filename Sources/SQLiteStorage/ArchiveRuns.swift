@@ -58,13 +58,8 @@ enum ArchiveRuns {
     static func encode(_ positions: some Sequence<Int64>, after previous: Int64, into bytes: inout [UInt8]) {
         var previous = previous
         for position in positions {
-            var delta = UInt64(bitPattern: position &- previous)
+            Varint.append(UInt64(bitPattern: position &- previous), to: &bytes)
             previous = position
-            while delta >= 0x80 {
-                bytes.append(UInt8(truncatingIfNeeded: delta) | 0x80)
-                delta >>= 7
-            }
-            bytes.append(UInt8(delta))
         }
     }
 
@@ -76,20 +71,7 @@ enum ArchiveRuns {
         var previous = first
         var index = 0
         while index < bytes.count {
-            var delta: UInt64 = 0
-            var shift: UInt64 = 0
-            var complete = false
-            while index < bytes.count, shift < 64 {
-                let byte = bytes[index]
-                index += 1
-                delta |= UInt64(byte & 0x7F) << shift
-                if byte < 0x80 {
-                    complete = true
-                    break
-                }
-                shift += 7
-            }
-            guard complete else { break }
+            guard let delta = Varint.read(bytes, at: &index) else { break }
             let position = previous &+ Int64(bitPattern: delta)
             guard positions.isEmpty ? position == first : position > previous else { break }
             positions.append(position)

@@ -21,12 +21,7 @@ enum ArchiveSharing {
     static func encode(_ positions: some Sequence<Int64>, record: Int64, into bytes: inout [UInt8]) {
         for position in positions {
             let difference = position &- record
-            var zigzag = UInt64(bitPattern: (difference << 1) ^ (difference >> 63))
-            while zigzag >= 0x80 {
-                bytes.append(UInt8(truncatingIfNeeded: zigzag) | 0x80)
-                zigzag >>= 7
-            }
-            bytes.append(UInt8(zigzag))
+            Varint.append(UInt64(bitPattern: (difference << 1) ^ (difference >> 63)), to: &bytes)
         }
     }
 
@@ -35,20 +30,7 @@ enum ArchiveSharing {
         var positions: [Int64] = []
         var index = 0
         while index < bytes.count {
-            var zigzag: UInt64 = 0
-            var shift: UInt64 = 0
-            var complete = false
-            while index < bytes.count, shift < 64 {
-                let byte = bytes[index]
-                index += 1
-                zigzag |= UInt64(byte & 0x7F) << shift
-                if byte < 0x80 {
-                    complete = true
-                    break
-                }
-                shift += 7
-            }
-            guard complete else { break }
+            guard let zigzag = Varint.read(bytes, at: &index) else { break }
             let difference = Int64(bitPattern: zigzag >> 1) ^ -Int64(bitPattern: zigzag & 1)
             positions.append(record &+ difference)
         }
