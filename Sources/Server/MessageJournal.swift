@@ -109,6 +109,8 @@ public final class MessageJournal: @unchecked Sendable {
         var applyRequested = false
         var lastApply = ContinuousClock.now
         var applyFailures = 0
+        /// Every failed apply since the journal opened.
+        var failedApplies = 0
         /// After a failed apply, none before this.
         var applyRetryAt: ContinuousClock.Instant?
         var durableWaiters: [(UInt64, CheckedContinuation<Void, Never>)] = []
@@ -203,6 +205,10 @@ public final class MessageJournal: @unchecked Sendable {
     }
 
     // MARK: - Appending and waiting
+
+    /// Applies that failed since the journal opened (each is retried with a back-off; the entries
+    /// stay in the journal meanwhile).
+    public var failedApplies: Int { condition.withLock { state.failedApplies } }
 
     /// Whether more entries wait for the stores than `backlogLimit`: sessions hold new stanzas back.
     public var backedUp: Bool { backlog.withLockedValue { $0 } }
@@ -320,8 +326,9 @@ public final class MessageJournal: @unchecked Sendable {
                 if state.unapplied.isEmpty || state.applying {
                     condition.wait()
                 } else {
-                    // Closing applies as soon as a failed apply's back-off allows.
-                    let due = state.closing ? ContinuousClock.now : state.lastApply + options.applyInterval
+                    // An apply that is wanted now (closing, waited for, a full batch) goes as soon
+                    // as a failed apply's back-off allows; otherwise at the interval.
+                    let due = applyWanted() ? ContinuousClock.now : state.lastApply + options.applyInterval
                     condition.wait(until: max(due, state.applyRetryAt ?? due))
                 }
             }
@@ -411,8 +418,12 @@ public final class MessageJournal: @unchecked Sendable {
     private func applyDue() -> Bool {
         guard !state.applying, !state.unapplied.isEmpty else { return false }
         if let retry = state.applyRetryAt, ContinuousClock.now < retry { return false }
-        return state.closing || state.applyRequested || !state.appliedWaiters.isEmpty
-            || state.unappliedCount >= options.applyAbove || ContinuousClock.now >= state.lastApply + options.applyInterval
+        return applyWanted() || ContinuousClock.now >= state.lastApply + options.applyInterval
+    }
+
+    /// Whether an apply is wanted before the interval is up. Called with the lock held.
+    private func applyWanted() -> Bool {
+        state.closing || state.applyRequested || !state.appliedWaiters.isEmpty || state.unappliedCount >= options.applyAbove
     }
 
     private func takeWaiters(_ waiters: inout [(UInt64, CheckedContinuation<Void, Never>)], upTo: UInt64) -> [CheckedContinuation<Void, Never>] {
@@ -505,6 +516,7 @@ public final class MessageJournal: @unchecked Sendable {
                 state.unapplied.insert(contentsOf: batch, at: 0)
                 state.unappliedCount += batch.reduce(0) { $0 + $1.entries.count }
                 state.applyFailures += 1
+                state.failedApplies += 1
                 state.applying = false
                 state.applyingCount = 0
                 // Retry after a back-off (the entries are durable in the journal meanwhile).

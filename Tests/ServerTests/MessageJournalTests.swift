@@ -1,9 +1,10 @@
 import Assembly
 import Foundation
 import Logging
-import SQLiteStorage
+@testable import SQLiteStorage
 import Server
 import Storage
+import SwitchboardTestSupport
 import Testing
 
 /// The message journal on its own, against the real SQLite stores and key ring: what was
@@ -133,6 +134,41 @@ import Testing
         #expect(!journal.backedUp)
         #expect(try await stores.archiveCount(owner: "alice@example.test") == (bigMessages ? 4 : 32))
         await journal.close()
+    }
+
+    /// An apply that fails (the database refuses the rows) is retried with everything it held,
+    /// in batches split at the cap as before, until it succeeds: nothing lost, nothing twice, and
+    /// the segments go once applied.
+    @Test func aFailedApplyIsRetriedWithNothingLostOrDoubled() async throws {
+        let configuration = configuration()
+        defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
+        let (stores, _) = try await ServerAssembly.openStores(configuration)
+        var options = MessageJournal.Options()
+        options.segmentBytes = 4096  // rotate often
+        options.applyAbove = 50  // capped applies that split the written chunks
+        let journal = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: options)
+        try await journal.open(stores: stores.stores)
+        try await stores.archiveDatabase.run { db in
+            try db.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'refused for the test'); END")
+        }
+        for _ in 1...3 {
+            journal.append(entries(15, owner: "alice@example.test"))
+            await journal.durable()
+        }
+        let applied = Task { await journal.applied() }
+        #expect(await eventually { journal.failedApplies >= 2 })
+        #expect(try await stores.auditCount() == 0)
+        try await stores.archiveDatabase.run { db in try db.execute("DROP TRIGGER refuse") }
+        await applied.value
+        #expect(try await stores.archiveCount(owner: "alice@example.test") == 45)
+        #expect(try await stores.auditCount() == 45)
+        let texts = try await stores.archiveDatabase.run { db in
+            try db.query("SELECT count(DISTINCT id) FROM audit_records") { $0.int(0) }.first
+        }
+        #expect(texts == 45)
+        await journal.close()
+        #expect(try FileManager.default.contentsOfDirectory(atPath: journal.directory).filter { $0.hasSuffix(".journal") }.isEmpty)
+        #expect(try await stores.archiveCount(owner: "alice@example.test") == 45)
     }
 
     @Test func appliedMeansReadableAndSegmentsGoOnceApplied() async throws {
