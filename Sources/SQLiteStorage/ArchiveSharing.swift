@@ -59,6 +59,6 @@ enum ArchiveSharing {
             return true
         }
         try flush()
-        try db.execute("DROP INDEX archive_content")
+        try db.execute("DROP INDEX IF EXISTS archive_content")
     }
 }

@@ -337,8 +337,9 @@ enum Migrations {
         // instead of an index of the copies' `content` (an entry per copy, read only by
         // retention). `program(after:)` lists them from the index and drops it. The table is
         // renamed so that a server of an older version still running after a newer command
-        // upgraded the file fails its applies (its journal keeps the entries, and the newer
-        // server stores them when it starts) rather than store copies no record lists.
+        // upgraded the file fails its applies that hold audit records (its journal keeps the
+        // entries, and the newer server stores them when it starts) rather than store copies no
+        // record lists; its archive reads fail too. (The time index keeps its old name.)
         """
         ALTER TABLE audit_messages RENAME TO audit_records;
         ALTER TABLE audit_records ADD COLUMN copies BLOB;

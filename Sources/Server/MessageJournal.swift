@@ -254,11 +254,12 @@ public final class MessageJournal: @unchecked Sendable {
         let refused = condition.withLock { () -> Bool in
             // After `close()` nothing writes any more (shutdown waited for the sessions' work).
             guard state.threadRunning || !state.closing else { return true }
+            let placeholder = JournalEntry.placeholder
             entries.withUnsafeMutableBufferPointer { buffer in
                 guard let base = buffer.baseAddress else { return }
                 for index in buffer.indices {
                     state.pending.append((base + index).move())
-                    (base + index).initialize(to: .placeholder)
+                    (base + index).initialize(to: placeholder)
                 }
             }
             state.appended += UInt64(count)
@@ -478,22 +479,16 @@ public final class MessageJournal: @unchecked Sendable {
             state.rotate = true
             return (batch, state.unappliedUpTo - UInt64(state.unappliedCount), taken)
         }
-        // The entries are moved out of their chunks (each chunk remembers how many of each
-        // kind it gave, to be rebuilt if the apply fails).
+        // The entries are moved out of their chunks (the lists remember which came from which,
+        // to give them back if the apply fails).
         var lists = StoreLists(capacity: taken)
-        var given: [(archive: Range<Int>, audit: Range<Int>)] = []
-        given.reserveCapacity(batch.count)
-        for index in batch.indices {
-            let (archiveStart, auditStart) = (lists.archive.count, lists.audit.count)
-            lists.take(&batch[index].entries)
-            given.append((archiveStart..<lists.archive.count, auditStart..<lists.audit.count))
-        }
+        for index in batch.indices { lists.take(&batch[index].entries) }
         do {
             guard let stores else { throw ConfigurationError("the journal is not open") }
             try await lists.store(in: stores)
             let ready = condition.withLock { () -> ([CheckedContinuation<Void, Never>], [@Sendable () -> Void]) in
-                for (chunk, kinds) in zip(batch, given) {
-                    state.segments[chunk.segment]?.applied += kinds.archive.count + kinds.audit.count
+                for (index, chunk) in batch.enumerated() {
+                    state.segments[chunk.segment]?.applied += lists.count(ofList: index)
                     state.waitingBytes -= chunk.bytes
                 }
                 deleteAppliedSegments()
@@ -510,7 +505,7 @@ public final class MessageJournal: @unchecked Sendable {
             for resume in ready.1 { resume() }
         } catch {
             for index in batch.indices {
-                batch[index].entries = lists.entries(archive: given[index].archive, audit: given[index].audit)
+                batch[index].entries = lists.entries(ofList: index)
             }
             let failures = condition.withLock { () -> Int in
                 state.unapplied.insert(contentsOf: batch, at: 0)
@@ -545,35 +540,60 @@ public final class MessageJournal: @unchecked Sendable {
     struct StoreLists {
         var archive: [ArchiveRecord] = []
         var audit: [AuditRecord] = []
+        /// Each taken list's entries, in order: true for an archive copy (to give a failed apply
+        /// its entries back as they were).
+        private var kinds: [Bool] = []
+        /// Where each taken list's entries begin in `kinds`, `archive` and `audit`.
+        private var starts: [(entry: Int, archive: Int, audit: Int)] = []
 
         init(capacity: Int) {
             archive.reserveCapacity(capacity)
             audit.reserveCapacity(capacity / 2)
+            kinds.reserveCapacity(capacity)
         }
 
         /// Moves `entries` in (leaving it empty).
         mutating func take(_ entries: inout [JournalEntry]) {
+            starts.append((kinds.count, archive.count, audit.count))
+            let placeholder = JournalEntry.placeholder
             entries.withUnsafeMutableBufferPointer { buffer in
                 guard let base = buffer.baseAddress else { return }
                 for index in buffer.indices {
                     let entry = (base + index).move()
-                    (base + index).initialize(to: .placeholder)
+                    (base + index).initialize(to: placeholder)
                     switch consume entry {
-                    case .archive(let record): archive.append(record)
-                    case .audit(let record): audit.append(record)
+                    case .archive(let record):
+                        archive.append(record)
+                        kinds.append(true)
+                    case .audit(let record):
+                        audit.append(record)
+                        kinds.append(false)
                     }
                 }
             }
             entries.removeAll()
         }
 
-        /// The entries again, archive copies first (what a failed apply puts back; the stores
-        /// split them again, so their order between the two kinds does not matter).
-        func entries(archive archiveRange: Range<Int>, audit auditRange: Range<Int>) -> [JournalEntry] {
+        /// How many entries the `list`th `take` moved in.
+        func count(ofList list: Int) -> Int {
+            (list + 1 < starts.count ? starts[list + 1].entry : kinds.count) - starts[list].entry
+        }
+
+        /// The entries the `list`th `take` moved in, in their order (copies: what a failed apply
+        /// puts back).
+        func entries(ofList list: Int) -> [JournalEntry] {
+            var (archiveIndex, auditIndex) = (starts[list].archive, starts[list].audit)
             var entries: [JournalEntry] = []
-            entries.reserveCapacity(archiveRange.count + auditRange.count)
-            for index in archiveRange { entries.append(.archive(archive[index])) }
-            for index in auditRange { entries.append(.audit(audit[index])) }
+            entries.reserveCapacity(count(ofList: list))
+            for entry in starts[list].entry..<(starts[list].entry + count(ofList: list)) {
+                if kinds[entry] {
+                    entries.append(.archive(archive[archiveIndex]))
+                    archiveIndex += 1
+                } else {
+                    entries.append(.audit(audit[auditIndex]))
+                    auditIndex += 1
+                }
+            }
             return entries
         }
 

@@ -42,6 +42,7 @@ import Vault
             }
             #expect(listed.map { Set($0) } == [998, 999])
             #expect(listed?.count == 2)
+            #expect(try await unlistedSharingCopies(in: stores).isEmpty)
             #expect(try await count(stores, "SELECT count(*) FROM audit_participants") == 2)
             #expect(try await stores.record(owner: "a@x", uid: "A1")?.stanza == text)
             #expect(try await stores.record(owner: "b@x", uid: "B1")?.stanza == text)
@@ -54,12 +55,14 @@ import Vault
                 [ArchiveRecord(id: 2_000, uid: "D1", owner: "d@x", peer: "e@x", outgoing: true, time: 6, stanza: clash.stanza)], audit: [clash])
             #expect(try await count(stores, "SELECT count(*) FROM archive WHERE id = 2000 AND content IS NULL") == 1)
             #expect(try await stores.record(owner: "d@x", uid: "D1")?.stanza == clash.stanza)
+            #expect(try await unlistedSharingCopies(in: stores).isEmpty)
 
             // A retraction changes the user's copy only; the audit record keeps the message.
             #expect(try await stores.replaceStanza(owner: "a@x", uid: "A1", stanza: "<message><retracted/></message>"))
             #expect(try await stores.record(owner: "a@x", uid: "A1")?.stanza == "<message><retracted/></message>")
             let scope = AuditScope(users: ["a@x"], rooms: [], start: 0, end: 10)
             #expect(try await stores.auditRecords(in: scope, afterID: 0, limit: 10).map(\.stanza) == [text])
+            #expect(try await unlistedSharingCopies(in: stores).isEmpty)
 
             // Re-encryption leaves the empty shared values alone.
             #expect(try await stores.resealAll() == 0)

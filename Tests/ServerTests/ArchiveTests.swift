@@ -125,6 +125,7 @@ import XMPPCore
             try db.query("SELECT count(*), count(content) FROM archive") { [$0.int(0), $0.int(1)] }.first
         }
         #expect(ownText == [12, 12])
+        #expect(try await unlistedSharingCopies(in: server.stores).isEmpty)
         // Every copy's archive id was made from its position: no text ids, no id index entries.
         let textIDs = try await server.stores.archiveDatabase.run { db in
             try db.query("SELECT count(uid), count(uid_random) FROM archive") { [$0.int(0), $0.int(1)] }.first

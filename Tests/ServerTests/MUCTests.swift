@@ -671,6 +671,7 @@ import XMPPCore
             try db.query("SELECT count(*) FROM archive WHERE owner = (SELECT id FROM jid_keys WHERE jid = ?) AND content IS NOT NULL", [.text(room)]) { $0.int(0) }.first
         }
         #expect(shared == 4)
+        #expect(try await unlistedSharingCopies(in: server.stores).isEmpty)
 
         // XEP-0424: bob retracts his own note 1; alice cannot retract bob's message.
         try await alice.send("<message to='\(room)' type='groupchat' id='r0'><retract xmlns='urn:xmpp:message-retract:1' id='\(ids[1])'/></message>")

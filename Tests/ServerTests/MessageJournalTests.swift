@@ -163,9 +163,11 @@ import Testing
         #expect(try await stores.archiveCount(owner: "alice@example.test") == 45)
         #expect(try await stores.auditCount() == 45)
         let texts = try await stores.archiveDatabase.run { db in
-            try db.query("SELECT count(DISTINCT id) FROM audit_records") { $0.int(0) }.first
+            try db.query("SELECT (SELECT count(DISTINCT id) FROM audit_records), (SELECT count(content) FROM archive)") { [$0.int(0), $0.int(1)] }.first
         }
-        #expect(texts == 45)
+        // Every message's copy still shares its audit record's text: the entries went back as
+        // they were.
+        #expect(texts == [45, 45])
         await journal.close()
         #expect(try FileManager.default.contentsOfDirectory(atPath: journal.directory).filter { $0.hasSuffix(".journal") }.isEmpty)
         #expect(try await stores.archiveCount(owner: "alice@example.test") == 45)

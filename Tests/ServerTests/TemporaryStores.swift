@@ -19,3 +19,14 @@ func olderDatabase(under path: String, version: Int, _ sql: String) throws -> St
     try connection.execute(sql)
     return older
 }
+
+/// Copies that name an audit record for their text but are not in its `copies` list (retention
+/// would not find them and they would lose their text): always none.
+func unlistedSharingCopies(in stores: SQLiteStores) async throws -> [Int64] {
+    try await stores.archiveDatabase.run { db in
+        let sharing = try db.query("SELECT a.id, a.content, m.copies FROM archive a JOIN audit_records m ON m.id = a.content") {
+            ($0.int(0), $0.int(1), $0.blob(2))
+        }
+        return sharing.filter { !ArchiveSharing.decode($0.2, record: $0.1).contains($0.0) }.map(\.0)
+    }
+}
