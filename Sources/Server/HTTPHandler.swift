@@ -130,6 +130,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let path = self.path(head)
         switch (head.method, path) {
         case (.GET, "/metrics"):
+            server.metrics.updateJournal(backlog: server.journal.waitingEntries, failedApplies: server.journal.failedApplies)
             let body = server.metrics.exposition()
             write(context: context, head: head, status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: body)
         case (.GET, "/health"):

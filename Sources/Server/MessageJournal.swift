@@ -210,6 +210,10 @@ public final class MessageJournal: @unchecked Sendable {
     /// stay in the journal meanwhile).
     public var failedApplies: Int { condition.withLock { state.failedApplies } }
 
+    /// Entries accepted but not yet in the stores (waiting to be written, written and waiting
+    /// for an apply, or being applied).
+    public var waitingEntries: Int { condition.withLock { state.pending.count + state.unappliedCount + state.applyingCount } }
+
     /// Whether more entries wait for the stores than `backlogLimit`: sessions hold new stanzas back.
     public var backedUp: Bool { backlog.withLockedValue { $0 } }
 

@@ -20,6 +20,10 @@ public final class ServerMetrics: Sendable {
     let stanzaErrors: Counter
     let offlineStored: Counter
     private let limitHits: [Limit: Counter]
+    private let journalBacklog: Gauge
+    private let journalApplyFailures: Counter
+    /// The journal's failed applies already added to `journalApplyFailures`.
+    private let journalApplyFailuresCounted = NIOLockedValueBox(0)
 
     /// A protective limit (docs/security.md), counted in `switchboard_limit_hits_total{limit=…}`.
     enum Limit: String, CaseIterable, Sendable {
@@ -55,6 +59,14 @@ public final class ServerMetrics: Sendable {
         streamErrors = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "stream_errors", unitName: "total", helpText: "Streams closed with a stream error"))
         stanzaErrors = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "stanza_errors", unitName: "total", helpText: "Stanza errors returned to clients"))
         offlineStored = registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchboard", metricName: "offline_messages_stored", unitName: "total", helpText: "Messages stored for offline users"))
+        journalBacklog = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                namespace: "switchboard", metricName: "journal_backlog_entries", unitName: "",
+                helpText: "Message journal entries (archive copies, audit records) durable but not yet in the database"))
+        journalApplyFailures = registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                namespace: "switchboard", metricName: "journal_apply_failures", unitName: "total",
+                helpText: "Applies of the message journal to the database that failed (retried; the entries stay durable in the journal)"))
         var hits: [Limit: Counter] = [:]
         for limit in Limit.allCases {
             hits[limit] = registry.makeCounter(
@@ -83,6 +95,16 @@ extension ServerMetrics {
     var connectionsOpenValue: Int { openConnections.withLockedValue { $0 } }
 
     public func countOfflineStored() { offlineStored.increment() }
+
+    /// Brings the journal's figures up to date (read when scraped, not pushed per entry).
+    func updateJournal(backlog: Int, failedApplies: Int) {
+        journalBacklog.set(to: Double(backlog))
+        let added = journalApplyFailuresCounted.withLockedValue { counted -> Int in
+            defer { counted = max(counted, failedApplies) }
+            return max(0, failedApplies - counted)
+        }
+        if added > 0 { journalApplyFailures.increment(by: Int64(added)) }
+    }
 
     func connectionOpened() {
         openConnections.withLockedValue { $0 += 1 }

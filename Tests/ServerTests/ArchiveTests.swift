@@ -136,6 +136,37 @@ import XMPPCore
         await server.stop()
     }
 
+    /// `/metrics` shows the journal: entries waiting for the database, and applies that failed
+    /// (the database refused them; retried until it accepts, nothing lost).
+    @Test func metricsShowTheJournalsBacklogAndFailedApplies() async throws {
+        let server = try await TestServer.start { $0.c2s.requireTLS = false }
+        try await server.addUser("alice", password: "pw")
+        try await server.addUser("bob", password: "pw")
+        let alice = try await server.online("alice", "desk")
+        let bob = try await server.online("bob", "pc")
+        func metric(_ name: String) async throws -> Double? {
+            let response = try await HTTPTestClient.request(port: server.ports.http ?? 0, method: "GET", path: "/metrics")
+            let line = response.text.split(separator: "\n").first { $0.hasPrefix(name + " ") }
+            return line.flatMap { Double($0.split(separator: " ").last ?? "") }
+        }
+        try await server.stores.archiveDatabase.run { db in
+            try db.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'refused for the test'); END")
+        }
+        try await alice.send("<message to='bob@example.test' type='chat' id='m1'><body>kept</body></message>")
+        _ = try await bob.next { $0.name == "message" }
+        await server.server.settle()
+        let applied = Task { await server.applied() }
+        #expect(await eventually { (try? await metric("switchboard_journal_apply_failures_total")).map { $0 >= 1 } ?? false })
+        #expect(try await metric("switchboard_journal_backlog_entries") == 3)
+        try await server.stores.archiveDatabase.run { db in try db.execute("DROP TRIGGER refuse") }
+        await applied.value
+        #expect(try await metric("switchboard_journal_backlog_entries") == 0)
+        #expect(try await server.stores.archiveCount(owner: "bob@example.test") == 1)
+        await alice.close()
+        await bob.close()
+        await server.stop()
+    }
+
     /// Positions continue after every stored one: with the clock behind the last stored position
     /// after a restart, a new message must not take a stored position (the journal's idempotent
     /// insert would skip its copies and audit record as already stored).
