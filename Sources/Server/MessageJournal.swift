@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import Storage
+import XMLStream
 
 /// One record the journal carries to the stores.
 public enum JournalEntry: Sendable, Hashable {
@@ -258,14 +259,7 @@ public final class MessageJournal: @unchecked Sendable {
         let refused = condition.withLock { () -> Bool in
             // After `close()` nothing writes any more (shutdown waited for the sessions' work).
             guard state.threadRunning || !state.closing else { return true }
-            let placeholder = JournalEntry.placeholder
-            entries.withUnsafeMutableBufferPointer { buffer in
-                guard let base = buffer.baseAddress else { return }
-                for index in buffer.indices {
-                    state.pending.append((base + index).move())
-                    (base + index).initialize(to: placeholder)
-                }
-            }
+            entries.moveEach(leaving: .placeholder) { state.pending.append($0) }
             state.appended += UInt64(count)
             state.waitingBytes += bytes
             // Only ever raised here; it is lowered (and held sessions called back) by the thread.
@@ -453,7 +447,7 @@ public final class MessageJournal: @unchecked Sendable {
     // MARK: - Applying
 
     private func applyOnce() async {
-        var (batch, upTo, taken) = condition.withLock { () -> ([Chunk], UInt64, Int) in
+        let (chunks, upTo, taken) = condition.withLock { () -> ([Chunk], UInt64, Int) in
             // At most `applyAbove` entries at a time: under overload, sessions held back by the
             // backlog limit wait for one such batch, not for everything that piled up.
             var batch: [Chunk] = []
@@ -485,6 +479,7 @@ public final class MessageJournal: @unchecked Sendable {
         }
         // The entries are moved out of their chunks (the lists remember which came from which,
         // to give them back if the apply fails).
+        var batch = consume chunks
         var lists = StoreLists(capacity: taken)
         for index in batch.indices { lists.take(&batch[index].entries) }
         do {
@@ -559,23 +554,18 @@ public final class MessageJournal: @unchecked Sendable {
         /// Moves `entries` in (leaving it empty).
         mutating func take(_ entries: inout [JournalEntry]) {
             starts.append((kinds.count, archive.count, audit.count))
-            let placeholder = JournalEntry.placeholder
-            entries.withUnsafeMutableBufferPointer { buffer in
-                guard let base = buffer.baseAddress else { return }
-                for index in buffer.indices {
-                    let entry = (base + index).move()
-                    (base + index).initialize(to: placeholder)
-                    switch consume entry {
-                    case .archive(let record):
-                        archive.append(record)
-                        kinds.append(true)
-                    case .audit(let record):
-                        audit.append(record)
-                        kinds.append(false)
-                    }
-                }
+            entries.moveEach(leaving: .placeholder) { add($0) }
+        }
+
+        private mutating func add(_ entry: consuming JournalEntry) {
+            switch consume entry {
+            case .archive(let record):
+                archive.append(record)
+                kinds.append(true)
+            case .audit(let record):
+                audit.append(record)
+                kinds.append(false)
             }
-            entries.removeAll()
         }
 
         /// How many entries the `list`th `take` moved in.
@@ -955,4 +945,3 @@ final class ConditionVariable: @unchecked Sendable {
         return try body()
     }
 }
-

@@ -103,8 +103,7 @@ public final class XMLStreamParser {
                 // emptying the shared array would allocate a new one); the capacity comes back.
                 var ready: [XMLStreamEvent] = []
                 swap(&ready, &events)
-                ready.reverse()
-                while let event = ready.popLast() { try body(event) }
+                try ready.moveEach(leaving: .streamClosed, body)
                 if events.isEmpty { swap(&ready, &events) }
             }
             offset = end

@@ -149,16 +149,14 @@ import XMPPCore
             let line = response.text.split(separator: "\n").first { $0.hasPrefix(name + " ") }
             return line.flatMap { Double($0.split(separator: " ").last ?? "") }
         }
-        try await server.stores.archiveDatabase.run { db in
-            try db.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'refused for the test'); END")
-        }
+        try await refuseAuditRecords(in: server.stores)
         try await alice.send("<message to='bob@example.test' type='chat' id='m1'><body>kept</body></message>")
         _ = try await bob.next { $0.name == "message" }
         await server.server.settle()
         let applied = Task { await server.applied() }
         #expect(await eventually { (try? await metric("switchboard_journal_apply_failures_total")).map { $0 >= 1 } ?? false })
         #expect(try await metric("switchboard_journal_backlog_entries") == 3)
-        try await server.stores.archiveDatabase.run { db in try db.execute("DROP TRIGGER refuse") }
+        try await refuseAuditRecords(in: server.stores, false)
         await applied.value
         #expect(try await metric("switchboard_journal_backlog_entries") == 0)
         #expect(try await server.stores.archiveCount(owner: "bob@example.test") == 1)

@@ -41,6 +41,18 @@ import Testing
         return (configuration, stores, journal)
     }
 
+    /// Stores and an open journal that starts a new segment every 4 KiB and applies at most 50
+    /// entries at a time (several applies per `applied()`, splitting written chunks).
+    func smallBatchJournal(_ configuration: ServerConfiguration) async throws -> (SQLiteStores, MessageJournal) {
+        let (stores, _) = try await ServerAssembly.openStores(configuration)
+        var options = MessageJournal.Options()
+        options.segmentBytes = 4096
+        options.applyAbove = 50
+        let journal = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: options)
+        try await journal.open(stores: stores.stores)
+        return (stores, journal)
+    }
+
     /// The only segment file of a journal.
     func onlySegment(of journal: MessageJournal) throws -> String {
         let segments = try FileManager.default.contentsOfDirectory(atPath: journal.directory).filter { $0.hasSuffix(".journal") }
@@ -142,15 +154,8 @@ import Testing
     @Test func aFailedApplyIsRetriedWithNothingLostOrDoubled() async throws {
         let configuration = configuration()
         defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
-        let (stores, _) = try await ServerAssembly.openStores(configuration)
-        var options = MessageJournal.Options()
-        options.segmentBytes = 4096  // rotate often
-        options.applyAbove = 50  // capped applies that split the written chunks
-        let journal = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: options)
-        try await journal.open(stores: stores.stores)
-        try await stores.archiveDatabase.run { db in
-            try db.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'refused for the test'); END")
-        }
+        let (stores, journal) = try await smallBatchJournal(configuration)
+        try await refuseAuditRecords(in: stores)
         for _ in 1...3 {
             journal.append(entries(15, owner: "alice@example.test"))
             await journal.durable()
@@ -158,7 +163,7 @@ import Testing
         let applied = Task { await journal.applied() }
         #expect(await eventually { journal.failedApplies >= 2 })
         #expect(try await stores.auditCount() == 0)
-        try await stores.archiveDatabase.run { db in try db.execute("DROP TRIGGER refuse") }
+        try await refuseAuditRecords(in: stores, false)
         await applied.value
         #expect(try await stores.archiveCount(owner: "alice@example.test") == 45)
         #expect(try await stores.auditCount() == 45)
@@ -176,12 +181,7 @@ import Testing
     @Test func appliedMeansReadableAndSegmentsGoOnceApplied() async throws {
         let configuration = configuration()
         defer { try? FileManager.default.removeItem(atPath: configuration.dataDir) }
-        let (stores, _) = try await ServerAssembly.openStores(configuration)
-        var options = MessageJournal.Options()
-        options.segmentBytes = 4096  // rotate often
-        options.applyAbove = 50  // several capped applies per `applied()`
-        let journal = MessageJournal(directory: configuration.dataDir + "/journal", logger: logger, options: options)
-        try await journal.open(stores: stores.stores)
+        let (stores, journal) = try await smallBatchJournal(configuration)
         for round in 1...20 {
             journal.append(entries(20, owner: "alice@example.test"))
             if round % 5 == 0 {

@@ -30,3 +30,14 @@ func unlistedSharingCopies(in stores: SQLiteStores) async throws -> [Int64] {
         return sharing.filter { !ArchiveSharing.decode($0.2, record: $0.1).contains($0.0) }.map(\.0)
     }
 }
+
+/// Makes the database refuse (or accept again) every audit record, as a failing disk would: the
+/// journal's applies then fail and are retried.
+func refuseAuditRecords(in stores: SQLiteStores, _ refuse: Bool = true) async throws {
+    try await stores.archiveDatabase.run { db in
+        try db.execute(
+            refuse
+                ? "CREATE TRIGGER refuse BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'refused for the test'); END"
+                : "DROP TRIGGER refuse")
+    }
+}

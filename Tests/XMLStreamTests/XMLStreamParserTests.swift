@@ -186,4 +186,18 @@ private let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' 
         #expect(XMLSerializer.string(features, defaultNamespace: "jabber:client")
             == "<stream:features xmlns:stream=\"http://etherx.jabber.org/streams\"><starttls xmlns=\"urn:ietf:params:xml:ns:xmpp-tls\"/></stream:features>")
     }
+
+    /// `moveEach` hands every element over in order, moved: the array is left empty and each
+    /// element's storage is referenced only by whoever took it.
+    @Test func moveEachHandsElementsOverWithoutCopies() {
+        final class Box { let number: Int; init(_ number: Int) { self.number = number } }
+        var boxes = (0..<5).map { Box($0) }
+        let placeholder = Box(-1)
+        var taken: [Box] = []
+        boxes.moveEach(leaving: placeholder) { taken.append($0) }
+        #expect(boxes.isEmpty)
+        #expect(taken.map(\.number) == [0, 1, 2, 3, 4])
+        for index in taken.indices { #expect(isKnownUniquelyReferenced(&taken[index])) }
+    }
 }
+
